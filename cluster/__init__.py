@@ -1,0 +1,1 @@
+"""Cluster layer: coordinator, cluster-wide policies, migration, recording, checkpoints, CLI."""

@@ -1,0 +1,528 @@
+"""Experiment configuration: the typed, validated form of a TOML experiment file.
+
+Scope: loading with :mod:`tomllib`, ``count`` expansion of ``[[hosts]]`` / ``[[vms]]``,
+``--set path=value`` overrides, the ``[sweep]`` table, cross-table checks (names, pinning,
+ESX admission control) and the canonical plain-data form (:meth:`SimConfig.to_dict`)
+whose sha256 is the config hash.
+
+Overrides are applied to the raw TOML data before validation, so an overridden value
+goes through exactly the checks a value in the file does.  Override paths:
+``<section>.<key>`` for simulation/policy/migration, ``hosts.<name>.<key>``,
+``vms.<name>.<key>``, ``vms.<name>.workload.<key>`` and ``vms.*.<key>``; ``<name>`` is the
+name written in the file (on a loaded config, an expanded name such as ``web-3`` works too).
+
+Not covered: running anything; no Ray here.  The schema (the section dataclasses with
+help text), the generic strict builder and :class:`ConfigError` live in
+:mod:`cluster.config_schema` and are re-exported here: import them from this module.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from cluster.config_schema import (
+    PLACEMENTS,
+    ConfigError,
+    HostConfig,
+    MigrationConfig,
+    PolicyConfig,
+    ScheduledMigration,
+    SimulationConfig,
+    VMConfig,
+    WorkloadConfig,
+    build,
+    config_fields,
+    describe_schema,
+    describe_value,
+    fmt_value,
+    join,
+)
+from workloads import registry
+from workloads.images import BUILTIN_IMAGES, ImageSpec
+
+__all__ = [
+    "PLACEMENTS",
+    "ConfigError",
+    "HostConfig",
+    "MigrationConfig",
+    "PolicyConfig",
+    "ScheduledMigration",
+    "SimConfig",
+    "SimulationConfig",
+    "VMConfig",
+    "WorkloadConfig",
+    "config_from_dict",
+    "describe_schema",
+    "format_override",
+    "load_config",
+    "parse_config",
+    "sweep_points",
+    "with_overrides",
+]
+
+SweepSpec = tuple[tuple[str, tuple[Any, ...]], ...]
+
+_SECTIONS = {"simulation": SimulationConfig, "policy": PolicyConfig, "migration": MigrationConfig}
+_LISTS = {"hosts": HostConfig, "vms": VMConfig, "images": ImageSpec, "migrations": None}
+_TOP_LEVEL = sorted([*_SECTIONS, *_LISTS, "sweep"])
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """A resolved experiment: hosts and VMs expanded, images merged, all checks passed."""
+
+    simulation: SimulationConfig
+    policy: PolicyConfig
+    migration: MigrationConfig
+    hosts: tuple[HostConfig, ...]
+    images: tuple[ImageSpec, ...]
+    vms: tuple[VMConfig, ...]
+    migrations: tuple[ScheduledMigration, ...] = ()
+    sweep: SweepSpec = ()
+    source: str = field(default="<config>", compare=False)
+
+    def pages(self, mb: float) -> int:
+        """Whole pages in ``mb`` megabytes."""
+        return int(mb * 2**20) // self.simulation.page_size
+
+    @cached_property
+    def _index(self) -> dict[str, dict[str, Any]]:
+        return {k: {x.name: x for x in getattr(self, k)} for k in ("images", "hosts", "vms")}
+
+    def image(self, name: str) -> ImageSpec:
+        return self._index["images"][name]
+
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.hosts)
+
+    def host(self, name: str) -> HostConfig:
+        return self._index["hosts"][name]
+
+    def vm(self, name: str) -> VMConfig:
+        return self._index["vms"][name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical plain data (JSON-able; ``source`` excluded); see :func:`config_from_dict`."""
+
+        def vm_dict(v: VMConfig) -> dict[str, Any]:
+            d = asdict(replace(v, workload=None))
+            d["workload"] = {"kind": v.workload.kind, **asdict(v.workload.params)}
+            return d
+
+        return {
+            **{name: asdict(getattr(self, name)) for name in _SECTIONS},
+            "hosts": [asdict(h) for h in self.hosts],
+            "images": [asdict(i) for i in self.images],
+            "vms": [vm_dict(v) for v in self.vms],
+            "migrations": [asdict(m) for m in self.migrations],
+            "sweep": [[path, list(values)] for path, values in self.sweep],
+        }
+
+    def config_hash(self) -> str:
+        """sha256 (hex) of the canonical JSON of :meth:`to_dict`."""
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> str:
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- public entry points -------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> SimConfig:
+    """Read, override and validate a TOML experiment file."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError("", "no such file", source=source) from None
+    except OSError as e:
+        raise ConfigError("", f"cannot read ({e.strerror})", source=source) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("TOML syntax error", str(e), source=source) from None
+    return parse_config(data, source, overrides)
+
+
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", overrides: Sequence[str] = ()
+) -> SimConfig:
+    """Validate raw TOML data (as from :func:`tomllib.load`), after ``overrides``."""
+    return _parse(data, source, overrides, resolved=False)
+
+
+def config_from_dict(d: dict[str, Any], source: str = "<dict>") -> SimConfig:
+    """The inverse of :meth:`SimConfig.to_dict` (checkpoints, replay); validates again."""
+    return _parse(_to_raw(d), source, (), resolved=True)
+
+
+def with_overrides(cfg: SimConfig, overrides: Sequence[str]) -> SimConfig:
+    """``cfg`` with ``path=value`` overrides applied (names may be expanded names).
+
+    ``count`` cannot change here (hosts and VMs are already expanded): use
+    ``load_config(path, overrides)`` for that.  ``[sweep]`` is kept as it is.
+    """
+    return _parse(_to_raw(cfg.to_dict()), cfg.source, overrides, resolved=True)
+
+
+def format_override(path: str, value: Any) -> str:
+    """``path=value`` with ``value`` written as TOML (round-trips through the parser)."""
+    if isinstance(value, str):
+        return f"{path}={json.dumps(value)}"
+    return f"{path}={fmt_value(value)}"
+
+
+def sweep_points(cfg: SimConfig) -> list[tuple[str, ...]]:
+    """Every combination of the ``[sweep]`` values (cartesian product, file order), each
+    as override strings for :func:`load_config` / :func:`with_overrides`."""
+    points: list[tuple[str, ...]] = [()]
+    for path, values in cfg.sweep:
+        points = [p + (format_override(path, v),) for p in points for v in values]
+    return points if cfg.sweep else []
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+_PATHS_HELP = (
+    "use simulation|policy|migration.<key>, hosts.<name>.<key>, vms.<name>.<key>, "
+    "vms.<name>.workload.<key> or vms.*.<key>"
+)
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value (``0.5``, ``false``, ``"x"``); anything else is a bare string."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed["v"] if list(parsed) == ["v"] else text
+
+
+def _names(names: Sequence[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "") or "none"
+
+
+def _known(names: Sequence[str], limit: int = 12) -> str:
+    return f"(known: {_names(names, limit)})"
+
+
+def _check_key(cls: type, key: str, where: str) -> None:
+    names = sorted(f.name for f in config_fields(cls))
+    if key not in names:
+        raise ConfigError(where, f"unknown key {_known(names, limit=100)}")
+
+
+def _table(d: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    table = d.setdefault(key, {})
+    if not isinstance(table, dict):
+        raise ConfigError(where, f"{key} is not a table")
+    return table
+
+
+def _matching(raw: dict[str, Any], head: str, name: str, where: str) -> list[dict[str, Any]]:
+    """The raw entries of ``[[head]]`` an override names (file name, then base name)."""
+    entries = raw.get(head)
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    found = (
+        entries
+        if name == "*"
+        else (
+            [e for e in entries if e.get("name") == name]
+            or [e for e in entries if e.get("base_name") == name]
+        )
+    )
+    if not found:
+        noun = "host" if head == "hosts" else "VM"
+        names = [str(e.get("name")) for e in entries]
+        raise ConfigError(where, f"no {noun} named {json.dumps(name)} {_known(names)}")
+    return found
+
+
+def _apply_override(raw: dict[str, Any], path: str, value: Any, where: str, resolved: bool) -> None:
+    """Set ``path`` to ``value`` in the raw TOML data (in place)."""
+    parts = path.split(".")
+    head, key = parts[0], parts[-1]
+    if head in _SECTIONS and len(parts) == 2:
+        _check_key(_SECTIONS[head], key, where)
+        _table(raw, head, where)[key] = value
+        return
+    if head not in ("hosts", "vms") or len(parts) < 3:
+        raise ConfigError(where, f"not an override path ({_PATHS_HELP})")
+    in_workload = head == "vms" and len(parts) >= 4 and parts[-2] == "workload"
+    name = ".".join(parts[1:-2] if in_workload else parts[1:-1])
+    for entry in _matching(raw, head, name, where):
+        if in_workload:
+            workload = _table(entry, "workload", where)
+            kind = workload.get("kind", "idle")
+            if key != "kind" and isinstance(kind, str) and kind in registry.WORKLOADS:
+                _check_key(registry.WORKLOADS[kind].Params, key, f"{where} (kind {kind!r})")
+            workload[key] = value
+            continue
+        _check_key(_LISTS[head], key, where)
+        if key == "workload":
+            raise ConfigError(where, "set workload keys one at a time: vms.<name>.workload.<key>")
+        if key == "count" and resolved:
+            raise ConfigError(where, "count is fixed after expansion (pass it to load_config)")
+        entry[key] = value
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def _parse(
+    data: dict[str, Any], source: str, overrides: Sequence[str], *, resolved: bool
+) -> SimConfig:
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError("", "expected a table at the top level")
+        raw = copy.deepcopy(data)
+        for text in overrides:
+            path, sep, value = text.partition("=")
+            path = path.strip()
+            if not sep:
+                raise ConfigError(f"--set {text}", "expected path=value")
+            _apply_override(raw, path, _parse_value(value.strip()), f"--set {path}", resolved)
+        cfg = _build(raw, resolved)
+        if not resolved:  # a loaded config's sweep was checked against its file already
+            _check_sweep(raw, cfg.sweep)
+        return replace(cfg, source=source)
+    except ConfigError as e:
+        e.source = e.source or source
+        raise
+
+
+def _entries(raw: dict[str, Any], key: str, *, required: bool) -> list[Any]:
+    items = raw.get(key, [])
+    if not isinstance(items, list):
+        raise ConfigError(
+            key, f"expected an array of tables ([[{key}]]), got {describe_value(items)}"
+        )
+    if required and not items:
+        raise ConfigError(key, f"at least one [[{key}]] entry is required")
+    return items
+
+
+def _at(key: str, i: int, name: Any) -> str:
+    return f"{key}[{i}] ({name})" if isinstance(name, str) else f"{key}[{i}]"
+
+
+def _build_workload(data: Any, where: str) -> WorkloadConfig:
+    if not isinstance(data, dict):
+        return build(WorkloadConfig, data, where)  # raises "expected a table"
+    kind = data.get("kind", "idle")
+    if not isinstance(kind, str):
+        raise ConfigError(join(where, "kind"), "expected a string", kind)
+    try:
+        cls = registry.get(kind)
+    except KeyError as e:
+        raise ConfigError(join(where, "kind"), e.args[0]) from None
+    params = build(cls.Params, {k: v for k, v in data.items() if k != "kind"}, where)
+    return WorkloadConfig(kind, params)
+
+
+def _expand(key: str, items: list[Any]) -> list[tuple[str, Any]]:
+    """(where, config) per host/VM after ``count`` expansion; duplicate names rejected."""
+    out: list[tuple[str, Any]] = []
+    for i, obj in enumerate(items):
+        base = obj.base_name or obj.name
+        if obj.count == 1:
+            out.append((_at(key, i, obj.name), replace(obj, base_name=base)))
+            continue
+        for k in range(obj.count):
+            name = f"{obj.name}-{k}"
+            out.append((_at(key, i, name), replace(obj, name=name, base_name=base, count=1)))
+    seen: set[str] = set()
+    for where, obj in out:
+        if obj.name in seen:
+            raise ConfigError(f"{where}.name", "duplicate name", obj.name)
+        seen.add(obj.name)
+    return out
+
+
+def _build(raw: dict[str, Any], resolved: bool) -> SimConfig:
+    for key in raw:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(key, f"unknown section {_known(_TOP_LEVEL)}")
+    sections = {name: build(cls, raw.get(name, {}), name) for name, cls in _SECTIONS.items()}
+
+    images = dict(BUILTIN_IMAGES)
+    file_images: set[str] = set()
+    for i, entry in enumerate(_entries(raw, "images", required=False)):
+        img = build(ImageSpec, entry, _at("images", i, entry.get("name")))
+        if img.name in file_images:
+            raise ConfigError(_at("images", i, img.name), "duplicate image name", img.name)
+        file_images.add(img.name)
+        images[img.name] = img
+
+    host_items = [
+        build(HostConfig, e, _at("hosts", i, e.get("name")), with_derived=resolved)
+        for i, e in enumerate(_entries(raw, "hosts", required=True))
+    ]
+    vm_items = [
+        build(
+            VMConfig,
+            e,
+            _at("vms", i, e.get("name")),
+            nested={"workload": _build_workload},
+            with_derived=resolved,
+        )
+        for i, e in enumerate(_entries(raw, "vms", required=True))
+    ]
+    hosts, vms = _expand("hosts", host_items), _expand("vms", vm_items)
+    _check_vms(hosts, vms, images, sections["policy"], sections["simulation"].page_size)
+
+    migrations = tuple(
+        build(ScheduledMigration, e, f"migrations[{i}]")
+        for i, e in enumerate(_entries(raw, "migrations", required=False))
+    )
+    _check_migrations(migrations, hosts, vms, sections["simulation"].duration_s)
+    return SimConfig(
+        **sections,
+        hosts=tuple(h for _, h in hosts),
+        images=tuple(images[n] for n in sorted(images)),
+        vms=tuple(v for _, v in vms),
+        migrations=migrations,
+        sweep=_sweep_spec(raw),
+    )
+
+
+# --- cross-table checks ------------------------------------------------------------------------
+
+
+def _check_vms(
+    hosts: list[tuple[str, HostConfig]],
+    vms: list[tuple[str, VMConfig]],
+    images: dict[str, ImageSpec],
+    policy: PolicyConfig,
+    page_size: int,
+) -> None:
+    """Pinning, images, "can never fit" and ESX admission control for pinned VMs."""
+    by_name = {h.name: h for _, h in hosts}
+    ovh = policy.vm_overhead_mb
+
+    def pages(mb: float) -> int:
+        return int(mb * 2**20) // page_size
+
+    largest = max(by_name.values(), key=lambda h: h.memory_mb)
+    for where, vm in vms:
+        if vm.host is not None and vm.host not in by_name:
+            group = [h.name for _, h in hosts if h.base_name == vm.host]
+            what = (
+                f"host {vm.host!r} has count {len(group)}: pin to one of {_names(group, 3)}"
+                if group
+                else f"unknown host {_known(list(by_name))}"
+            )
+            raise ConfigError(f"{where}.host", what, vm.host)
+        if vm.image not in images:
+            raise ConfigError(f"{where}.image", f"unknown image {_known(sorted(images))}", vm.image)
+        host = by_name[vm.host] if vm.host is not None else largest
+        need, have = pages(vm.min_mb) + pages(ovh), pages(host.memory_mb)
+        if need > have:
+            raise ConfigError(
+                f"{where}.min_mb",
+                f"can never fit: min_mb + policy.vm_overhead_mb = {need} pages > "
+                f"{have} pages of host {host.name}",
+                vm.min_mb,
+            )
+    # ESX admission control: a host must hold every pinned VM's minimum plus overhead in
+    # memory, and every VM's maximum plus overhead in memory + swap.
+    pinned_on: dict[str, list[VMConfig]] = {}
+    for _, vm in vms:
+        if vm.host is not None:
+            pinned_on.setdefault(vm.host, []).append(vm)
+    for where, h in hosts:
+        pinned = pinned_on.get(h.name)
+        if not pinned:
+            continue
+        which = f"its {len(pinned)} pinned VMs ({_names([v.name for v in pinned], 5)})"
+        reserved = sum(vm.min_mb + ovh for vm in pinned)
+        if reserved > h.memory_mb:
+            raise ConfigError(
+                where,
+                f"admission: sum of min_mb + vm_overhead_mb over {which} is {reserved:g} MB "
+                f"> memory_mb {h.memory_mb:g} MB (over by {reserved - h.memory_mb:g} MB)",
+            )
+        peak, room = sum(vm.effective_max_mb + ovh for vm in pinned), h.memory_mb + h.swap_mb
+        if peak > room:
+            raise ConfigError(
+                where,
+                f"admission: sum of max_mb + vm_overhead_mb over {which} is {peak:g} MB "
+                f"> memory_mb + swap_mb = {room:g} MB (over by {peak - room:g} MB)",
+            )
+
+
+def _check_migrations(
+    migrations: tuple[ScheduledMigration, ...],
+    hosts: list[tuple[str, HostConfig]],
+    vms: list[tuple[str, VMConfig]],
+    duration_s: float,
+) -> None:
+    host_names = {h.name: None for _, h in hosts}  # dicts: fast lookup, ordered listing
+    vm_names = {v.name: None for _, v in vms}
+    for i, m in enumerate(migrations):
+        where = f"migrations[{i}]"
+        if m.time_s >= duration_s:
+            raise ConfigError(
+                f"{where}.time_s", f"must be < simulation.duration_s {duration_s:g}", m.time_s
+            )
+        if m.vm not in vm_names:
+            raise ConfigError(f"{where}.vm", f"unknown VM {_known(list(vm_names))}", m.vm)
+        if m.to not in host_names:
+            raise ConfigError(f"{where}.to", f"unknown host {_known(list(host_names))}", m.to)
+
+
+# --- sweep -------------------------------------------------------------------------------------
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Dotted paths of a table's leaves (``policy.tax_rate = [...]`` nests in TOML)."""
+    for key, value in table.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+def _sweep_spec(raw: dict[str, Any]) -> SweepSpec:
+    table = raw.get("sweep", {})
+    if not isinstance(table, dict):
+        raise ConfigError("sweep", "expected a table of path = [values]")
+    spec = []
+    for path, values in _flatten(table):
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.{path}", "expected a non-empty array of values", values)
+        spec.append((path, tuple(values)))
+    return tuple(spec)
+
+
+def _check_sweep(raw: dict[str, Any], spec: SweepSpec) -> None:
+    """Each sweep value, applied alone to the (overridden) file, gives a valid config."""
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    for path, values in spec:
+        for k, value in enumerate(values):
+            trial = copy.deepcopy(base)
+            try:
+                _apply_override(trial, path, value, "", resolved=False)
+                _build(trial, resolved=False)
+            except ConfigError as e:
+                what = ": ".join(p for p in (e.where, e.what) if p)
+                raise ConfigError(f"sweep.{path}[{k}]", what, e.got) from None
+
+
+def _to_raw(d: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`SimConfig.to_dict` output as raw TOML-shaped data (sweep back to a table)."""
+    raw = copy.deepcopy(d)
+    if isinstance(raw.get("sweep"), list):
+        raw["sweep"] = {path: list(values) for path, values in raw["sweep"]}
+    return raw

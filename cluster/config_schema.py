@@ -1,0 +1,453 @@
+"""The experiment-file schema and the strict builder that turns raw TOML into it.
+
+Scope: the schema of an experiment file (one frozen dataclass per table, each field with
+help text and value checks); the one generic builder behind every config table
+(``[simulation]``, ``[[vms]]``, ``[[images]]``, each workload's ``Params``, ...) and the
+:class:`ConfigError` it raises; markdown tables of a dataclass's keys.
+
+A config field declares itself with :func:`opt` / :func:`req`::
+
+    tax_rate: float = opt(0.75, "idle memory tax rate", in_range(0, 1, hi_open=True))
+
+``metadata["help"]`` is the help text, ``metadata["checks"]`` the per-value checks.  A
+dataclass may also define ``validate() -> list[str]`` for rules that span several fields;
+each string reads ``"<key>: <what>"`` (the convention of :class:`workloads.images.ImageSpec`).
+
+Type rules: ``int`` is accepted for ``float`` (and converted); ``bool`` is never an ``int``
+or ``float``; a ``float`` is never an ``int``; floats must be finite.
+
+Not covered: loading, overrides, count expansion and cross-table checks (admission,
+names): :mod:`cluster.config`, which re-exports everything public here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from workloads import registry
+from workloads.images import BUILTIN_IMAGES, ImageSpec
+
+_NO_VALUE = object()
+
+
+class ConfigError(ValueError):
+    """A one-line config error: ``<file>: <where>: <what> (got <value>)``."""
+
+    def __init__(self, where: str, what: str, got: Any = _NO_VALUE, source: str = "") -> None:
+        super().__init__(where, what)
+        self.where = where
+        self.what = what
+        self.got = got
+        self.source = source
+
+    def __str__(self) -> str:
+        msg = ": ".join(p for p in (self.source, self.where, self.what) if p)
+        if self.got is not _NO_VALUE:
+            msg += f" (got {fmt_value(self.got)})"
+        return msg.replace("\n", " ")
+
+
+# --- value checks declared in field metadata -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """A per-value rule; ``text`` completes "must be ..." and the schema's constraint."""
+
+    text: str
+    ok: Callable[[Any], bool]
+
+
+def gt(lo: float) -> Check:
+    return Check(f"> {lo:g}", lambda v: v > lo)
+
+
+def ge(lo: float) -> Check:
+    return Check(f">= {lo:g}", lambda v: v >= lo)
+
+
+def in_range(lo: float, hi: float, *, hi_open: bool = False) -> Check:
+    if hi_open:
+        return Check(f"in [{lo:g}, {hi:g})", lambda v: lo <= v < hi)
+    return Check(f"in [{lo:g}, {hi:g}]", lambda v: lo <= v <= hi)
+
+
+def one_of(*choices: str) -> Check:
+    return Check("one of " + ", ".join(json.dumps(c) for c in choices), lambda v: v in choices)
+
+
+def power_of_two(lo: int, hi: int) -> Check:
+    return Check(f"a power of two in [{lo}, {hi}]", lambda v: lo <= v <= hi and v & (v - 1) == 0)
+
+
+def multiple_of(n: int, lo: int) -> Check:
+    return Check(f"a multiple of {n}, >= {lo}", lambda v: v >= lo and v % n == 0)
+
+
+NAME = Check(
+    "a non-empty name without '/' or whitespace",
+    lambda v: bool(v) and "/" not in v and not any(c.isspace() for c in v),
+)
+
+
+def opt(default: Any, doc: str, *checks: Check) -> Any:
+    """A key with a default value."""
+    return field(default=default, metadata={"help": doc, "checks": checks})
+
+
+def req(doc: str, *checks: Check) -> Any:
+    """A required key."""
+    return field(metadata={"help": doc, "checks": checks})
+
+
+def derived(default: Any, doc: str) -> Any:
+    """A field computed by the loader, never written in a TOML file (only in ``to_dict``)."""
+    return field(default=default, metadata={"help": doc, "derived": True})
+
+
+# --- value formatting --------------------------------------------------------------------
+
+
+def fmt_value(v: Any) -> str:
+    """A value as it would be written in TOML (one line, truncated)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        text = json.dumps(v)
+    elif isinstance(v, int | float):
+        text = repr(v)
+    else:
+        try:
+            text = json.dumps(v)
+        except (TypeError, ValueError):
+            text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def describe_value(v: Any) -> str:
+    """``the string "abc"``, ``the float 1.5``, ``a table`` ... (for type errors)."""
+    if isinstance(v, bool):
+        return f"the boolean {fmt_value(v)}"
+    if isinstance(v, int):
+        return f"the integer {v}"
+    if isinstance(v, float):
+        return f"the float {v!r}"
+    if isinstance(v, str):
+        return f"the string {fmt_value(v)}"
+    if isinstance(v, dict):
+        return "a table"
+    if isinstance(v, list):
+        return "an array"
+    if isinstance(v, datetime.date | datetime.time):
+        return f"the date/time {v.isoformat()}"
+    if v is None:
+        return "nothing"
+    return f"a {type(v).__name__}"
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+
+
+def _optional_inner(tp: Any) -> Any | None:
+    """``X`` for ``X | None``; None otherwise."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def type_label(tp: Any) -> str:
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return f"{type_label(inner)} (optional)"
+    return tp.__name__ if tp in _TYPE_NAMES else "table"
+
+
+# --- the builder ---------------------------------------------------------------------------
+
+
+def join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the scalar type ``tp`` (int accepted and converted for float)."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if value is None else coerce(value, inner, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(where, "must be finite", value) from None
+    if tp not in _TYPE_NAMES:
+        raise TypeError(f"unsupported config field type {tp!r} at {where}")
+    if type(value) is not tp:  # exact: bool is a subclass of int
+        raise ConfigError(where, f"expected {_TYPE_NAMES[tp]}, got {describe_value(value)}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(where, "must be finite", value)
+    return value
+
+
+def config_fields(cls: type, *, with_derived: bool = False) -> list[Field]:
+    return [f for f in fields(cls) if f.init and (with_derived or not f.metadata.get("derived"))]
+
+
+def build(
+    cls: type,
+    data: Any,
+    where: str,
+    *,
+    nested: dict[str, Callable[[Any, str], Any]] | None = None,
+    with_derived: bool = False,
+) -> Any:
+    """An instance of the dataclass ``cls`` from the raw table ``data``, strictly.
+
+    Unknown keys, wrong types, missing required keys, failed checks and ``validate()``
+    errors raise :class:`ConfigError` naming the key path (``where`` + key).  Fields named
+    in ``nested`` are built by the given function from their raw value (``{}`` if absent).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a table, got {describe_value(data)}")
+    flds = config_fields(cls, with_derived=with_derived)
+    known = {f.name for f in flds}
+    for key in data:
+        if key not in known:
+            raise ConfigError(join(where, key), f"unknown key (known: {', '.join(sorted(known))})")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in flds:
+        sub = join(where, f.name)
+        if nested and f.name in nested:
+            kwargs[f.name] = nested[f.name](data.get(f.name, {}), sub)
+            continue
+        if f.name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(sub, "missing required key")
+            continue
+        raw = data[f.name]
+        value = coerce(raw, hints[f.name], sub)
+        for check in f.metadata.get("checks", ()):
+            if value is not None and not check.ok(value):
+                raise ConfigError(sub, f"must be {check.text}", raw)
+        kwargs[f.name] = value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    errors = validate() if callable(validate) else []
+    if errors:
+        key, sep, what = errors[0].partition(": ")
+        if sep and key in known:
+            raise ConfigError(join(where, key), what)
+        raise ConfigError(where, errors[0])
+    return obj
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+PLACEMENTS = ("most_free", "image_affinity", "round_robin")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    seed: int = opt(0, "root seed of every random generator in the run", ge(0))
+    duration_s: float = opt(60.0, "simulated time to run, seconds", gt(0))
+    tick_s: float = opt(1.0, "simulated seconds per tick; must divide duration_s", gt(0))
+    page_size: int = opt(4096, "bytes per page (all page accounting)", power_of_two(512, 65536))
+    content_bytes: int = opt(
+        4096, "real bytes stored and hashed per page (<= page_size)", multiple_of(8, 8)
+    )
+
+    @property
+    def n_ticks(self) -> int:
+        return round(self.duration_s / self.tick_s)
+
+    def validate(self) -> list[str]:
+        errs = []
+        ratio = self.duration_s / self.tick_s
+        if abs(ratio - round(ratio)) > 1e-9 * ratio:
+            errs.append(f"tick_s: must divide duration_s {self.duration_s:g} (got {self.tick_s:g})")
+        if self.content_bytes > (ps := self.page_size):
+            errs.append(f"content_bytes: must be <= page_size {ps} (got {self.content_bytes})")
+        return errs
+
+
+_FREE = in_range(0, 1, hi_open=True)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    share_scan_vm_pages_per_s: float = opt(
+        50.0, "pages of each VM scanned per second for content-based sharing", ge(0)
+    )
+    share_scan_host_pages_per_s: float = opt(
+        200.0, "cap on pages scanned per second per host for sharing", ge(0)
+    )
+    tax_rate: float = opt(
+        0.75,
+        "idle memory tax rate tau (0: pure shares; idle pages cost 1/(1-tau))",
+        in_range(0, 1, hi_open=True),
+    )
+    sample_period_s: float = opt(30.0, "working-set sampling period, seconds", gt(0))
+    sample_pages: int = opt(100, "pages sampled per VM per sampling period", gt(0))
+    realloc_period_s: float = opt(15.0, "seconds between allocation-target updates", gt(0))
+    balloon_max_fraction: float = opt(
+        0.65, "largest fraction of a VM's memory its balloon may hold", in_range(0, 1)
+    )
+    balloon_rate_pages_per_s: float = opt(16384.0, "balloon inflate rate per VM", ge(0))
+    swap_rate_pages_per_s: float = opt(8192.0, "VMM swap-out rate per host", ge(0))
+    free_high: float = opt(0.06, "free-memory fraction at or above which a host is 'high'", _FREE)
+    free_soft: float = opt(0.04, "free fraction below which reclamation starts ('soft')", _FREE)
+    free_hard: float = opt(0.02, "free fraction below which the VMM swaps ('hard')", _FREE)
+    free_low: float = opt(0.01, "free fraction below which VMs are blocked ('low')", _FREE)
+    vm_overhead_mb: float = opt(0.0, "VMM overhead memory reserved per VM, MB", ge(0))
+    disk_latency_ms: float = opt(5.0, "cost of one swap-in from disk, ms", ge(0))
+    minor_fault_us: float = opt(2.0, "cost of a minor fault (copy-on-write, remap), us", ge(0))
+    placement: str = opt("most_free", "initial host of VMs without `host`", one_of(*PLACEMENTS))
+
+    def validate(self) -> list[str]:
+        levels = (self.free_high, self.free_soft, self.free_hard, self.free_low)
+        if not levels[0] > levels[1] > levels[2] > levels[3] >= 0:
+            return [
+                "free_high: must satisfy free_high > free_soft > free_hard > free_low >= 0 "
+                f"(got {', '.join(f'{x:g}' for x in levels)})"
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class MigrationConfig:
+    enabled: bool = opt(True, "whether the coordinator may live-migrate VMs on its own")
+    bandwidth_mb_s: float = opt(1000.0, "link bandwidth between hosts, MB/s", gt(0))
+    max_downtime_ms: float = opt(300.0, "stop-and-copy once the rest fits in this time", gt(0))
+    max_rounds: int = opt(30, "pre-copy rounds before stop-and-copy is forced", ge(1))
+    pressure_s: float = opt(30.0, "seconds of memory pressure before migrating off a host", ge(0))
+    min_round_pages: int = opt(50, "stop pre-copy when a round sends fewer pages", ge(0))
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str = req("host name (with count > 1: name-0, name-1, ...)", NAME)
+    memory_mb: float = req("machine memory, MB", gt(0))
+    swap_mb: float = opt(0.0, "VMM swap space, MB", ge(0))
+    count: int = opt(1, "number of identical hosts (expanded to name-0, name-1, ...)", ge(1))
+    base_name: str = derived("", "name as written in the file, before count expansion")
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """``[vms.workload]``: ``kind`` picks a class in :mod:`workloads.registry`."""
+
+    kind: str
+    params: Any  # that kind's frozen ``Params`` dataclass
+
+
+def _default_workload() -> WorkloadConfig:
+    return WorkloadConfig("idle", registry.get("idle").Params())
+
+
+@dataclass(frozen=True)
+class VMConfig:
+    name: str = req("VM name (with count > 1: name-0, name-1, ...)", NAME)
+    memory_mb: float = req("configured ('physical') memory of the guest, MB", gt(0))
+    shares: float = opt(1000.0, "memory shares S (proportional-share allocation)", gt(0))
+    min_mb: float = opt(0.0, "guaranteed minimum, MB (reserved at admission)", ge(0))
+    max_mb: float | None = opt(None, "maximum allocation, MB (none: memory_mb)", gt(0))
+    host: str | None = opt(None, "pin to this host (none: placement policy decides)")
+    image: str = opt("linux", "OS image ([[images]] or built-in)")
+    balloon: bool = opt(True, "whether the guest has a balloon driver")
+    sharing: bool = opt(True, "whether the VM's pages take part in content sharing")
+    sharing_group: str = opt("default", "pages are shared only among VMs of one group")
+    pinned_mb: float = opt(0.0, "guest memory that can never be reclaimed, MB", ge(0))
+    count: int = opt(1, "number of identical VMs (expanded to name-0, name-1, ...)", ge(1))
+    workload: WorkloadConfig = field(
+        default_factory=_default_workload,
+        metadata={"help": "`[vms.workload]`: `kind` plus that kind's keys (below)", "checks": ()},
+    )
+    base_name: str = derived("", "name as written in the file, before count expansion")
+
+    @property
+    def effective_max_mb(self) -> float:
+        return self.memory_mb if self.max_mb is None else self.max_mb
+
+    def validate(self) -> list[str]:
+        if self.max_mb is not None and self.max_mb > self.memory_mb:
+            return [f"max_mb: must be <= memory_mb {self.memory_mb:g} (got {self.max_mb:g})"]
+        if self.min_mb > self.effective_max_mb:
+            return [f"min_mb: must be <= max_mb {self.effective_max_mb:g} (got {self.min_mb:g})"]
+        if self.pinned_mb > self.effective_max_mb:
+            return [
+                f"pinned_mb: must be <= max_mb {self.effective_max_mb:g} (got {self.pinned_mb:g})"
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class ScheduledMigration:
+    time_s: float = req("simulated time of the migration, seconds (< duration_s)", ge(0))
+    vm: str = req("VM to move (expanded name)")
+    to: str = req("destination host (expanded name)")
+
+
+# --- documentation -------------------------------------------------------------------------
+
+
+def _fmt_default(f: Field) -> str:
+    if f.default is MISSING:
+        return "required" if f.default_factory is MISSING else "see below"
+    if f.default is None:
+        return "none"
+    return f"`{fmt_value(f.default)}`"
+
+
+def markdown_table(cls: type) -> Iterator[str]:
+    """Rows of a markdown table of ``cls``'s TOML keys (type, default, constraints, help)."""
+    hints = get_type_hints(cls)
+    yield "| key | type | default | constraints | description |"
+    yield "|---|---|---|---|---|"
+    for f in config_fields(cls):
+        checks = "; ".join(c.text for c in f.metadata.get("checks", ()))
+        cells = (type_label(hints[f.name]), _fmt_default(f), checks, f.metadata.get("help", ""))
+        yield f"| `{f.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def describe_schema() -> str:
+    """A markdown reference of every TOML section and key, from the dataclass metadata."""
+    builtin = ", ".join(f"`{n}`" for n in sorted(BUILTIN_IMAGES))
+    sections: list[tuple[str, type, str]] = [
+        ("[simulation]", SimulationConfig, ""),
+        ("[policy]", PolicyConfig, ""),
+        ("[migration]", MigrationConfig, ""),
+        (
+            "[[hosts]]",
+            HostConfig,
+            "At least one. `count = n` makes hosts `name-0` .. `name-<n-1>`.",
+        ),
+        ("[[vms]]", VMConfig, "At least one. `count = n` makes VMs `name-0` .. `name-<n-1>`."),
+    ]
+    for kind, cls in sorted(registry.WORKLOADS.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        sections.append((f'[vms.workload] kind = "{kind}"', cls.Params, doc[0] if doc else ""))
+    sections += [
+        ("[[images]]", ImageSpec, f"Built in: {builtin}; an entry of the same name replaces one."),
+        ("[[migrations]]", ScheduledMigration, "Live migrations at fixed simulated times."),
+    ]
+    out = ["## Configuration reference", ""]
+    for title, cls, note in sections:
+        out += [f"### `{title}`", "", *([note, ""] if note else []), *markdown_table(cls), ""]
+    out += [
+        "### `[sweep]`",
+        "",
+        'Each key is an override path, as for `--set` (e.g. `"policy.tax_rate" = [0.0, 0.75]`); '
+        "each value a non-empty array of values to try.  Override paths: "
+        "`<section>.<key>` for simulation, policy and migration; `hosts.<name>.<key>`, "
+        "`vms.<name>.<key>`, `vms.<name>.workload.<key>`, `vms.*.<key>`.",
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,165 @@
+"""The Ray transport: host actors, the coordinator actor, starting or joining Ray.
+
+Scope: the only module that imports ``ray``.  :class:`HostActor` is
+:class:`cluster.host_pool.HostRuntime` made remote -- it translates calls, nothing more.
+:class:`RayPool` issues one call per host, waits for all with a timeout and returns
+results in host-name order; a dead or silent host becomes a
+:class:`cluster.host_pool.HostFailure` naming the host and the tick, never a hang.
+:class:`CoordinatorActor` wraps :class:`cluster.coordinator.Coordinator` around a
+``RayPool``; the driver (``cluster.runner``) pulls finished rounds from it and writes
+files, so the coordinator can live on any node.
+
+Host actors declare a fractional CPU (the cluster's CPUs divided among the hosts, at most
+1) so many fit on a laptop, and use the SPREAD strategy across the nodes of a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+import ray  # noqa: E402
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
+
+from cluster.config import config_from_dict  # noqa: E402
+from cluster.coordinator import Coordinator  # noqa: E402
+from cluster.host_pool import HostFailure, HostPool, HostRuntime  # noqa: E402
+from cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
+
+HostActor = ray.remote(max_restarts=0, max_task_retries=0)(HostRuntime)
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_mb: int | None = None,
+    quiet: bool = True,
+) -> bool:
+    """Start Ray embedded (no ``address``) or join a cluster; return True if we started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.ERROR if quiet else logging.INFO,
+        "log_to_driver": not quiet,
+        "configure_logging": True,
+    }
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+        return True
+    kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    if object_store_mb:
+        kwargs["object_store_memory"] = object_store_mb * 2**20
+    ray.init(**kwargs)
+    return True
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+class RayPool(HostPool):
+    """Host actors spread over the cluster; results in host-name order."""
+
+    def __init__(self, cfg_dict: dict[str, Any], timeout_s: float = 600.0) -> None:
+        cfg = config_from_dict(cfg_dict)
+        self.timeout_s = timeout_s
+        self.tick = 0
+        specs = host_specs(cfg)
+        self.names = [s.name for s in specs]
+        cpus = max(0.01, min(1.0, cluster_cpus() / max(1, len(specs))))
+        sim, pol = sim_params(cfg), host_policy(cfg)
+        self.actors = {
+            s.name: HostActor.options(num_cpus=cpus, scheduling_strategy="SPREAD").remote(
+                s, sim, pol
+            )
+            for s in specs
+        }
+        self.call("ping", [()] * len(self.names))
+
+    def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
+        names = list(names if names is not None else self.names)
+        refs = [
+            getattr(self.actors[n], method).remote(*a) for n, a in zip(names, args, strict=True)
+        ]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        out = []
+        for n, ref in zip(names, refs, strict=True):
+            if ref not in ready:
+                raise HostFailure(
+                    n, self.tick, f"no answer to {method} within {self.timeout_s:g} s"
+                )
+            try:
+                out.append(ray.get(ref))
+            except ray.exceptions.RayActorError as e:
+                raise HostFailure(n, self.tick, f"actor died ({type(e).__name__})") from None
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if e.cause is not None else e
+                raise HostFailure(n, self.tick, f"{type(cause).__name__}: {cause}") from None
+        return out
+
+    def pids(self) -> dict[str, int]:
+        return dict(zip(self.names, self.call("pid", [()] * len(self.names)), strict=True))
+
+    def kill(self, name: str) -> None:
+        ray.kill(self.actors[name], no_restart=True)
+
+    def close(self) -> None:
+        for a in self.actors.values():
+            ray.kill(a, no_restart=True)
+
+
+class _CoordinatorImpl:
+    """The coordinator as an actor: owns time, the only caller of the host actors."""
+
+    def __init__(self, cfg_dict: dict[str, Any], timeout_s: float) -> None:
+        self.cfg = config_from_dict(cfg_dict)
+        self.pool = RayPool(cfg_dict, timeout_s)
+        self.coord = Coordinator(self.cfg, self.pool)
+
+    def start(self) -> int:
+        self.coord.start()
+        return self.coord.n_ticks
+
+    def advance(self, max_rounds: int) -> tuple[list, int, bool]:
+        tables = []
+        for _ in range(max_rounds):
+            if self.coord.done:
+                break
+            self.pool.tick = self.coord.tick
+            tables.append(self.coord.advance())
+        return tables, self.coord.tick, self.coord.done
+
+    def finish(self) -> dict[str, Any]:
+        return self.coord.finish()
+
+    def round_digests(self) -> list[dict[str, str]]:
+        return self.coord.round_digests
+
+    def host_pids(self) -> dict[str, int]:
+        return self.pool.pids()
+
+    def kill_host(self, name: str) -> None:
+        self.pool.kill(name)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorImpl)
+
+
+def start_coordinator(cfg_dict: dict[str, Any], timeout_s: float) -> Any:
+    """The coordinator actor, placed on this (the driver's) node."""
+    node = ray.get_runtime_context().get_node_id()
+    return CoordinatorActor.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
+    ).remote(cfg_dict, timeout_s)

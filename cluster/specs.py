@@ -1,0 +1,56 @@
+"""Turning a validated :class:`cluster.config.SimConfig` into the plain specs ``hosts`` takes.
+
+Scope: unit conversion (MB -> pages, ms -> s) and nothing else; ``hosts`` never sees the
+config objects.
+"""
+
+from __future__ import annotations
+
+from cluster.config import SimConfig
+from hosts.free_memory import Thresholds
+from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+
+
+def sim_params(cfg: SimConfig) -> SimParams:
+    s = cfg.simulation
+    return SimParams(s.seed, s.tick_s, s.page_size, s.content_bytes)
+
+
+def host_policy(cfg: SimConfig) -> HostPolicy:
+    p = cfg.policy
+    return HostPolicy(
+        scan_vm_pages_per_s=p.share_scan_vm_pages_per_s,
+        scan_host_pages_per_s=p.share_scan_host_pages_per_s,
+        tax_rate=p.tax_rate,
+        sample_period_s=p.sample_period_s,
+        sample_pages=p.sample_pages,
+        balloon_max_fraction=p.balloon_max_fraction,
+        balloon_rate_pages_per_s=p.balloon_rate_pages_per_s,
+        swap_rate_pages_per_s=p.swap_rate_pages_per_s,
+        thresholds=Thresholds(p.free_high, p.free_soft, p.free_hard, p.free_low),
+        disk_latency_s=p.disk_latency_ms / 1e3,
+        minor_fault_s=p.minor_fault_us / 1e6,
+    )
+
+
+def host_specs(cfg: SimConfig) -> list[HostSpec]:
+    return [HostSpec(h.name, cfg.pages(h.memory_mb), cfg.pages(h.swap_mb)) for h in cfg.hosts]
+
+
+def vm_spec(cfg: SimConfig, name: str) -> VMSpec:
+    v = cfg.vm(name)
+    return VMSpec(
+        name=v.name,
+        n_pages=cfg.pages(v.memory_mb),
+        shares=v.shares,
+        min_pages=cfg.pages(v.min_mb),
+        max_pages=cfg.pages(v.effective_max_mb),
+        balloon=v.balloon,
+        sharing=v.sharing,
+        sharing_group=v.sharing_group,
+        pinned_pages=cfg.pages(v.pinned_mb),
+        overhead_pages=cfg.pages(cfg.policy.vm_overhead_mb),
+        image=cfg.image(v.image),
+        workload_kind=v.workload.kind,
+        workload_params=v.workload.params,
+    )

@@ -1,0 +1,218 @@
+"""The guest OS model: a VM's own memory manager, above the VMM's physical map.
+
+Scope: the guest's page table from its workload's *virtual* pages to its *physical* pages,
+its free list, an approximate LRU (clock over reference bits), clean vs dirty pages, and
+its own swap disk.  A virtual page is in one of:
+
+=========  ==========================================================================
+NEVER      never used: the first touch zero-fills a free physical page (minor fault)
+RESIDENT   mapped to a guest physical page (``v2p``)
+SWAPPED    evicted dirty: bytes on the guest's swap disk (``vslot``); disk fault to read
+DROPPED    evicted clean (an unmodified image page): re-read from the image (disk fault)
+=========  ==========================================================================
+
+Each physical page is free, holds one virtual page, or is held by the balloon.  When the
+guest needs a page it takes a free one, else it evicts its coldest (clock): this is how
+"the guest chooses what to give up" when the balloon inflates.
+
+Freeing a physical page inside the guest does *not* free machine memory -- the VMM cannot
+see it (that is what the balloon is for).  Not covered: VMM state (:mod:`hosts.phys_map`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hosts.errors import InvariantError
+
+NEVER, RESIDENT, SWAPPED, DROPPED = 0, 1, 2, 3
+FREE, BALLOON = -1, -2
+
+
+class GuestSwap:
+    """The guest's swap disk: real bytes, grown on demand, slots reused."""
+
+    def __init__(self, content_bytes: int, capacity: int = 64) -> None:
+        self.content = np.zeros((capacity, content_bytes), dtype=np.uint8)
+        self.free_stack = np.arange(capacity - 1, -1, -1, dtype=np.int32)
+        self.n_free = capacity
+        self.n_used = 0
+
+    def put(self, data: np.ndarray) -> np.ndarray:
+        n = len(data)
+        if n > self.n_free:
+            self._grow(n - self.n_free)
+        slots = self.free_stack[self.n_free - n : self.n_free][::-1].copy()
+        self.n_free -= n
+        self.n_used += n
+        self.content[slots] = data
+        return slots
+
+    def take(self, slots: np.ndarray) -> np.ndarray:
+        data = self.content[slots]
+        n = len(slots)
+        self.free_stack[self.n_free : self.n_free + n] = np.sort(slots)[::-1]
+        self.n_free += n
+        self.n_used -= n
+        return data
+
+    def _grow(self, extra: int) -> None:
+        old = len(self.content)
+        new = max(2 * old, old + extra)
+        content = np.zeros((new, self.content.shape[1]), dtype=np.uint8)
+        content[:old] = self.content
+        self.content = content
+        stack = np.empty(new, dtype=np.int32)
+        added = np.arange(new - 1, old - 1, -1, dtype=np.int32)
+        stack[: len(added)] = added
+        stack[len(added) : len(added) + self.n_free] = self.free_stack[: self.n_free]
+        self.free_stack = stack
+        self.n_free += len(added)
+
+
+class GuestOS:
+    """One guest's memory manager over ``n_pages`` virtual and physical pages."""
+
+    def __init__(self, n_pages: int, content_bytes: int, n_pinned: int = 0) -> None:
+        self.n_pages = n_pages
+        self.v2p = np.full(n_pages, -1, dtype=np.int32)
+        self.vstate = np.zeros(n_pages, dtype=np.int8)
+        self.vslot = np.full(n_pages, -1, dtype=np.int32)
+        self.clean = np.zeros(n_pages, dtype=bool)
+        self.p2v = np.full(n_pages, FREE, dtype=np.int32)
+        self.pref = np.zeros(n_pages, dtype=bool)
+        # Pinned (device I/O) pages: the first n_pinned virtual pages, mapped 1:1 at boot
+        # onto the first physical pages and never evicted, ballooned or VMM-swapped.
+        self.pinned = np.zeros(n_pages, dtype=bool)
+        self.pinned[:n_pinned] = True
+        self.free_stack = np.arange(n_pages - 1, -1, -1, dtype=np.int32)
+        self.n_free = n_pages
+        self.hand = 0
+        self.swap = GuestSwap(content_bytes)
+        self.n_ballooned = 0
+        if n_pinned:
+            v = np.arange(n_pinned, dtype=np.int64)
+            self.map(v, self.alloc(n_pinned))
+
+    # ------------------------------------------------------------------ free list
+    def alloc(self, n: int) -> np.ndarray:
+        if n > self.n_free:
+            raise InvariantError(f"guest alloc of {n} pages with {self.n_free} free")
+        ppns = self.free_stack[self.n_free - n : self.n_free][::-1].astype(np.int64)
+        self.n_free -= n
+        return ppns
+
+    def push_free(self, ppns: np.ndarray) -> None:
+        n = len(ppns)
+        self.free_stack[self.n_free : self.n_free + n] = np.sort(ppns)[::-1]
+        self.n_free += n
+        self.p2v[ppns] = FREE
+        self.pref[ppns] = False
+
+    def map(self, vpns: np.ndarray, ppns: np.ndarray) -> None:
+        self.v2p[vpns] = ppns
+        self.p2v[ppns] = vpns
+        self.vstate[vpns] = RESIDENT
+        self.pref[ppns] = True
+
+    # ------------------------------------------------------------------ clock
+    def choose_victims(self, k: int, protect: np.ndarray | None = None) -> np.ndarray:
+        """Up to ``k`` physical pages to evict, coldest first by the clock algorithm.
+
+        Vectorised clock: sweep from the hand over evictable pages (in use, not pinned,
+        not protected); pages with a clear reference bit are taken in sweep order; the
+        bits of pages passed over are cleared, and if a full sweep finds too few, a second
+        sweep takes pages in order.  The hand stops just after the last victim.
+        """
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        order = (self.hand + np.arange(self.n_pages)) % self.n_pages
+        ok = (self.p2v[order] >= 0) & ~self.pinned[order]
+        if protect is not None and len(protect):
+            prot = np.zeros(self.n_pages, dtype=bool)
+            prot[protect] = True
+            ok &= ~prot[order]
+        cand = order[ok]
+        if len(cand) == 0:
+            return np.zeros(0, dtype=np.int64)
+        cold = np.flatnonzero(~self.pref[cand])
+        if len(cold) >= k:
+            last = cold[k - 1]
+            victims = cand[cold[:k]]
+            self.pref[cand[: last + 1]] = False  # passed over: second chance used
+        else:
+            self.pref[cand] = False
+            taken = np.zeros(len(cand), dtype=bool)
+            taken[cold] = True
+            extra = np.flatnonzero(~taken)[: k - len(cold)]
+            sel = np.sort(np.concatenate([cold, extra]))
+            victims = cand[sel]
+            last = sel[-1] if len(sel) else 0
+        self.hand = int((cand[last] + 1) % self.n_pages)
+        return victims.astype(np.int64)
+
+    # ------------------------------------------------------------------ eviction
+    def evict(self, ppns: np.ndarray, data: np.ndarray | None) -> tuple[int, int]:
+        """Evict the virtual pages on physical pages ``ppns`` (frees those pages).
+
+        ``data`` holds the pages' bytes for the dirty ones (rows in ``ppns`` order; only
+        rows where the page is not clean are used).  Returns (dropped clean, swapped out).
+        """
+        vpns = self.p2v[ppns].astype(np.int64)
+        clean = self.clean[vpns]
+        dirty_v = vpns[~clean]
+        if len(dirty_v):
+            assert data is not None
+            self.vslot[dirty_v] = self.swap.put(data[~clean])
+        self.vstate[dirty_v] = SWAPPED
+        self.vstate[vpns[clean]] = DROPPED
+        self.v2p[vpns] = -1
+        self.push_free(ppns)
+        return int(clean.sum()), len(dirty_v)
+
+    def needs_bytes(self, ppns: np.ndarray) -> np.ndarray:
+        """Mask over ``ppns``: pages whose eviction must save their bytes (dirty)."""
+        return ~self.clean[self.p2v[ppns]]
+
+    # ------------------------------------------------------------------ balloon
+    def take_for_balloon(self, ppns: np.ndarray) -> None:
+        self.p2v[ppns] = BALLOON
+        self.pref[ppns] = False
+        self.n_ballooned += len(ppns)
+
+    def ballooned_pages(self) -> np.ndarray:
+        return np.flatnonzero(self.p2v == BALLOON)
+
+    def return_from_balloon(self, ppns: np.ndarray) -> None:
+        self.n_ballooned -= len(ppns)
+        self.push_free(ppns)
+
+    # ------------------------------------------------------------------ stats, checks
+    @property
+    def n_swapped(self) -> int:
+        return self.swap.n_used
+
+    @property
+    def n_resident(self) -> int:
+        return int(self.n_pages - self.n_free - self.n_ballooned)
+
+    def check_invariants(self) -> None:
+        res = np.flatnonzero(self.vstate == RESIDENT)
+        if (self.v2p[res] < 0).any() or not np.array_equal(self.p2v[self.v2p[res]], res):
+            raise InvariantError("guest page table and reverse map disagree")
+        if (self.v2p[self.vstate != RESIDENT] != -1).any():
+            raise InvariantError("a non-resident virtual page still maps a physical page")
+        in_use = int((self.p2v >= 0).sum())
+        if in_use != len(res):
+            raise InvariantError("physical pages in use != resident virtual pages")
+        if int((self.p2v == BALLOON).sum()) != self.n_ballooned:
+            raise InvariantError("balloon count is off")
+        free = self.free_stack[: self.n_free]
+        if len(np.unique(free)) != self.n_free or (self.p2v[free] != FREE).any():
+            raise InvariantError("guest free list is inconsistent")
+        if int((self.p2v == FREE).sum()) != self.n_free:
+            raise InvariantError("guest free count is off")
+        if int((self.vstate == SWAPPED).sum()) != self.swap.n_used:
+            raise InvariantError("guest swap slots in use != swapped pages")
+        if (self.p2v[self.pinned] < 0).any():
+            raise InvariantError("a pinned page is not resident")

@@ -1,0 +1,326 @@
+"""One host's VMM memory manager: the tick loop over its VMs and per-host policy.
+
+Scope, per tick, in this fixed order (VMs always in name order):
+
+1. working-set sampling: at each period boundary close the old period, mark a new sample;
+2. each VM runs one workload step (unless blocked in the LOW state or paused);
+3. the page-sharing scanner visits pages at ``scan_vm_pages_per_s`` per VM, capped at
+   ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
+4. reclamation by free-memory state (:mod:`hosts.free_memory`): balloon in SOFT (swap a VM
+   only if it cannot be ballooned), swap random victims in HARD, and in LOW also block VMs
+   above target on the next tick; in HIGH, balloons of VMs below target deflate;
+5. one metrics row per VM.
+
+Targets come from :func:`hosts.allocation.allocate` -- set by the coordinator
+(:meth:`set_targets`) or, for a host on its own, :meth:`self_allocate`.
+
+Not covered: migration transfer and time across hosts (``cluster/``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xxhash
+
+from hosts import page_state as ps
+from hosts.allocation import AllocationInput, allocate
+from hosts.errors import OutOfFrames, SwapFull
+from hosts.free_memory import ACTIONS, MemState, next_state, reclaim_goal_pages
+from hosts.host_memory import HostMemory
+from hosts.metrics_rows import MetricRows
+from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from hosts.vm import FaultCosts, TickCounters, VirtualMachine
+
+
+class HostMemoryManager:
+    """The memory manager of one physical host."""
+
+    def __init__(self, spec: HostSpec, sim: SimParams, policy: HostPolicy) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.sim = sim
+        self.policy = policy
+        self.mem = HostMemory(spec.n_frames, spec.n_swap_slots, sim.content_bytes)
+        self.vms: dict[str, VirtualMachine] = {}
+        self.order: list[str] = []
+        self.groups: dict[str, int] = {}
+        self.mstate = MemState.HIGH
+        self.tick = 0
+        self.scan_credit = 0.0
+        self.period_ticks = max(1, round(policy.sample_period_s / sim.tick_s))
+        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self.paused: dict[str, float] = {}
+        self.blocked: set[str] = set()
+        self.emergency_swaps = 0
+        self.state_ticks = np.zeros(len(MemState), dtype=np.int64)
+        self.shared_series: list[int] = []
+
+    # ------------------------------------------------------------------ VMs
+    def boot_vm(self, spec: VMSpec) -> VirtualMachine:
+        vm = VirtualMachine(
+            spec, self.sim, self.policy.sample_pages, self.policy.balloon_max_fraction
+        )
+        self.attach(vm)
+        return vm
+
+    def attach(self, vm: VirtualMachine) -> None:
+        if vm.name in self.vms:
+            raise ValueError(f"{self.name}: VM {vm.name} is already here")
+        if vm.overhead_pages > self.mem.n_free:
+            raise OutOfFrames(f"{self.name}: no room for the overhead of {vm.name}")
+        group = self.groups.setdefault(vm.spec.sharing_group, len(self.groups))
+        vm.group_id = group
+        vm.vm_id = self.mem.attach(vm.pmap, group, vm.spec.sharing, vm.overhead_pages)
+        self.vms[vm.name] = vm
+        self.order = sorted(self.vms)
+
+    def detach(self, name: str) -> VirtualMachine:
+        """Remove a VM whose pages have all been released (after migrating away)."""
+        vm = self.vms.pop(name)
+        self.mem.detach(vm.vm_id)
+        self.order = sorted(self.vms)
+        vm.vm_id = -1
+        self.paused.pop(name, None)
+        self.blocked.discard(name)
+        return vm
+
+    # ------------------------------------------------------------------ allocation
+    def available_pages(self) -> int:
+        """Frames the VMs may hold: all but overheads and the HIGH free margin."""
+        n = self.spec.n_frames
+        overhead = sum(vm.overhead_pages for vm in self.vms.values())
+        return max(0, int(n * (1.0 - self.policy.thresholds.high)) - overhead)
+
+    def allocation_input(self) -> AllocationInput:
+        vms = [self.vms[n] for n in self.order]
+        return AllocationInput(
+            shares=np.array([v.spec.shares for v in vms], dtype=np.float64),
+            pages=np.array([v.resident for v in vms], dtype=np.float64),
+            active=np.array([v.sampler.estimate for v in vms], dtype=np.float64),
+            min_pages=np.array(
+                [max(v.spec.min_pages, v.spec.pinned_pages) for v in vms], dtype=np.int64
+            ),
+            max_pages=np.array([v.spec.max_resident for v in vms], dtype=np.int64),
+            available_pages=self.available_pages(),
+            tax_rate=self.policy.tax_rate,
+        )
+
+    def set_targets(self, targets: dict[str, int]) -> None:
+        for name, t in targets.items():
+            self.vms[name].target = int(t)
+
+    def self_allocate(self) -> dict[str, int]:
+        """Targets for this host's VMs from its own memory alone."""
+        if not self.vms:
+            return {}
+        t = allocate(self.allocation_input())
+        targets = dict(zip(self.order, t.tolist(), strict=True))
+        self.set_targets(targets)
+        return targets
+
+    # ------------------------------------------------------------------ time
+    def run_ticks(self, start: int, n: int, self_allocate_every: int = 0) -> dict:
+        """Run ticks ``start .. start+n-1``; return their metrics as numpy columns."""
+        if start != self.tick:
+            raise ValueError(f"{self.name}: asked to run tick {start}, next is {self.tick}")
+        rows = MetricRows()
+        for t in range(start, start + n):
+            if self_allocate_every and t % self_allocate_every == 0:
+                self.self_allocate()
+            self._tick(t, rows)
+        return rows.columns()
+
+    def _tick(self, t: int, rows: MetricRows) -> None:
+        mem = self.mem
+        if t % self.period_ticks == 0:
+            self._sample_boundary(t)
+        for name in self.order:
+            vm = self.vms[name]
+            vm.tick = c = TickCounters()
+            pause = self.paused.pop(name, 0.0)
+            if name in self.blocked:
+                c.paused = 1.0
+                vm.stats.blocked_ticks += 1
+            elif pause >= 1.0:
+                c.paused = 1.0
+                vm.stats.paused_ticks += 1
+            else:
+                c.paused = pause
+                vm.run_step(mem, self._make_room)
+        self._scan(t)
+        self._reclaim()
+        self.state_ticks[self.mstate] += 1
+        self.shared_series.append(sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values()))
+        self.tick = t + 1
+        for name in self.order:
+            self._account(self.vms[name], t, rows)
+
+    def _sample_boundary(self, t: int) -> None:
+        for name in self.order:
+            vm = self.vms[name]
+            st = vm.pmap.state
+            alloc = np.flatnonzero((st == ps.MAPPED) | (st == ps.SHARED) | (st == ps.VMM_SWAPPED))
+            if t > 0:
+                true = float(vm.pmap.accessed[alloc].mean()) if len(alloc) else 0.0
+                vm.sampler.end_period(true)
+            vm.sampler.start_period(alloc, vm.vmm_rng)
+            vm.pmap.accessed[:] = False
+
+    def _make_room(self, k: int, requester: VirtualMachine) -> None:
+        """Free ``k`` frames now by VMM-swapping random victims (over-target VMs first)."""
+        freed = 0
+        over = sorted(
+            (v for v in self.vms.values() if v.resident > v.target),
+            key=lambda v: (v.target - v.resident, v.name),
+        )
+        rest = [requester] + [self.vms[n] for n in self.order if self.vms[n] is not requester]
+        for vm in over + rest:
+            tries = 0
+            while freed < k and tries < 4:
+                got = vm.swap_out_random(self.mem, k - freed)
+                freed += got
+                tries += 1
+                self.emergency_swaps += got
+            if freed >= k:
+                return
+        if self.mem.n_free < k:
+            raise SwapFull(
+                f"host {self.name}: out of memory and swap at tick {self.tick} "
+                f"(needed {k} frames; swap {self.mem.swap.n_used}/{self.mem.swap.n_slots})"
+            )
+
+    def _scan(self, t: int) -> None:
+        p = self.policy
+        tick_s = self.sim.tick_s
+        host_rate = p.scan_host_pages_per_s * tick_s
+        self.scan_credit = min(self.scan_credit + host_rate, host_rate + 1.0)
+        names = [n for n in self.order if self.vms[n].spec.sharing]
+        if not names:
+            return
+        r = t % len(names)
+        for name in names[r:] + names[:r]:
+            vm = self.vms[name]
+            vm_rate = p.scan_vm_pages_per_s * tick_s
+            vm.scan_credit = min(vm.scan_credit + vm_rate, vm_rate + 1.0)
+            n = int(min(vm.scan_credit, self.scan_credit))
+            if n <= 0:
+                continue
+            vm.scan_credit -= n
+            self.scan_credit -= n
+            s = self.mem.scan(vm.vm_id, vm.scan_candidates(n))
+            vm.tick.scanned += n
+            st = vm.stats
+            st.scanned += n
+            st.merged += s.merged
+            st.hint_hits += s.hint_hits
+            st.hint_stale += s.hint_stale
+            st.collisions += s.collisions
+
+    def _reclaim(self) -> None:
+        p, mem = self.policy, self.mem
+        total = self.spec.n_frames
+        self.mstate = next_state(self.mstate, mem.n_free / total, p.thresholds)
+        acts = ACTIONS[self.mstate]
+        tick_s = self.sim.tick_s
+        goal = reclaim_goal_pages(mem.n_free, total, p.thresholds)
+        vms = [self.vms[n] for n in self.order]
+        if self.mstate == MemState.HIGH:
+            for vm in vms:  # give memory back to VMs below target
+                room = vm.target - vm.resident
+                if room > 0 and vm.guest.n_ballooned:
+                    vm.deflate_balloon(mem, min(room, int(p.balloon_rate_pages_per_s * tick_s)))
+        self.blocked = set()
+        if goal <= 0:
+            return
+        over = sorted(
+            ((vm, vm.resident - vm.target) for vm in vms if vm.resident > vm.target),
+            key=lambda x: (-x[1], x[0].name),
+        )
+        left = goal
+        swap_rate = int(p.swap_rate_pages_per_s * tick_s)
+        if "balloon" in acts:
+            rate = int(p.balloon_rate_pages_per_s * tick_s)
+            for vm, excess in over:
+                if left <= 0:
+                    break
+                left -= vm.inflate_balloon(mem, min(excess, rate, left))
+            if self.mstate == MemState.SOFT:
+                # Swap only VMs that cannot be ballooned (no driver, or at the cap).
+                for vm, _ in over:
+                    if left <= 0:
+                        break
+                    excess = vm.resident - vm.target
+                    if excess > 0 and vm.guest.n_ballooned >= vm.balloon_cap:
+                        left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
+        if "swap" in acts and left > 0:
+            victims = [vm for vm, _ in over] or sorted(vms, key=lambda v: -v.resident)[:1]
+            for vm in victims:
+                if left <= 0:
+                    break
+                excess = max(vm.resident - vm.target, 0) or left
+                left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
+        if "block" in acts:
+            self.blocked = {vm.name for vm in vms if vm.resident > vm.target}
+
+    def _account(self, vm: VirtualMachine, t: int, rows: MetricRows) -> None:
+        c = vm.tick
+        st = vm.stats
+        st.first_touch += 0
+        st.cow_breaks += c.cow
+        st.vmm_swapins += c.vmm_swapins
+        st.guest_swapins += c.guest_swapins
+        st.accesses += c.accesses
+        tp = self.costs.throughput(self.sim.tick_s, c)
+        st.work_done += tp
+        st.ticks += 1
+        rows.add(self, vm, t, tp)
+
+    # ------------------------------------------------------------------ reports
+    def summary(self) -> dict:
+        """Totals for ``summary.json`` (plain data)."""
+        mb = self.sim.page_size / 2**20
+        shared_pages = sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values())
+        shared_frames = self.mem.index.n_shared_frames()
+        series = np.asarray(self.shared_series, dtype=np.int64)
+        peak = int(series.max()) if len(series) else 0
+        t90 = None
+        if peak > 0:
+            t90 = (int(np.argmax(series >= 0.9 * peak)) + 1) * self.sim.tick_s
+        return {
+            "memory_mb": self.spec.n_frames * mb,
+            "free_mb": self.mem.n_free * mb,
+            "shared_mb": shared_pages * mb,
+            "shared_frames_mb": shared_frames * mb,
+            "saved_mb": (shared_pages - shared_frames) * mb,
+            "swap_used_mb": self.mem.swap.n_used * mb,
+            "time_to_90pct_sharing_s": t90,
+            "state_ticks": {s.name.lower(): int(self.state_ticks[s]) for s in MemState},
+            "emergency_swapped_pages": self.emergency_swaps,
+            "vms": sorted(self.vms),
+        }
+
+    def digest(self, full: bool = False) -> str:
+        """A hash of this host's state; ``full`` adds every frame's and swap slot's bytes."""
+        h = xxhash.xxh3_128()
+        h.update(f"{self.name}|{self.tick}|{int(self.mstate)}".encode())
+        fr = self.mem.frames
+        h.update(fr.refcount.tobytes())
+        h.update(fr.free_stack[: fr.n_free].tobytes())
+        for name in self.order:
+            vm = self.vms[name]
+            h.update(name.encode())
+            for a in (vm.pmap.state, vm.pmap.loc, vm.guest.v2p, vm.guest.vstate, vm.pmap.counts):
+                h.update(a.tobytes())
+            h.update(f"{vm.steps}|{vm.target}|{vm.guest.n_ballooned}".encode())
+        if full:
+            h.update(fr.content.tobytes())
+            h.update(self.mem.swap.content[self.mem.swap.used].tobytes())
+            for name in self.order:
+                g = self.vms[name].guest
+                h.update(g.swap.content[g.vslot[g.vslot >= 0]].tobytes())
+        return h.hexdigest()
+
+    def check_invariants(self) -> None:
+        self.mem.check_invariants()
+        for name in self.order:
+            self.vms[name].check_invariants()

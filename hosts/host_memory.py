@@ -1,0 +1,320 @@
+"""Page-level mechanism of one host: frames, swap, sharing index and the VMs' maps.
+
+Scope: every operation that changes which frame or swap slot backs a guest page --
+first touch, copy-on-write, VMM swap out/in, releasing pages to the balloon, the page
+sharing scan, installing migrated pages -- each vectorised over a batch of guest pages,
+and ``check_invariants()`` over all of it.  Callers pass *unique* guest page numbers.
+
+Writes replace whole pages (the access model is page-granular), so the copy a real COW
+break makes is subsumed by the write itself; the fault is still counted.
+
+Not covered: when and to whom these happen (policy, :mod:`hosts.host_manager`), the guest
+OS's own view (:mod:`hosts.guest_os`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hosts import page_state as ps
+from hosts.errors import InvariantError
+from hosts.machine_memory import MachineMemory
+from hosts.page_sharing import SharingIndex, hash_page
+from hosts.phys_map import PhysMap
+from hosts.vmm_swap import SwapStore
+
+
+@dataclass
+class Faults:
+    """VMM-level faults of one batch of accesses."""
+
+    first_touch: int = 0
+    vmm_swapin: int = 0
+    cow: int = 0
+
+
+@dataclass
+class ScanStats:
+    scanned: int = 0
+    merged: int = 0  # pages remapped onto an existing shared frame
+    hint_hits: int = 0  # hints turned into a new shared frame
+    hint_stale: int = 0  # hints whose page had changed since
+    collisions: int = 0  # equal hashes, different bytes: never shared
+    frames_freed: int = 0
+
+
+@dataclass
+class VMSlot:
+    pmap: PhysMap
+    group: int
+    sharing: bool
+    overhead: np.ndarray
+
+
+class HostMemory:
+    """All page state of one host.  VMs are attached under small integer ids."""
+
+    def __init__(self, n_frames: int, n_swap_slots: int, content_bytes: int) -> None:
+        self.content_bytes = content_bytes
+        self.frames = MachineMemory(n_frames, content_bytes)
+        self.swap = SwapStore(n_swap_slots, content_bytes)
+        self.index = SharingIndex(n_frames)
+        self.zero = np.zeros(n_frames, dtype=bool)  # shared frames known to hold zeros
+        self.zero_hash = hash_page(np.zeros(content_bytes, dtype=np.uint8))
+        self.vms: dict[int, VMSlot] = {}
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ VMs
+    def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
+        vm = self._next_id
+        self._next_id += 1
+        overhead = self.frames.alloc(overhead_pages, zero=False)
+        self.frames.owner_vm[overhead] = vm
+        self.vms[vm] = VMSlot(pmap, group, sharing, overhead)
+        return vm
+
+    def detach(self, vm: int) -> None:
+        slot = self.vms[vm]
+        if slot.pmap.allocated:
+            raise InvariantError("detaching a VM that still holds frames or swap")
+        self.frames.decref(slot.overhead)
+        del self.vms[vm]
+
+    @property
+    def n_free(self) -> int:
+        return self.frames.n_free
+
+    # ------------------------------------------------------------------ accesses
+    def frames_needed(self, vm: int, reads: np.ndarray, writes: np.ndarray) -> int:
+        """Frames a batch will allocate: first touches, swap-ins and COW breaks."""
+        st = self.vms[vm].pmap.state
+        r, w = st[reads], st[writes]
+        return int(
+            np.count_nonzero((r == ps.UNTOUCHED) | (r == ps.VMM_SWAPPED))
+            + np.count_nonzero(w != ps.MAPPED)
+        )
+
+    def _back(self, vm: int, pmap: PhysMap, ppns: np.ndarray, *, fill: bool, f: Faults) -> None:
+        """Give frames to UNTOUCHED / VMM_SWAPPED pages among ``ppns`` (filled if asked)."""
+        st = pmap.state[ppns]
+        new = ppns[st == ps.UNTOUCHED]
+        if len(new):
+            frames = self.frames.alloc(len(new), zero=fill)
+            self._own(vm, new, frames)
+            pmap.set_state(new, ps.MAPPED, frames)
+            f.first_touch += len(new)
+        sw = ppns[st == ps.VMM_SWAPPED]
+        if len(sw):
+            slots = pmap.loc[sw]
+            frames = self.frames.alloc(len(sw), zero=False)
+            if fill:
+                self.frames.content[frames] = self.swap.take(slots)
+            else:
+                self.swap.free(slots)
+            self._own(vm, sw, frames)
+            pmap.set_state(sw, ps.MAPPED, frames)
+            f.vmm_swapin += len(sw)
+        if (st == ps.BALLOONED).any():
+            raise InvariantError("guest touched a page its balloon holds")
+
+    def _own(self, vm: int, ppns: np.ndarray, frames: np.ndarray) -> None:
+        self.frames.owner_vm[frames] = vm
+        self.frames.owner_ppn[frames] = ppns
+
+    def read(self, vm: int, ppns: np.ndarray) -> Faults:
+        """Guest reads of unique pages: first touch zero-fills, swapped pages come back."""
+        pmap = self.vms[vm].pmap
+        f = Faults()
+        self._back(vm, pmap, ppns, fill=True, f=f)
+        pmap.accessed[ppns] = True
+        return f
+
+    def write(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> Faults:
+        """Guest writes of whole unique pages; a write to a shared page breaks COW."""
+        pmap = self.vms[vm].pmap
+        f = Faults()
+        self._back(vm, pmap, ppns, fill=False, f=f)
+        cow = ppns[pmap.state[ppns] == ps.SHARED]
+        if len(cow):
+            old = pmap.loc[cow].copy()
+            frames = self.frames.alloc(len(cow), zero=False)
+            self._own(vm, cow, frames)
+            pmap.n_zero_shared -= int(self.zero[old].sum())
+            pmap.set_state(cow, ps.MAPPED, frames)
+            self._decref(old)
+            f.cow += len(cow)
+        self.frames.content[pmap.loc[ppns]] = data
+        pmap.accessed[ppns] = True
+        pmap.dirty[ppns] = True
+        return f
+
+    def read_bytes(self, vm: int, ppns: np.ndarray) -> np.ndarray:
+        """Contents of resident pages (no side effects); zeros for untouched pages."""
+        pmap = self.vms[vm].pmap
+        st = pmap.state[ppns]
+        out = np.zeros((len(ppns), self.content_bytes), dtype=np.uint8)
+        res = (st == ps.MAPPED) | (st == ps.SHARED)
+        out[res] = self.frames.content[pmap.loc[ppns[res]]]
+        sw = st == ps.VMM_SWAPPED
+        out[sw] = self.swap.content[pmap.loc[ppns[sw]]]
+        if (st == ps.BALLOONED).any():
+            raise InvariantError("reading a ballooned page")
+        return out
+
+    # ------------------------------------------------------------------ reclamation
+    def _decref(self, frames: np.ndarray) -> int:
+        freed = self.frames.decref(frames)
+        self.index.forget(freed)
+        self.zero[freed] = False
+        return len(freed)
+
+    def release(self, vm: int, ppns: np.ndarray, to_state: int) -> int:
+        """Drop the backing of pages (balloon inflation, migration away); frames freed."""
+        pmap = self.vms[vm].pmap
+        st = pmap.state[ppns]
+        res = ppns[(st == ps.MAPPED) | (st == ps.SHARED)]
+        frames = pmap.loc[res].copy()
+        pmap.n_zero_shared -= int(self.zero[frames].sum())
+        sw = ppns[st == ps.VMM_SWAPPED]
+        self.swap.free(pmap.loc[sw].copy())
+        pmap.set_state(ppns, to_state, -1)
+        return self._decref(frames)
+
+    def swap_out(self, vm: int, ppns: np.ndarray) -> int:
+        """Write resident pages to the swap store; return how many frames that freed.
+
+        A shared page's bytes go to swap too and only its reference is dropped: the
+        frame is freed when its last sharer leaves (``swap full`` raises, never loses data).
+        """
+        pmap = self.vms[vm].pmap
+        st = pmap.state[ppns]
+        if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
+            raise InvariantError("swap_out of a page that is not resident")
+        frames = pmap.loc[ppns].copy()
+        slots = self.swap.put(self.frames.content[frames])
+        pmap.n_zero_shared -= int(self.zero[frames].sum())
+        pmap.set_state(ppns, ps.VMM_SWAPPED, slots)
+        return self._decref(frames)
+
+    # ------------------------------------------------------------------ sharing
+    def scan(self, vm: int, ppns: np.ndarray) -> ScanStats:
+        """One batch of the ESX sharing scan over candidate pages of one VM.
+
+        Hash each private page; a hash found among shared frames -> byte compare -> remap
+        and free the duplicate; found among hints -> re-hash the hinted page (it may have
+        changed) and byte compare -> both pages onto one new shared frame; otherwise record
+        a hint.  Equal hashes with different bytes never share.
+        """
+        slot = self.vms[vm]
+        pmap = slot.pmap
+        stats = ScanStats()
+        cand = ppns[pmap.state[ppns] == ps.MAPPED]
+        stats.scanned = len(cand)
+        if not len(cand) or not slot.sharing:
+            return stats
+        content = self.frames.content
+        frames = pmap.loc[cand]
+        hashes = [hash_page(content[f]) for f in frames.tolist()]
+        shared_tab, hint_tab = self.index.tables(slot.group)
+        merge_ppn: list[int] = []
+        merge_to: list[int] = []
+        for ppn, f, h in zip(cand.tolist(), frames.tolist(), hashes, strict=True):
+            if pmap.state[ppn] != ps.MAPPED:
+                continue  # its hinted frame was promoted earlier in this batch: shared now
+            sf = shared_tab.get(h)
+            if sf is not None:
+                if content[f].tobytes() == content[sf].tobytes():
+                    merge_ppn.append(ppn)
+                    merge_to.append(sf)
+                    stats.merged += 1
+                else:
+                    stats.collisions += 1
+                continue
+            hf = hint_tab.get(h)
+            if hf is not None and hf != f:
+                if (
+                    self.frames.refcount[hf] == 1
+                    and not self.frames.shared[hf]
+                    and hash_page(content[hf]) == h
+                ):
+                    if content[f].tobytes() == content[hf].tobytes():
+                        self._promote(slot.group, h, hf)
+                        merge_ppn.append(ppn)
+                        merge_to.append(hf)
+                        stats.hint_hits += 1
+                        continue
+                    stats.collisions += 1
+                else:
+                    stats.hint_stale += 1
+            self.index.add_hint(slot.group, h, f)
+            if merge_ppn and merge_ppn[-1] == ppn:  # pragma: no cover - defensive
+                raise InvariantError("page both merged and hinted")
+        if merge_ppn:
+            mp = np.asarray(merge_ppn, dtype=np.int64)
+            mt = np.asarray(merge_to, dtype=np.int32)
+            old = pmap.loc[mp].copy()
+            pmap.set_state(mp, ps.SHARED, mt)
+            np.add.at(self.frames.refcount, mt, 1)
+            pmap.n_zero_shared += int(self.zero[mt].sum())
+            stats.frames_freed = self._decref(old)
+        return stats
+
+    def _promote(self, group: int, h: int, frame: int) -> None:
+        """Turn a hinted private frame into a shared COW frame (its owner page too)."""
+        owner, oppn = int(self.frames.owner_vm[frame]), int(self.frames.owner_ppn[frame])
+        self.frames.shared[frame] = True
+        self.index.add_shared(group, h, frame)
+        if h == self.zero_hash and not self.frames.content[frame].any():
+            self.zero[frame] = True
+        opmap = self.vms[owner].pmap
+        opmap.set_state(np.array([oppn]), ps.SHARED, frame)
+        opmap.n_zero_shared += int(self.zero[frame])
+
+    # ------------------------------------------------------------------ migration
+    def install(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> None:
+        """Back pages with given contents as private frames (migration arrival)."""
+        pmap = self.vms[vm].pmap
+        if (pmap.state[ppns] != ps.UNTOUCHED).any():
+            raise InvariantError("installing over a page that is already backed")
+        frames = self.frames.alloc(len(ppns), zero=False)
+        self.frames.content[frames] = data
+        self._own(vm, ppns, frames)
+        pmap.set_state(ppns, ps.MAPPED, frames)
+
+    # ------------------------------------------------------------------ checks
+    def check_invariants(self) -> None:
+        n = self.frames.n_frames
+        refs = np.zeros(n, dtype=np.int64)
+        slots: list[np.ndarray] = []
+        fr = self.frames
+        for vm, slot in self.vms.items():
+            pmap = slot.pmap
+            pmap.check_invariants()
+            st, loc = pmap.state, pmap.loc
+            mapped = np.flatnonzero(st == ps.MAPPED)
+            shared = np.flatnonzero(st == ps.SHARED)
+            refs += np.bincount(loc[mapped], minlength=n)
+            refs += np.bincount(loc[shared], minlength=n)
+            refs += np.bincount(slot.overhead, minlength=n)
+            slots.append(loc[st == ps.VMM_SWAPPED])
+            mf = loc[mapped]
+            if fr.shared[mf].any():
+                raise InvariantError(f"vm {vm}: a private page maps a shared frame")
+            if (fr.owner_vm[mf] != vm).any() or (fr.owner_ppn[mf] != mapped).any():
+                raise InvariantError(f"vm {vm}: private frame owner record is wrong")
+            sf = loc[shared]
+            if not fr.shared[sf].all():
+                raise InvariantError(f"vm {vm}: a shared (COW) page maps a private frame")
+            if (self.index.group[sf] != slot.group).any():
+                raise InvariantError(f"vm {vm}: shares a frame outside its sharing group")
+            if int(self.zero[sf].sum()) != pmap.n_zero_shared:
+                raise InvariantError(f"vm {vm}: zero-shared count is off")
+        fr.check_invariants(refs)
+        if (refs[fr.shared] < 1).any():
+            raise InvariantError("a shared frame has no references")
+        self.swap.check_invariants(np.concatenate(slots) if slots else np.zeros(0, dtype=np.int32))
+        self.index.check_invariants(fr.content, fr.shared)
+        if (self.zero & ~fr.shared).any():
+            raise InvariantError("zero flag on a frame that is not shared")

@@ -1,0 +1,351 @@
+"""One virtual machine on a host: guest OS, VMM map, balloon, sampler and workload.
+
+Scope: what happens inside one VM in one tick -- the workload's accesses go through the
+guest's page table (guest faults, clock eviction, guest swap) down to the VMM's map
+(first touch, COW, VMM swap-in) -- and the per-VM reclamation actions the host manager
+asks for: inflate/deflate the balloon, VMM-swap random victims.  Costs of faults become
+throughput with a simple stall model (:class:`FaultCosts`).
+
+Everything that defines the VM lives here and moves with it on migration: maps, guest
+state, balloon, sampler, workload and both random generators (``workload_rng`` drives the
+access stream, ``vmm_rng`` the VMM's sampling, scan order and swap victims).
+
+Not covered: choosing targets or states (:mod:`hosts.host_manager`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from math import gcd
+
+import numpy as np
+
+from hosts import guest_os as gos
+from hosts import page_state as ps
+from hosts.guest_os import GuestOS
+from hosts.host_memory import HostMemory
+from hosts.phys_map import PhysMap
+from hosts.specs import SimParams, VMSpec
+from hosts.working_set import WorkingSetSampler
+from workloads import registry
+from workloads.content import page_bytes, stable_hash64
+from workloads.images import BootLayout, image_keys
+from workloads.patterns import Accesses, WorkloadEnv
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class VMStats:
+    """Counters of one VM; ``tick_*`` fields are reset every tick, totals never."""
+
+    first_touch: int = 0
+    cow_breaks: int = 0
+    vmm_swapins: int = 0
+    guest_swapins: int = 0  # disk reads: swapped or dropped guest pages
+    guest_swapouts: int = 0  # disk writes of dirty pages
+    sample_faults: int = 0
+    scanned: int = 0
+    merged: int = 0
+    hint_hits: int = 0
+    hint_stale: int = 0
+    collisions: int = 0
+    accesses: int = 0
+    blocked_ticks: int = 0
+    paused_ticks: int = 0
+    work_done: float = 0.0
+    ticks: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TickCounters:
+    disk: int = 0
+    minor: int = 0
+    cow: int = 0
+    vmm_swapins: int = 0
+    guest_swapins: int = 0
+    scanned: int = 0
+    accesses: int = 0
+    paused: float = 0.0  # fraction of the tick the VM was not running
+
+
+@dataclass(frozen=True)
+class FaultCosts:
+    disk_s: float = 0.005
+    minor_s: float = 2e-6
+
+    def throughput(self, tick_s: float, c: TickCounters) -> float:
+        """Work done / work demanded: the tick's work is stretched by its stalls."""
+        stall = c.disk * self.disk_s + c.minor * self.minor_s
+        return (1.0 - c.paused) * tick_s / (tick_s + stall)
+
+
+MakeRoom = Callable[[int, "VirtualMachine"], None]
+
+
+def vm_seed_sequence(seed: int, name: str, purpose: str) -> np.random.SeedSequence:
+    """The VM's own stream: independent of placement, host and other VMs."""
+    key = stable_hash64("vm", name, purpose)
+    return np.random.SeedSequence(seed, spawn_key=(key & 0xFFFFFFFF, key >> 32))
+
+
+class VirtualMachine:
+    """A VM and all of its memory state; attached to one :class:`HostMemory` at a time."""
+
+    def __init__(
+        self,
+        spec: VMSpec,
+        sim: SimParams,
+        sample_pages: int = 100,
+        balloon_max_fraction: float = 0.65,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.sim = sim
+        n = spec.n_pages
+        self.pmap = PhysMap(n)
+        self.guest = GuestOS(n, sim.content_bytes, spec.pinned_pages)
+        self.layout = BootLayout.for_image(spec.image, n)
+        self.sampler = WorkingSetSampler(n, sample_pages)
+        self.balloon_max_fraction = balloon_max_fraction
+        self.workload_rng = np.random.Generator(
+            np.random.PCG64(vm_seed_sequence(sim.seed, spec.name, "workload"))
+        )
+        self.vmm_rng = np.random.Generator(
+            np.random.PCG64(vm_seed_sequence(sim.seed, spec.name, "vmm"))
+        )
+        env = WorkloadEnv(n, sim.page_size, sim.tick_s, sim.seed, spec.image, self.layout)
+        cls = registry.get(spec.workload_kind)
+        params = spec.workload_params if spec.workload_params is not None else cls.Params()
+        self.workload = cls(params, env, self.workload_rng)
+        self.steps = 0
+        self.target = spec.max_resident
+        self.balloon_target = 0
+        self.stats = VMStats()
+        self.tick = TickCounters()
+        self.scan_credit = 0.0
+        self.scan_a, self.scan_b, self.scan_pos = 1, 0, n  # forces a new permutation
+        self.vm_id = -1  # set when attached to a host
+        self.group_id = 0
+
+    # ------------------------------------------------------------------ attach
+    @property
+    def overhead_pages(self) -> int:
+        return self.spec.overhead_pages
+
+    @property
+    def balloon_cap(self) -> int:
+        if not self.spec.balloon:
+            return 0
+        cap = int(self.spec.n_pages * self.balloon_max_fraction)
+        return max(0, min(cap, self.spec.n_pages - self.spec.pinned_pages))
+
+    # ------------------------------------------------------------------ one tick
+    def run_step(self, mem: HostMemory, make_room: MakeRoom) -> None:
+        """Run the workload's next step through guest and VMM."""
+        acc = self.workload.step(self.steps)
+        self.steps += 1
+        self.apply(mem, make_room, acc)
+
+    def apply(self, mem: HostMemory, make_room: MakeRoom, acc: Accesses) -> None:
+        """Apply one step's accesses, in chunks small enough for the guest's memory."""
+        # Last write to a page wins; a page read and written in one step is a write.
+        wr = np.asarray(acc.writes, dtype=np.int64)
+        keys = np.asarray(acc.write_keys, dtype=np.uint64)
+        if len(wr):
+            rev_u, rev_i = np.unique(wr[::-1], return_index=True)
+            keys = keys[::-1][rev_i]
+            wr = rev_u
+        rd = np.setdiff1d(np.asarray(acc.reads, dtype=np.int64), wr)
+        self.tick.accesses += acc.count
+        g = self.guest
+        cap = max(1, (g.n_pages - g.n_ballooned - int(g.pinned.sum())) // 2)
+        touched = np.union1d(rd, wr)
+        if len(touched) <= cap:
+            self._apply_chunk(mem, make_room, rd, wr, keys)
+            return
+        for lo in range(0, len(touched), cap):
+            part = touched[lo : lo + cap]
+            r = rd[np.isin(rd, part)]
+            m = np.isin(wr, part)
+            self._apply_chunk(mem, make_room, r, wr[m], keys[m])
+
+    def _apply_chunk(
+        self,
+        mem: HostMemory,
+        make_room: MakeRoom,
+        rd: np.ndarray,
+        wr: np.ndarray,
+        keys: np.ndarray,
+    ) -> None:
+        g, c = self.guest, self.tick
+        touched = np.union1d(rd, wr)
+        miss = touched[g.vstate[touched] != gos.RESIDENT]
+        restore_v, restore_d = _EMPTY, np.zeros((0, self.sim.content_bytes), np.uint8)
+        if len(miss):
+            short = len(miss) - g.n_free
+            if short > 0:
+                protect = g.v2p[touched[g.vstate[touched] == gos.RESIDENT]]
+                self._guest_evict(mem, g.choose_victims(short, protect))
+            vs = g.vstate[miss]
+            swapped, dropped = miss[vs == gos.SWAPPED], miss[vs == gos.DROPPED]
+            never = miss[vs == gos.NEVER]
+            sw_data = g.swap.take(g.vslot[swapped])
+            g.vslot[swapped] = -1
+            dr_data = page_bytes(self._image_keys(dropped), self.sim.content_bytes)
+            g.clean[never] = False
+            g.clean[swapped] = False
+            g.clean[dropped] = True
+            c.disk += len(swapped) + len(dropped)
+            c.guest_swapins += len(swapped) + len(dropped)
+            c.minor += len(never)
+            g.map(miss, g.alloc(len(miss)))
+            # Contents the guest puts into the new physical pages before the access:
+            # its swap/disk copy, or zeros for a first touch.  Pages the step overwrites
+            # anyway need no restore (writes replace whole pages).
+            restore_v = np.concatenate([swapped, dropped, never])
+            restore_d = np.concatenate(
+                [sw_data, dr_data, np.zeros((len(never), self.sim.content_bytes), np.uint8)]
+            )
+            keep = ~np.isin(restore_v, wr)
+            restore_v, restore_d = restore_v[keep], restore_d[keep]
+            rd = np.setdiff1d(rd, restore_v)
+        # VMM level.  A first touch the guest zero-fills on a never-backed page is just a
+        # VMM read (zero fill); other restores are writes.
+        wv = np.concatenate([restore_v, wr])
+        data = np.concatenate([restore_d, page_bytes(keys, self.sim.content_bytes)])
+        r_ppn = g.v2p[rd].astype(np.int64)
+        w_ppn = g.v2p[wv].astype(np.int64)
+        need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
+        if need > mem.n_free:
+            make_room(need - mem.n_free, self)
+        fr = mem.read(self.vm_id, r_ppn)
+        fw = mem.write(self.vm_id, w_ppn, data)
+        c.minor += fr.first_touch + fw.first_touch + fw.cow
+        c.cow += fw.cow
+        c.vmm_swapins += fr.vmm_swapin + fw.vmm_swapin
+        c.disk += fr.vmm_swapin + fw.vmm_swapin
+        all_ppn = np.concatenate([r_ppn, w_ppn])
+        c.minor += self.sampler.on_access(all_ppn)
+        g.pref[all_ppn] = True
+        if len(wr):
+            img = wr < self.layout.n_image
+            cl = np.zeros(len(wr), dtype=bool)
+            if img.any():
+                cl[img] = self._image_keys(wr[img]) == keys[img]
+            g.clean[wr] = cl
+
+    def _image_keys(self, vpns: np.ndarray) -> np.ndarray:
+        return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
+
+    def _guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
+        """The guest pages out ``victims`` (physical pages): dirty ones to its swap."""
+        if not len(victims):
+            return
+        g = self.guest
+        need = g.needs_bytes(victims)
+        data = np.zeros((len(victims), self.sim.content_bytes), dtype=np.uint8)
+        if need.any():
+            vp = victims[need]
+            # Double paging: a victim the VMM had swapped out is read back from disk.
+            vmm_sw = int((self.pmap.state[vp] == ps.VMM_SWAPPED).sum())
+            self.tick.disk += vmm_sw
+            self.tick.vmm_swapins += vmm_sw
+            data[need] = mem.read_bytes(self.vm_id, vp)
+        dropped, swapped = g.evict(victims, data)
+        self.tick.disk += swapped
+        self.stats.guest_swapouts += swapped
+
+    # ------------------------------------------------------------------ reclamation
+    def inflate_balloon(self, mem: HostMemory, k: int) -> int:
+        """Take ``k`` pages from the guest (free ones first, then its coldest)."""
+        g = self.guest
+        k = min(k, self.balloon_cap - g.n_ballooned)
+        if k <= 0:
+            return 0
+        short = k - g.n_free
+        if short > 0:
+            self._guest_evict(mem, g.choose_victims(short))
+        k = min(k, g.n_free)
+        ppns = g.alloc(k)
+        g.take_for_balloon(ppns)
+        return mem.release(self.vm_id, np.sort(ppns), ps.BALLOONED)
+
+    def deflate_balloon(self, mem: HostMemory, k: int) -> int:
+        g = self.guest
+        ppns = g.ballooned_pages()[: max(0, k)]
+        if not len(ppns):
+            return 0
+        mem.release(self.vm_id, ppns, ps.UNTOUCHED)
+        g.return_from_balloon(ppns)
+        return len(ppns)
+
+    def swap_out_random(self, mem: HostMemory, k: int) -> int:
+        """VMM swapping: ``k`` random resident, unpinned pages (ESX picks at random)."""
+        st = self.pmap.state
+        cand = np.flatnonzero(((st == ps.MAPPED) | (st == ps.SHARED)) & ~self.guest.pinned)
+        k = min(k, len(cand))
+        if k <= 0:
+            return 0
+        pick = np.sort(cand[self.vmm_rng.choice(len(cand), size=k, replace=False)])
+        return mem.swap_out(self.vm_id, pick)
+
+    def scan_candidates(self, n: int) -> np.ndarray:
+        """The next ``n`` pages of this VM's random scan order (an affine permutation).
+
+        Each pass over the VM uses a fresh permutation ``p(i) = (a i + b) mod P`` with
+        ``gcd(a, P) = 1``: random order, no per-page memory.
+        """
+        P = self.spec.n_pages
+        out = []
+        while n > 0:
+            if self.scan_pos >= P:
+                a = int(self.vmm_rng.integers(1, max(P, 2)))
+                while gcd(a, P) != 1:
+                    a = int(self.vmm_rng.integers(1, max(P, 2)))
+                self.scan_a, self.scan_b = a, int(self.vmm_rng.integers(0, P))
+                self.scan_pos = 0
+            take = min(n, P - self.scan_pos)
+            i = np.arange(self.scan_pos, self.scan_pos + take, dtype=np.int64)
+            out.append((self.scan_a * i + self.scan_b) % P)
+            self.scan_pos += take
+            n -= take
+        return np.concatenate(out) if out else _EMPTY
+
+    # ------------------------------------------------------------------ reporting
+    @property
+    def resident(self) -> int:
+        return self.pmap.resident
+
+    def check_invariants(self) -> None:
+        self.guest.check_invariants()
+        g, pm = self.guest, self.pmap
+        bal = g.p2v == gos.BALLOON
+        if not np.array_equal(bal, pm.state == ps.BALLOONED):
+            raise AssertionError(f"{self.name}: guest balloon != VMM ballooned pages")
+        if (pm.state[g.pinned] == ps.VMM_SWAPPED).any():
+            raise AssertionError(f"{self.name}: a pinned page was VMM-swapped")
+        if self.balloon_cap < g.n_ballooned:
+            raise AssertionError(f"{self.name}: balloon above its cap")
+
+
+def vm_page_contents(vm: VirtualMachine, mem: HostMemory) -> np.ndarray:
+    """What the guest would read at every *virtual* page right now (for tests).
+
+    Resident pages read through the VMM; swapped pages from the guest swap disk; dropped
+    image pages from the image; never-touched pages are zeros.
+    """
+    g = vm.guest
+    n = g.n_pages
+    out = np.zeros((n, vm.sim.content_bytes), dtype=np.uint8)
+    res = np.flatnonzero(g.vstate == gos.RESIDENT)
+    out[res] = mem.read_bytes(vm.vm_id, g.v2p[res].astype(np.int64))
+    sw = np.flatnonzero(g.vstate == gos.SWAPPED)
+    out[sw] = g.swap.content[g.vslot[sw]]
+    dr = np.flatnonzero(g.vstate == gos.DROPPED)
+    out[dr] = page_bytes(vm._image_keys(dr), vm.sim.content_bytes)
+    return out

@@ -1,0 +1,78 @@
+"""Content keys: 64-bit names that regenerate the exact bytes of a page.
+
+Scope: turning keys into bytes (vectorised, platform independent) and deriving keys for
+image pages.  Key 0 is the zero page.  Keys are mixed with SplitMix64, so every
+(key, word) pair gives an independent-looking 64-bit word; the bytes are little-endian on
+every platform, so a key means the same bytes on every machine of a Ray cluster.
+
+Not covered: where pages live or how they are shared (``hosts/``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+ZERO_KEY = 0
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser over a uint64 array (wrapping arithmetic, no copies kept)."""
+    x = np.asarray(x, dtype=np.uint64).copy()
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def stable_hash64(*parts: object) -> int:
+    """A 64-bit integer from strings/ints that is the same in every process and run.
+
+    (Python's ``hash()`` of a str is salted per process, so it must never be used for
+    anything that reaches results.)
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\x00")
+    return int.from_bytes(h.digest(), "little")
+
+
+def page_bytes(keys: np.ndarray, content_bytes: int) -> np.ndarray:
+    """The bytes of pages named by ``keys``: ``uint8[len(keys), content_bytes]``.
+
+    Vectorised: one numpy pass over ``len(keys) * content_bytes / 8`` words.
+    """
+    keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    n_words = -(-content_bytes // 8)
+    words = np.arange(n_words, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = keys[:, None] * _GOLDEN + (words[None, :] + np.uint64(1)) * _M2
+    out = mix64(x).astype("<u8", copy=False).view(np.uint8).reshape(len(keys), n_words * 8)
+    if n_words * 8 != content_bytes:
+        out = np.ascontiguousarray(out[:, :content_bytes])
+    out[keys == ZERO_KEY] = 0
+    return out
+
+
+def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` fresh random content keys, never the zero key."""
+    keys = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
+    return keys
+
+
+def derived_keys(base: int, index: np.ndarray) -> np.ndarray:
+    """Keys ``f(base, i)`` for an index array: deterministic, never zero."""
+    index = np.asarray(index, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        k = mix64(index * _GOLDEN ^ np.uint64(base & 0xFFFFFFFFFFFFFFFF))
+    k[k == 0] = 1
+    return k

@@ -1,0 +1,178 @@
+"""Access patterns: which guest pages a VM touches each tick, and what it writes.
+
+Scope: the per-tick access stream of one guest, as numpy arrays of guest page numbers.
+Each pattern is a small class with a frozen ``Params`` dataclass (the keys of its
+``[vms.workload]`` table, with help text) and its own ``numpy.random.Generator``.  The
+stream depends only on the VM's step count, never on what the host did (an *open-loop*
+model: faults slow a VM down, they do not change what it asks for), so a recorded stream
+can be replayed under any policy.
+
+Step 0 is the guest's boot: it writes the image and zero regions (:mod:`workloads.images`).
+
+Not covered: guest page tables, faults and costs (``hosts/guest_os.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workloads.content import nonzero_keys
+from workloads.images import BootLayout, ImageSpec, boot_writes
+
+_EMPTY_I = np.zeros(0, dtype=np.int64)
+_EMPTY_K = np.zeros(0, dtype=np.uint64)
+
+
+@dataclass(frozen=True)
+class Accesses:
+    """One tick of guest accesses: reads and writes of guest pages, writes with content keys."""
+
+    reads: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    writes: np.ndarray = field(default_factory=lambda: _EMPTY_I)
+    write_keys: np.ndarray = field(default_factory=lambda: _EMPTY_K)
+
+    @property
+    def count(self) -> int:
+        return len(self.reads) + len(self.writes)
+
+    @staticmethod
+    def concat(a: Accesses, b: Accesses) -> Accesses:
+        return Accesses(
+            np.concatenate([a.reads, b.reads]),
+            np.concatenate([a.writes, b.writes]),
+            np.concatenate([a.write_keys, b.write_keys]),
+        )
+
+
+@dataclass(frozen=True)
+class WorkloadEnv:
+    """What a pattern may know about its VM."""
+
+    n_pages: int
+    page_size: int
+    tick_s: float
+    seed: int
+    image: ImageSpec
+    layout: BootLayout
+
+    def pages(self, mb: float) -> int:
+        return min(self.n_pages, int(mb * 2**20) // self.page_size)
+
+
+class Workload:
+    """Base class: boot at step 0, then the pattern's own accesses.
+
+    Subclasses set ``kind`` and ``Params`` and implement :meth:`_accesses`.
+    """
+
+    kind: ClassVar[str] = ""
+    Params: ClassVar[type] = object
+
+    def __init__(self, params: Any, env: WorkloadEnv, rng: np.random.Generator) -> None:
+        self.params = params
+        self.env = env
+        self.rng = rng
+
+    def step(self, step: int) -> Accesses:
+        acc = self._accesses(step)
+        if step == 0:
+            pages, keys = boot_writes(self.env.image, self.env.layout, self.env.seed)
+            acc = Accesses.concat(Accesses(writes=pages, write_keys=keys), acc)
+        return acc
+
+    def _accesses(self, step: int) -> Accesses:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # --- state that travels with a VM (migration, checkpoints); JSON-able, no pickle ---
+    def get_state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
+        if n <= 0 or len(pool) == 0:
+            return _EMPTY_I
+        return pool[self.rng.integers(0, len(pool), size=n)]
+
+    def _split(self, pool: np.ndarray, n: int, write_fraction: float) -> Accesses:
+        n_w = int(self.rng.binomial(n, write_fraction)) if n > 0 else 0
+        reads = self._draw(pool, n - n_w)
+        writes = self._draw(pool, n_w)
+        return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))
+
+
+def _rate(n: int, per_s: float, tick_s: float, rng: np.random.Generator) -> int:
+    """Accesses this tick for a mean rate; Poisson so fractional rates work at any tick."""
+    return int(rng.poisson(per_s * tick_s)) if per_s > 0 else 0
+
+
+@dataclass(frozen=True)
+class IdleParams:
+    background_fraction: float = field(
+        default=0.01, metadata={"help": "fraction of memory in the housekeeping set"}
+    )
+    accesses_per_s: float = field(
+        default=20.0, metadata={"help": "mean accesses per second to the housekeeping set"}
+    )
+    write_fraction: float = field(
+        default=0.05, metadata={"help": "fraction of accesses that write"}
+    )
+
+
+class Idle(Workload):
+    """An idle guest: a little housekeeping in a small background set."""
+
+    kind = "idle"
+    Params = IdleParams
+
+    def __init__(self, params: IdleParams, env: WorkloadEnv, rng: np.random.Generator) -> None:
+        super().__init__(params, env, rng)
+        n = max(1, int(params.background_fraction * env.n_pages))
+        # Housekeeping lives among the image and zeroed pages (kernel, daemons).
+        lo = 0
+        hi = max(env.layout.data_start, n)
+        self.background = np.arange(lo, min(hi, env.n_pages), dtype=np.int64)[:n]
+
+    def _accesses(self, step: int) -> Accesses:
+        n = _rate(len(self.background), self.params.accesses_per_s, self.env.tick_s, self.rng)
+        return self._split(self.background, n, self.params.write_fraction)
+
+
+@dataclass(frozen=True)
+class SteadyParams:
+    wss_mb: float = field(default=16.0, metadata={"help": "working-set size in MB"})
+    write_fraction: float = field(default=0.1, metadata={"help": "fraction of accesses that write"})
+    accesses_per_s: float = field(
+        default=0.0,
+        metadata={"help": "mean accesses per second (0: one per working-set page per second)"},
+    )
+
+
+class Steady(Workload):
+    """A fixed working set, touched uniformly at a steady rate.
+
+    The working set is a fixed random set of guest pages drawn at boot from the VM's
+    generator; writes go to its private-data pages when it has any.
+    """
+
+    kind = "steady"
+    Params = SteadyParams
+
+    def __init__(self, params: SteadyParams, env: WorkloadEnv, rng: np.random.Generator) -> None:
+        super().__init__(params, env, rng)
+        wss = max(1, env.pages(params.wss_mb))
+        self.wss = np.sort(rng.choice(env.n_pages, size=wss, replace=False)).astype(np.int64)
+        data = self.wss[self.wss >= env.layout.data_start]
+        self.write_pool = data if len(data) else self.wss
+        self.rate = params.accesses_per_s or float(wss)
+
+    def _accesses(self, step: int) -> Accesses:
+        n = _rate(len(self.wss), self.rate, self.env.tick_s, self.rng)
+        n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
+        reads = self._draw(self.wss, n - n_w)
+        writes = self._draw(self.write_pool, n_w)
+        return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))

@@ -1,0 +1,21 @@
+"""The workload registry: ``[vms.workload] kind = "..."`` picks a class from here.
+
+Each entry is a :class:`workloads.patterns.Workload` subclass with a frozen ``Params``
+dataclass whose fields (with ``metadata["help"]``) are exactly the keys that kind accepts.
+"""
+
+from __future__ import annotations
+
+from workloads.patterns import Idle, Steady, Workload
+
+WORKLOADS: dict[str, type[Workload]] = {cls.kind: cls for cls in (Idle, Steady)}
+
+
+def get(kind: str) -> type[Workload]:
+    """The workload class for ``kind``; KeyError names the known kinds."""
+    try:
+        return WORKLOADS[kind]
+    except KeyError:
+        raise KeyError(
+            f"unknown workload kind {kind!r} (known: {', '.join(sorted(WORKLOADS))})"
+        ) from None
