@@ -24,6 +24,9 @@ class HostFailure(RuntimeError):
         super().__init__(f"host {host} failed at tick {tick}: {cause}")
         self.host, self.tick, self.cause = host, tick, cause
 
+    def __reduce__(self):  # survives Ray's exception transport intact
+        return (HostFailure, (self.host, self.tick, self.cause))
+
 
 class HostRuntime:
     """What the coordinator may ask of a host.  Plain data in, plain data out."""

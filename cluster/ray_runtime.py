@@ -32,7 +32,15 @@ from cluster.coordinator import Coordinator  # noqa: E402
 from cluster.host_pool import HostFailure, HostPool, HostRuntime  # noqa: E402
 from cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
 
-HostActor = ray.remote(max_restarts=0, max_task_retries=0)(HostRuntime)
+
+class _HostActorImpl(HostRuntime):
+    """A host as a Ray actor: HostRuntime plus where it runs (translation only)."""
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+HostActor = ray.remote(max_restarts=0, max_task_retries=0)(_HostActorImpl)
 
 
 def init_ray(
@@ -106,6 +114,9 @@ class RayPool(HostPool):
                 raise HostFailure(n, self.tick, f"{type(cause).__name__}: {cause}") from None
         return out
 
+    def node_ids(self) -> dict[str, str]:
+        return dict(zip(self.names, self.call("node_id", [()] * len(self.names)), strict=True))
+
     def pids(self) -> dict[str, int]:
         return dict(zip(self.names, self.call("pid", [()] * len(self.names)), strict=True))
 
@@ -143,6 +154,9 @@ class _CoordinatorImpl:
 
     def round_digests(self) -> list[dict[str, str]]:
         return self.coord.round_digests
+
+    def host_nodes(self) -> dict[str, str]:
+        return self.pool.node_ids()
 
     def host_pids(self) -> dict[str, int]:
         return self.pool.pids()

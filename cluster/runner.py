@@ -15,7 +15,7 @@ from typing import Any
 
 from cluster.config import SimConfig
 from cluster.coordinator import Coordinator
-from cluster.host_pool import InProcessPool
+from cluster.host_pool import HostFailure, InProcessPool
 from cluster.outputs import RunDir
 from cluster.progress import Progress
 from cluster.specs import host_policy, host_specs, sim_params
@@ -85,6 +85,7 @@ def run(
         else:
             raise ValueError(f"unknown backend {backend!r}")
         wall = time.perf_counter() - t0
+        timing = final.pop("timing", {})
         summary = summary_doc(cfg, final)
         rundir.write_json("summary.json", summary)
         rundir.write_json("config.json", cfg.to_dict())
@@ -95,7 +96,7 @@ def run(
                 "wall_s": wall,
                 "ticks_per_s": cfg.simulation.n_ticks / wall if wall > 0 else None,
                 "simulated_s_per_wall_s": cfg.simulation.duration_s / wall if wall > 0 else None,
-                **final.get("timing", {}),
+                **timing,
             },
         )
         rundir.commit()
@@ -130,24 +131,43 @@ def _run_ray(
 
     started = init_ray(address)
     coord = None
+
+    def get(ref, timeout):
+        """ray.get, with a failed host surfacing as HostFailure (not a remote traceback)."""
+        try:
+            return ray.get(ref, timeout=timeout)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, HostFailure):
+                raise e.cause from None
+            raise
+        except ray.exceptions.GetTimeoutError:
+            raise HostFailure("coordinator", -1, f"no answer within {timeout:g} s") from None
+        except ray.exceptions.RayActorError as e:
+            raise HostFailure("coordinator", -1, f"actor died ({type(e).__name__})") from None
+
     try:
         t0 = time.perf_counter()
         coord = start_coordinator(cfg.to_dict(), timeout_s)
-        ray.get(coord.start.remote(), timeout=timeout_s)
+        get(coord.start.remote(), timeout_s)
         t_start = time.perf_counter() - t0
         waited = 0.0
 
         def advance():
             nonlocal waited
             w0 = time.perf_counter()
-            res = ray.get(coord.advance.remote(4), timeout=timeout_s * 4)
+            res = get(coord.advance.remote(4), timeout_s * 4)
             waited += time.perf_counter() - w0
             return res
 
         _drive(cfg, advance, 0, rundir, progress)
-        final = ray.get(coord.finish.remote(), timeout=timeout_s)
-        final = dict(final)
-        final["timing"] = {"ray_startup_s": t_start}
+        final = dict(get(coord.finish.remote(), timeout_s))
+        nodes = get(coord.host_nodes.remote(), timeout_s)
+        final["timing"] = {
+            "ray_startup_s": t_start,
+            "driver_wait_s": waited,
+            "host_nodes": nodes,
+            "n_nodes": len(set(nodes.values())),
+        }
         return final
     finally:
         if coord is not None:

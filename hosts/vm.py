@@ -221,8 +221,11 @@ class VirtualMachine:
         r_ppn = g.v2p[rd].astype(np.int64)
         w_ppn = g.v2p[wv].astype(np.int64)
         need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
-        if need > mem.n_free:
+        while need > mem.n_free:
+            # make_room may VMM-swap pages of this very batch, which then need a frame
+            # back: count again (each such page is swapped at most once, so this ends).
             make_room(need - mem.n_free, self)
+            need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
         fr = mem.read(self.vm_id, r_ppn)
         fw = mem.write(self.vm_id, w_ppn, data)
         c.minor += fr.first_touch + fw.first_touch + fw.cow
@@ -314,7 +317,13 @@ class VirtualMachine:
             out.append((self.scan_a * i + self.scan_b) % P)
             self.scan_pos += take
             n -= take
-        return np.concatenate(out) if out else _EMPTY
+        if not out:
+            return _EMPTY
+        # A batch that runs into the next pass may meet a page twice: scan it once (the
+        # sharing scan wants unique pages), in order of first appearance.
+        cand = np.concatenate(out)
+        _, first = np.unique(cand, return_index=True)
+        return cand[np.sort(first)]
 
     # ------------------------------------------------------------------ reporting
     @property

@@ -1,0 +1,203 @@
+"""Host and VM state as plain data: named numpy arrays plus a JSON-able ``meta`` dict.
+
+Scope: the complete, exact state of a :class:`hosts.host_manager.HostMemoryManager` (for
+checkpoints) and of one :class:`hosts.vm.VirtualMachine` without its host-specific map
+(for migration: frame numbers mean nothing on another host).  Restoring and continuing is
+bit-for-bit the same as never having stopped.  No pickle: arrays and JSON only, so a
+snapshot from an untrusted file can never run code.
+
+The VM's static description (:class:`hosts.specs.VMSpec`) is *not* part of a snapshot --
+it comes from the config, which checkpoints store and hash separately.
+
+Not covered: file formats (``cluster/checkpoint.py``), page transfer (migration).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hosts.free_memory import MemState
+from hosts.host_manager import HostMemoryManager
+from hosts.host_memory import VMSlot
+from hosts.page_sharing import HINT, SHARED
+from hosts.page_state import N_STATES
+from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from hosts.vm import VirtualMachine, VMStats
+
+Arrays = dict[str, np.ndarray]
+
+_GUEST = ("v2p", "vstate", "vslot", "clean", "p2v", "pref", "pinned", "free_stack")
+_FRAMES = ("content", "refcount", "shared", "owner_vm", "owner_ppn", "free_stack")
+_SWAP = ("content", "used", "free_stack")
+_INDEX = ("kind", "key", "group")
+
+
+# ---------------------------------------------------------------------------- VMs
+def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, Any]]:
+    """Everything that defines ``vm``; with ``with_map`` also its VMM map (same host)."""
+    g = vm.guest
+    a: Arrays = {f"guest.{k}": getattr(g, k) for k in _GUEST}
+    a["guest.swap.content"] = g.swap.content
+    a["guest.swap.free_stack"] = g.swap.free_stack
+    a["sampler.marks"] = vm.sampler.marks
+    a["pmap.accessed"] = vm.pmap.accessed
+    if with_map:
+        a["pmap.state"] = vm.pmap.state
+        a["pmap.loc"] = vm.pmap.loc
+        a["pmap.dirty"] = vm.pmap.dirty
+    s = vm.sampler
+    meta = {
+        "name": vm.name,
+        "steps": vm.steps,
+        "target": vm.target,
+        "balloon_target": vm.balloon_target,
+        "stats": vm.stats.as_dict(),
+        "scan": [vm.scan_credit, vm.scan_a, vm.scan_b, vm.scan_pos],
+        "guest": {
+            "n_free": g.n_free,
+            "hand": g.hand,
+            "n_ballooned": g.n_ballooned,
+            "swap_n_free": g.swap.n_free,
+            "swap_n_used": g.swap.n_used,
+        },
+        "sampler": {
+            "sampled": s.sampled,
+            "touched": s.touched,
+            "fast": s.fast,
+            "slow": s.slow,
+            "periods": s.periods,
+            "active_true": s.active_true,
+        },
+        "workload": vm.workload.get_state(),
+        "vmm_rng": vm.vmm_rng.bit_generator.state,
+        "n_zero_shared": vm.pmap.n_zero_shared,
+        "vm_id": vm.vm_id,
+        "group_id": vm.group_id,
+    }
+    return a, meta
+
+
+def restore_vm(
+    spec: VMSpec, sim: SimParams, policy: HostPolicy, a: Arrays, meta: dict[str, Any]
+) -> VirtualMachine:
+    """A VM rebuilt from :func:`vm_state` (its map too, if the snapshot has one)."""
+    vm = VirtualMachine(spec, sim, policy.sample_pages, policy.balloon_max_fraction)
+    g = vm.guest
+    for k in _GUEST:
+        setattr(g, k, _own(a[f"guest.{k}"]))
+    g.swap.content = _own(a["guest.swap.content"])
+    g.swap.free_stack = _own(a["guest.swap.free_stack"])
+    gm = meta["guest"]
+    g.n_free, g.hand, g.n_ballooned = gm["n_free"], gm["hand"], gm["n_ballooned"]
+    g.swap.n_free, g.swap.n_used = gm["swap_n_free"], gm["swap_n_used"]
+    vm.sampler.marks = _own(a["sampler.marks"])
+    for k, v in meta["sampler"].items():
+        setattr(vm.sampler, k, v)
+    vm.pmap.accessed = _own(a["pmap.accessed"])
+    if "pmap.state" in a:
+        vm.pmap.state = _own(a["pmap.state"])
+        vm.pmap.loc = _own(a["pmap.loc"])
+        vm.pmap.dirty = _own(a["pmap.dirty"])
+        vm.pmap.counts = np.bincount(vm.pmap.state, minlength=N_STATES).astype(np.int64)
+        vm.pmap.n_zero_shared = meta["n_zero_shared"]
+    vm.steps, vm.target, vm.balloon_target = meta["steps"], meta["target"], meta["balloon_target"]
+    vm.stats = VMStats(**meta["stats"])
+    vm.scan_credit, vm.scan_a, vm.scan_b, vm.scan_pos = meta["scan"]
+    vm.workload.set_state(meta["workload"])
+    vm.vmm_rng.bit_generator.state = meta["vmm_rng"]
+    vm.vm_id, vm.group_id = meta["vm_id"], meta["group_id"]
+    return vm
+
+
+def _own(x: np.ndarray) -> np.ndarray:
+    """A writable copy (snapshots may be read-only views of a memory-mapped file)."""
+    return np.array(x, copy=True)
+
+
+# ---------------------------------------------------------------------------- hosts
+def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
+    """The complete state of a host, its VMs included (arrays may alias live state)."""
+    mem = host.mem
+    a: Arrays = {f"frames.{k}": getattr(mem.frames, k) for k in _FRAMES}
+    a.update({f"swap.{k}": getattr(mem.swap, k) for k in _SWAP})
+    a.update({f"index.{k}": getattr(mem.index, k) for k in _INDEX})
+    a["zero"] = mem.zero
+    a["state_ticks"] = host.state_ticks
+    a["shared_series"] = np.asarray(host.shared_series, dtype=np.int64)
+    vms = {}
+    for name in host.order:
+        vm = host.vms[name]
+        slot = mem.vms[vm.vm_id]
+        va, vmeta = vm_state(vm, with_map=True)
+        a.update({f"vm/{name}/{k}": v for k, v in va.items()})
+        a[f"vm/{name}/overhead"] = slot.overhead
+        vms[name] = {"meta": vmeta, "group": slot.group, "sharing": slot.sharing}
+    meta = {
+        "name": host.name,
+        "tick": host.tick,
+        "mstate": int(host.mstate),
+        "scan_credit": host.scan_credit,
+        "groups": host.groups,
+        "paused": host.paused,
+        "blocked": sorted(host.blocked),
+        "emergency_swaps": host.emergency_swaps,
+        "frames_n_free": mem.frames.n_free,
+        "swap_n_free": mem.swap.n_free,
+        "next_id": mem._next_id,
+        "vms": vms,
+    }
+    return a, meta
+
+
+def restore_host(
+    spec: HostSpec,
+    sim: SimParams,
+    policy: HostPolicy,
+    vm_specs: dict[str, VMSpec],
+    a: Arrays,
+    meta: dict[str, Any],
+) -> HostMemoryManager:
+    """A host rebuilt from :func:`host_state`; continuing it equals never stopping."""
+    host = HostMemoryManager(spec, sim, policy)
+    mem = host.mem
+    for k in _FRAMES:
+        setattr(mem.frames, k, _own(a[f"frames.{k}"]))
+    for k in _SWAP:
+        setattr(mem.swap, k, _own(a[f"swap.{k}"]))
+    for k in _INDEX:
+        setattr(mem.index, k, _own(a[f"index.{k}"]))
+    mem.zero = _own(a["zero"])
+    mem.frames.n_free = meta["frames_n_free"]
+    mem.swap.n_free = meta["swap_n_free"]
+    mem._next_id = meta["next_id"]
+    _rebuild_index(mem.index)
+    host.tick, host.mstate = meta["tick"], MemState(meta["mstate"])
+    host.scan_credit = meta["scan_credit"]
+    host.groups = dict(meta["groups"])
+    host.paused = dict(meta["paused"])
+    host.blocked = set(meta["blocked"])
+    host.emergency_swaps = meta["emergency_swaps"]
+    host.state_ticks = _own(a["state_ticks"])
+    host.shared_series = a["shared_series"].tolist()
+    for name, info in meta["vms"].items():
+        prefix = f"vm/{name}/"
+        va = {k[len(prefix) :]: v for k, v in a.items() if k.startswith(prefix)}
+        vm = restore_vm(vm_specs[name], sim, policy, va, info["meta"])
+        mem.vms[vm.vm_id] = VMSlot(vm.pmap, info["group"], info["sharing"], _own(va["overhead"]))
+        host.vms[name] = vm
+    host.order = sorted(host.vms)
+    return host
+
+
+def _rebuild_index(index: Any) -> None:
+    """The hash -> frame dictionaries follow from the per-frame records."""
+    index.shared, index.hints = {}, {}
+    for kind, tables in ((SHARED, index.shared), (HINT, index.hints)):
+        frames = np.flatnonzero(index.kind == kind)
+        for f, h, grp in zip(
+            frames.tolist(), index.key[frames].tolist(), index.group[frames].tolist(), strict=True
+        ):
+            index.tables(grp)
+            tables[grp][h] = f

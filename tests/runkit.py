@@ -1,0 +1,61 @@
+"""Tiny experiment configs for end-to-end tests (written to tmp dirs as TOML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def small_config(
+    n_hosts: int = 2,
+    n_vms: int = 4,
+    *,
+    duration_s: int = 30,
+    host_mb: int = 24,
+    vm_mb: int = 16,
+    seed: int = 7,
+    extra: str = "",
+) -> str:
+    """A config that runs in about a second in-process: overcommitted so that ballooning
+    and swapping happen, identical images so that sharing happens."""
+    return f"""
+[simulation]
+seed = {seed}
+duration_s = {duration_s}
+tick_s = 1.0
+content_bytes = 128
+
+[policy]
+share_scan_vm_pages_per_s = 400
+share_scan_host_pages_per_s = 1600
+realloc_period_s = 5
+sample_period_s = 10
+
+[[hosts]]
+name = "h"
+count = {n_hosts}
+memory_mb = {host_mb}
+swap_mb = 64
+
+[[vms]]
+name = "busy"
+count = {n_vms // 2}
+memory_mb = {vm_mb}
+[vms.workload]
+kind = "steady"
+wss_mb = {vm_mb * 0.5}
+write_fraction = 0.2
+
+[[vms]]
+name = "lazy"
+count = {n_vms - n_vms // 2}
+memory_mb = {vm_mb}
+[vms.workload]
+kind = "idle"
+{extra}
+"""
+
+
+def write_config(tmp: Path, text: str, name: str = "exp.toml") -> Path:
+    p = Path(tmp) / name
+    p.write_text(text)
+    return p

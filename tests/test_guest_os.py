@@ -1,0 +1,203 @@
+"""The guest OS model: clock eviction, pinned pages, clean vs dirty eviction, balloon."""
+
+from __future__ import annotations
+
+import numpy as np
+from hostkit import TEST_IMAGE, apply, keyed, make_vm
+
+from hosts import guest_os as gos
+from hosts import page_state as ps
+from hosts.guest_os import GuestOS
+from hosts.vm import vm_page_contents
+from workloads.images import image_keys
+
+
+def guest_with_all_mapped(n: int = 8, n_pinned: int = 0) -> GuestOS:
+    """A guest whose virtual page i sits on physical page i, all referenced."""
+    g = GuestOS(n, 16, n_pinned)
+    v = np.arange(n_pinned, n, dtype=np.int64)
+    g.map(v, g.alloc(len(v)))
+    assert (g.v2p == np.arange(n)).all()
+    g.check_invariants()
+    return g
+
+
+# ---------------------------------------------------------------------------- clock
+def test_clock_takes_pages_with_clear_reference_bit_first():
+    g = guest_with_all_mapped(8)
+    g.pref[[2, 5]] = False
+    assert g.choose_victims(2).tolist() == [2, 5]
+    # Pages passed over lost their second chance; the hand stops after the last victim.
+    assert g.hand == 6
+    assert not g.pref[:6].any() and g.pref[6:].all()
+    # Next sweep from the hand: 6 and 7 are referenced (cleared), 0 is the first cold one.
+    assert g.choose_victims(1).tolist() == [0]
+    assert not g.pref[6:].any() and g.hand == 1
+
+
+def test_clock_second_sweep_when_all_pages_are_referenced():
+    g = guest_with_all_mapped(8)
+    g.hand = 3
+    assert g.choose_victims(3).tolist() == [3, 4, 5]
+    assert not g.pref.any() and g.hand == 6
+
+
+def test_clock_takes_cold_pages_then_the_first_hot_ones():
+    g = guest_with_all_mapped(8)
+    g.pref[[6]] = False
+    # one cold page (6), two more in sweep order from the hand (0, 1)
+    assert sorted(g.choose_victims(3).tolist()) == [0, 1, 6]
+
+
+def test_clock_skips_free_protected_and_pinned_pages():
+    g = guest_with_all_mapped(8, n_pinned=2)
+    g.evict(np.array([4], dtype=np.int64), np.zeros((1, 16), np.uint8))  # page 4 free
+    g.pref[:] = False
+    got = g.choose_victims(8, protect=np.array([5, 6]))
+    assert sorted(got.tolist()) == [2, 3, 7]
+
+
+def test_pinned_pages_are_never_evicted_or_ballooned():
+    vm, mem = make_vm(32, pinned_pages=4, balloon_max_fraction=1.0)
+    g = vm.guest
+    assert (g.vstate[:4] == gos.RESIDENT).all() and (g.v2p[:4] == np.arange(4)).all()
+    every = np.arange(32)
+    apply(vm, mem, writes=every, keys=every + 1)
+    assert g.choose_victims(32).tolist() == list(range(4, 32))
+    ballooned = vm.inflate_balloon(mem, 32)
+    assert g.n_ballooned == vm.balloon_cap == 28 and ballooned == 28
+    assert (g.p2v[:4] == np.arange(4)).all() and (vm.pmap.state[:4] == ps.MAPPED).all()
+    vm.swap_out_random(mem, 32)
+    assert (vm.pmap.state[:4] == ps.MAPPED).all()
+    vm.check_invariants()
+    mem.check_invariants()
+    assert (vm_page_contents(vm, mem) == keyed(every + 1)).all()
+
+
+# ---------------------------------------------------------------------------- eviction
+def test_clean_image_pages_are_dropped_and_read_back_from_the_image():
+    vm, mem = make_vm(32, image=TEST_IMAGE, balloon_max_fraction=1.0)
+    g, n_img = vm.guest, vm.layout.n_image
+    assert n_img == 16
+    img = np.arange(n_img)
+    ikeys = image_keys(TEST_IMAGE, vm.sim.seed, img, n_img)
+    data = np.arange(n_img, 32, dtype=np.uint64)
+    apply(vm, mem, writes=np.concatenate([img, data]), keys=np.concatenate([ikeys, data + 1]))
+    assert g.clean[:n_img].all() and not g.clean[n_img:].any()
+    # Make the data pages hot: the clock takes the (cold) image pages.
+    g.pref[:] = False
+    apply(vm, mem, reads=data)
+    assert vm.inflate_balloon(mem, 8) == 8
+    dropped = np.flatnonzero(g.vstate == gos.DROPPED)
+    assert len(dropped) == 8 and (dropped < n_img).all()
+    assert g.swap.n_used == 0 and (g.vslot[dropped] == -1).all()
+    want = keyed(np.concatenate([ikeys, data + 1]))
+    assert (vm_page_contents(vm, mem) == want).all()
+    # Reading them back is a disk fault each and restores the image bytes.
+    vm.deflate_balloon(mem, 8)
+    vm.tick.guest_swapins = 0
+    apply(vm, mem, reads=dropped)
+    assert vm.tick.guest_swapins == 8 and (g.vstate[dropped] == gos.RESIDENT).all()
+    assert (mem.read_bytes(vm.vm_id, g.v2p[dropped].astype(np.int64)) == want[dropped]).all()
+    assert g.clean[dropped].all()
+    vm.check_invariants()
+    mem.check_invariants()
+
+
+def test_modified_image_page_is_dirty_and_goes_to_guest_swap():
+    vm, mem = make_vm(16, image=TEST_IMAGE, balloon_max_fraction=1.0)
+    g = vm.guest
+    apply(vm, mem, writes=np.arange(16), keys=np.arange(16) + 500)  # not the image keys
+    assert not g.clean.any()
+    vm.inflate_balloon(mem, 4)
+    assert (g.vstate == gos.DROPPED).sum() == 0 and g.swap.n_used == 4
+    assert (vm_page_contents(vm, mem) == keyed(np.arange(16) + 500)).all()
+
+
+def test_dirty_pages_go_to_guest_swap_and_read_back_exactly():
+    vm, mem = make_vm(16, balloon_max_fraction=1.0)
+    g = vm.guest
+    keys = np.arange(16) * 7 + 3
+    keys[5] = 0  # a zero page is dirty data too
+    apply(vm, mem, writes=np.arange(16), keys=keys)
+    vm.inflate_balloon(mem, 6)
+    swapped = np.flatnonzero(g.vstate == gos.SWAPPED)
+    assert len(swapped) == 6 and g.swap.n_used == 6
+    assert (g.swap.content[g.vslot[swapped]] == keyed(keys[swapped])).all()
+    vm.deflate_balloon(mem, 6)
+    apply(vm, mem, reads=swapped)
+    assert g.swap.n_used == 0 and (g.vstate == gos.RESIDENT).all()
+    assert (vm_page_contents(vm, mem) == keyed(keys)).all()
+    vm.check_invariants()
+    mem.check_invariants()
+
+
+def test_guest_swap_grows_and_reuses_slots():
+    s = gos.GuestSwap(8, capacity=2)
+    a = s.put(keyed([1, 2, 3], 8))
+    assert len(set(a.tolist())) == 3 and s.n_used == 3
+    assert (s.take(a[:1]) == keyed([1], 8)).all()
+    b = s.put(keyed([4, 5, 6, 7], 8))
+    assert s.n_used == 6 and not set(b.tolist()) & set(a[1:].tolist())
+    assert (s.content[a[1:]] == keyed([2, 3], 8)).all()
+
+
+def test_double_paging_reads_a_vmm_swapped_victim_back():
+    vm, mem = make_vm(16, balloon_max_fraction=1.0)
+    keys = np.arange(16) + 40
+    apply(vm, mem, writes=np.arange(16), keys=keys)
+    vm.swap_out_random(mem, 16)
+    assert vm.pmap.counts[ps.VMM_SWAPPED] == 16
+    vm.tick.vmm_swapins = 0
+    vm.inflate_balloon(mem, 4)  # the guest pages out pages the VMM had swapped
+    assert vm.tick.vmm_swapins == 4
+    assert (vm_page_contents(vm, mem) == keyed(keys)).all()
+    mem.check_invariants()
+
+
+# ---------------------------------------------------------------------------- balloon
+def test_guest_gives_free_pages_to_the_balloon_first():
+    vm, mem = make_vm(32, balloon_max_fraction=1.0)
+    g = vm.guest
+    used = np.arange(10)
+    apply(vm, mem, writes=used, keys=used + 1)
+    assert g.n_free == 22
+    vm.inflate_balloon(mem, 22)  # k <= free pages: evicts nothing
+    assert (g.vstate[used] == gos.RESIDENT).all() and g.swap.n_used == 0
+    assert g.n_ballooned == 22 and g.n_free == 0
+    vm.inflate_balloon(mem, 3)  # now the guest must give up used pages (coldest)
+    assert g.swap.n_used == 3 and g.n_ballooned == 25
+    assert (vm_page_contents(vm, mem)[:10] == keyed(used + 1)).all()
+    vm.check_invariants()
+    mem.check_invariants()
+
+
+def test_balloon_respects_its_cap():
+    vm, mem = make_vm(20, balloon_max_fraction=0.5)
+    assert vm.inflate_balloon(mem, 100) == 0  # free guest pages were never backed
+    assert vm.guest.n_ballooned == 10
+    assert vm.inflate_balloon(mem, 1) == 0 and vm.guest.n_ballooned == 10
+
+
+def test_vm_without_balloon_driver_cannot_be_ballooned():
+    vm, mem = make_vm(20, balloon=False)
+    apply(vm, mem, writes=np.arange(20), keys=np.arange(20) + 1)
+    assert vm.inflate_balloon(mem, 5) == 0 and vm.guest.n_ballooned == 0
+
+
+def test_guest_evicts_when_it_runs_out_of_physical_pages():
+    """Under a balloon the guest pages out its coldest pages to fit new accesses."""
+    vm, mem = make_vm(16, balloon_max_fraction=1.0)
+    g = vm.guest
+    vm.inflate_balloon(mem, 8)  # 8 physical pages left to the guest
+    keys = np.arange(16) + 90
+    apply(vm, mem, writes=np.arange(8), keys=keys[:8])
+    g.pref[:] = False
+    apply(vm, mem, reads=[0, 1])  # hot
+    apply(vm, mem, writes=np.arange(8, 12), keys=keys[8:12])
+    evicted = np.flatnonzero(g.vstate == gos.SWAPPED)
+    assert len(evicted) == 4 and not set(evicted.tolist()) & {0, 1}
+    apply(vm, mem, writes=np.arange(12, 16), keys=keys[12:])  # more than fits at once
+    assert (vm_page_contents(vm, mem) == keyed(keys)).all()
+    vm.check_invariants()
+    mem.check_invariants()

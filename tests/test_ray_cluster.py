@@ -1,0 +1,185 @@
+"""Integration tests of the Ray transport: real actors, real clusters, real failures.
+
+All but the external-cluster tests share the session's local Ray instance
+(``ray_session``).  ``ray start --head`` and the two-node ``ray.cluster_utils.Cluster``
+run in their own process groups and are killed as a group afterwards, so they never touch
+the session's instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from runkit import small_config, write_config
+
+from cluster.config import load_config
+from cluster.runner import run
+
+pytestmark = pytest.mark.ray
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _inprocess(cfg_path: Path, out: Path) -> dict:
+    return run(load_config(cfg_path), out, backend="inprocess", quiet=True)
+
+
+def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
+    cfg = write_config(tmp_path, small_config(n_hosts=4, n_vms=8, host_mb=20))
+    a = _inprocess(cfg, tmp_path / "inproc")
+    b = run(load_config(cfg), tmp_path / "ray", backend="ray", quiet=True)
+    assert a["final_digest"] == b["final_digest"]
+    assert (tmp_path / "inproc" / "metrics.parquet").read_bytes() == (
+        tmp_path / "ray" / "metrics.parquet"
+    ).read_bytes()
+    timing = json.loads((tmp_path / "ray" / "timing.json").read_text())
+    assert timing["backend"] == "ray" and len(timing["host_nodes"]) == 4
+    assert ray_session.is_initialized(), "a run must not shut down a Ray it did not start"
+
+
+def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path):
+    from cluster.host_pool import HostFailure
+    from cluster.ray_runtime import start_coordinator
+
+    cfg = load_config(write_config(tmp_path, small_config(n_hosts=2, duration_s=20)))
+    coord = start_coordinator(cfg.to_dict(), timeout_s=60)
+    try:
+        ray_session.get(coord.start.remote(), timeout=60)
+        _, tick, _ = ray_session.get(coord.advance.remote(1), timeout=60)
+        assert tick == 5
+        ray_session.get(coord.kill_host.remote("h-1"), timeout=60)
+        with pytest.raises(HostFailure) as err:
+            try:
+                ray_session.get(coord.advance.remote(1), timeout=120)
+            except ray_session.exceptions.RayTaskError as e:
+                raise e.cause from None
+        assert err.value.host == "h-1" and err.value.tick == 5
+        assert "h-1" in str(err.value) and "tick 5" in str(err.value)
+    finally:
+        ray_session.kill(coord)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def test_address_joins_a_ray_start_head_cluster(tmp_path):
+    cfg = write_config(tmp_path, small_config(n_hosts=2, duration_s=15))
+    ref = _inprocess(cfg, tmp_path / "ref")
+    port = _free_port()
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir=/tmp/vmmsim-head-{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+        start_new_session=True,
+    )
+    try:
+        out = tmp_path / "joined"
+        deadline = time.monotonic() + 90
+        while True:  # the head takes a few seconds to accept drivers
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cluster.cli",
+                    "run",
+                    str(cfg),
+                    "--out",
+                    str(out),
+                    "--address",
+                    f"127.0.0.1:{port}",
+                    "--quiet",
+                    "--force",
+                ],
+                capture_output=True,
+                text=True,
+                env=ENV,
+                timeout=240,
+            )
+            if r.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert r.returncode == 0, r.stderr[-2000:]
+        s = json.loads((out / "summary.json").read_text())
+        assert s["final_digest"] == ref["final_digest"]
+        assert head.poll() is None, "the external cluster must outlive the run"
+    finally:
+        _kill_group(head)
+
+
+TWO_NODES = r"""
+import json, os, sys
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from cluster.config import load_config
+from cluster.runner import run
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+try:
+    s = run(load_config(sys.argv[1]), Path(sys.argv[2]), backend="ray", quiet=True)
+    print(json.dumps({"digest": s["final_digest"],
+                      "nodes": len(ray.nodes())}))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+def test_two_node_cluster_gives_the_same_result(tmp_path):
+    cfg = write_config(tmp_path, small_config(n_hosts=4, n_vms=8, duration_s=15))
+    ref = _inprocess(cfg, tmp_path / "ref")
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODES)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(cfg), str(tmp_path / "two")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=280)
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 0, stderr[-3000:]
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["nodes"] == 2
+    assert res["digest"] == ref["final_digest"]
+    timing = json.loads((tmp_path / "two" / "timing.json").read_text())
+    assert timing["n_nodes"] == 2, "host actors should spread over both nodes"
+    assert (tmp_path / "two" / "metrics.parquet").read_bytes() == (
+        tmp_path / "ref" / "metrics.parquet"
+    ).read_bytes()
