@@ -1,7 +1,11 @@
 """``vmmsim``: the command line.
 
-Subcommands: ``run`` (a simulation into a run directory), ``validate`` (check a config
-and show the placement), ``schema`` (print the config reference).  Bad input -- config
+Subcommands: ``run`` (a simulation into a run directory; a config with ``[sweep]`` runs
+every point, :mod:`cluster.sweep`), ``validate`` (check a config and show the placement),
+``schema`` (print the config reference), ``replay`` and ``resume`` (a recorded run or a
+checkpoint, :mod:`cluster.rerun`), ``report`` (plots and a text summary of a run or
+sweep directory, :mod:`cluster.report`), ``trace convert`` (a Bitbrains CSV into an access
+trace, :mod:`workloads.bitbrains`).  Bad input -- config
 errors, impossible placements, an ``--out`` that holds a finished run -- prints one line
 ``vmmsim: error: ...`` and exits 2; a failed host exits 1; no tracebacks for either.
 """
@@ -18,6 +22,11 @@ from cluster.config import ConfigError, describe_schema, load_config
 from cluster.host_pool import HostFailure
 from cluster.outputs import RunDirError
 from cluster.placement import PlacementError, place
+from cluster.replay import ReplayDiverged
+from cluster.report import ReportError
+from cluster.sealed_stream import LogError
+from cluster.session import RecoveryFailed
+from workloads.bitbrains import ConvertError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -64,23 +73,97 @@ def _parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds to wait for any host call before declaring it failed",
     )
+    _add_journal_args(r)
+
+    rr = sub.add_parser(
+        "replay",
+        help="re-execute a recorded run from its log (verify, or --set: counterfactual)",
+        description="Re-execute a run recorded with --record, without the workload "
+        "generators.  Without --set: check every host's digest after every tick (exit 1 "
+        "at the first difference).  With --set (policy, migration, hosts, VM allocation "
+        "keys): the same recorded inputs under another policy, written to --out.",
+    )
+    rr.add_argument("dir", type=Path, help="run directory recorded with --record")
+    rr.add_argument("--out", type=Path, default=None, help="run directory to write")
+    rr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_backend_args(rr)
+
+    rs = sub.add_parser(
+        "resume",
+        help="continue a run from a checkpoint",
+        description="Continue a run from DIR/checkpoints/t<tick>; the new run directory "
+        "holds the metrics from that tick on and the same final digest.",
+    )
+    rs.add_argument("checkpoint", type=Path, help="a checkpoint directory (…/checkpoints/tNNN)")
+    rs.add_argument("--out", type=Path, required=True, help="run directory to write")
+    rs.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS")
+    _add_backend_args(rs)
 
     v = sub.add_parser("validate", help="check a config and print the placement")
     v.add_argument("config", type=Path)
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     sub.add_parser("schema", help="print the config reference (markdown)")
+
+    rp = sub.add_parser("report", help="plot a run or sweep directory into DIR/plots/")
+    rp.add_argument("dir", type=Path, help="run directory or sweep directory")
+
+    tr = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_cmd")
+    tr.required = True
+    tc = tr.add_parser("convert", help="Bitbrains GWA-T-12 CSV -> Arrow access trace")
+    tc.add_argument("input", type=Path, help="one VM's ';'-separated GWA-T-12 CSV")
+    tc.add_argument("--out", type=Path, required=True, help="trace file to write (.arrow)")
+    tc.add_argument("--vm-mb", type=float, default=64.0, help="VM memory the trace is for, MB")
+    tc.add_argument(
+        "--tick-s", type=float, default=None, help="seconds per tick (default: one tick per row)"
+    )
+    tc.add_argument("--seed", type=int, default=0, help="seed of page order and contents")
     return p
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--address", default=None, help="join an existing Ray cluster")
+    p.add_argument("--inprocess", action="store_true", help="run without Ray")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--timeout", type=float, default=600.0, help="host call timeout, seconds")
+
+
+def _add_journal_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument(
+        "--record",
+        action="store_true",
+        help="write DIR/record/: inputs, decisions and per-tick digests (for replay)",
+    )
+    r.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="write DIR/checkpoints/t<tick>/ every SECONDS of simulated time, rounded up "
+        "to a reallocation round boundary; a failed host is then recovered from the last one",
+    )
+    # Fault injection for tests: kill host NAME before the round that runs tick TICK.
+    r.add_argument("--kill-host-at", default=None, metavar="NAME:TICK", help=argparse.SUPPRESS)
+
+
+def _kill_at(text: str | None, hosts: Sequence[str]) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    name, _, tick = text.rpartition(":")
+    if name not in hosts or not tick.isdigit():
+        raise ConfigError("--kill-host-at", "must be NAME:TICK with NAME a host", text)
+    return name, int(tick)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (ConfigError, PlacementError, RunDirError) as e:
+    except (ConfigError, PlacementError, RunDirError, ReportError, ConvertError, LogError) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except HostFailure as e:
+    except (HostFailure, ReplayDiverged, RecoveryFailed) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -92,18 +175,62 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "schema":
         print(describe_schema())
         return 0
+    if args.cmd == "report":
+        from cluster.report import report
+
+        print(report(args.dir))
+        return 0
+    if args.cmd == "trace":
+        from workloads.bitbrains import convert
+
+        info = convert(
+            str(args.input), str(args.out), vm_mb=args.vm_mb, tick_s=args.tick_s, seed=args.seed
+        )
+        print(
+            f"vmmsim: {info['intervals']} intervals -> {info['ticks']} ticks, {info['rows']} "
+            f"accesses, {info['vm_pages']} pages ({args.vm_mb:g} MB) -> {args.out}"
+        )
+        return 0
+    if args.cmd in ("replay", "resume"):
+        return _rerun(args)
     cfg = load_config(args.config, args.overrides)
     if args.cmd == "validate":
         placement = place(cfg)
         print(json.dumps({"config_hash": cfg.config_hash(), "placement": placement}, indent=2))
         return 0
+    backend = "inprocess" if args.inprocess else "ray"
+    if cfg.sweep and (args.record or args.checkpoint_every or args.kill_host_at):
+        raise ConfigError("--record/--checkpoint-every", "not supported with [sweep]")
+    if cfg.sweep:
+        from cluster.sweep import run_sweep
+
+        table = run_sweep(
+            args.config,
+            args.overrides,
+            args.out,
+            backend=backend,
+            address=args.address,
+            force=args.force,
+            quiet=args.quiet,
+            check_invariants=args.check_invariants,
+            timeout_s=args.timeout,
+        )
+        print(f"vmmsim: sweep of {table.num_rows} points -> {args.out} (sweep.parquet)")
+        return 0
     from cluster.runner import run
+    from cluster.session import RunOptions
 
     place(cfg)  # fail fast, before any Ray start-up
+    opts = RunOptions(
+        record=args.record,
+        checkpoint_every_s=args.checkpoint_every,
+        kill_host_at=_kill_at(args.kill_host_at, cfg.host_names()),
+    )
     summary = run(
         cfg,
         args.out,
-        backend="inprocess" if args.inprocess else "ray",
+        opts=opts,
+        backend=backend,
         address=args.address,
         force=args.force,
         quiet=args.quiet,
@@ -116,6 +243,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         f"  shared {t['shared_mb']:.1f} MB, saved {t['saved_mb']:.1f} MB,"
         f" swap {t['swap_used_mb']:.1f} MB; digest {summary['final_digest'][:16]}"
     )
+    return 0
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    """``vmmsim replay`` and ``vmmsim resume``."""
+    from cluster import rerun
+
+    kw = {
+        "backend": "inprocess" if args.inprocess else "ray",
+        "address": args.address,
+        "force": args.force,
+        "quiet": args.quiet,
+        "timeout_s": args.timeout,
+    }
+    if args.cmd == "resume":
+        s = rerun.resume(args.checkpoint, args.out, checkpoint_every_s=args.checkpoint_every, **kw)
+        tick = s["resumed_from"]["tick"]
+        print(
+            f"vmmsim: resumed at tick {tick}, {s['n_ticks'] - tick} ticks -> {args.out};"
+            f" digest {s['final_digest'][:16]}"
+        )
+        return 0
+    res = rerun.replay(args.dir, args.out, args.overrides, **kw)
+    if res.verified:
+        print(f"replay verified: {res.ticks} ticks, digests identical")
+    else:
+        missing = res.summary["replay"]["vm_steps_without_input"]
+        note = f"; VMs past their recorded input: {missing}" if missing else ""
+        print(
+            f"vmmsim: counterfactual replay ({res.ticks} ticks) -> {args.out};"
+            f" digest {res.summary['final_digest'][:16]}{note}"
+        )
     return 0
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "format_override",
     "load_config",
     "parse_config",
+    "sweep_paths",
     "sweep_points",
     "with_overrides",
 ]
@@ -187,8 +188,23 @@ def sweep_points(cfg: SimConfig) -> list[tuple[str, ...]]:
     as override strings for :func:`load_config` / :func:`with_overrides`."""
     points: list[tuple[str, ...]] = [()]
     for path, values in cfg.sweep:
-        points = [p + (format_override(path, v),) for p in points for v in values]
+        paths = sweep_paths(path)
+        points = [
+            p + tuple(format_override(q, x) for q, x in zip(paths, _linked(path, v), strict=True))
+            for p in points
+            for v in values
+        ]
     return points if cfg.sweep else []
+
+
+def sweep_paths(key: str) -> tuple[str, ...]:
+    """The override paths of one ``[sweep]`` key: ``"a,b"`` links paths ``a`` and ``b``
+    (each value is then an array ``[value_a, value_b]``; they change together)."""
+    return tuple(p.strip() for p in key.split(","))
+
+
+def _linked(key: str, value: Any) -> tuple[Any, ...]:
+    return tuple(value) if len(sweep_paths(key)) > 1 else (value,)
 
 
 # --- overrides -------------------------------------------------------------------------------
@@ -425,6 +441,11 @@ def _check_vms(
             raise ConfigError(f"{where}.host", what, vm.host)
         if vm.image not in images:
             raise ConfigError(f"{where}.image", f"unknown image {_known(sorted(images))}", vm.image)
+        # A workload may check itself against its VM's size (e.g. a trace's page numbers).
+        check_vm = getattr(vm.workload.params, "check_vm", None)
+        for err in check_vm(pages(vm.memory_mb)) if callable(check_vm) else ():
+            key, _, what = err.partition(": ")
+            raise ConfigError(f"{where}.workload.{key}", what)
         host = by_name[vm.host] if vm.host is not None else largest
         need, have = pages(vm.min_mb) + pages(ovh), pages(host.memory_mb)
         if need > have:
@@ -502,6 +523,12 @@ def _sweep_spec(raw: dict[str, Any]) -> SweepSpec:
     for path, values in _flatten(table):
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{path}", "expected a non-empty array of values", values)
+        n = len(sweep_paths(path))
+        for k, v in enumerate(values):
+            if n > 1 and (not isinstance(v, list) or len(v) != n):
+                raise ConfigError(
+                    f"sweep.{path}[{k}]", f"expected an array of {n} values, one per path", v
+                )
         spec.append((path, tuple(values)))
     return tuple(spec)
 
@@ -513,7 +540,8 @@ def _check_sweep(raw: dict[str, Any], spec: SweepSpec) -> None:
         for k, value in enumerate(values):
             trial = copy.deepcopy(base)
             try:
-                _apply_override(trial, path, value, "", resolved=False)
+                for q, x in zip(sweep_paths(path), _linked(path, value), strict=True):
+                    _apply_override(trial, q, x, "", resolved=False)
                 _build(trial, resolved=False)
             except ConfigError as e:
                 what = ": ".join(p for p in (e.where, e.what) if p)

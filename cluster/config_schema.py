@@ -167,6 +167,11 @@ def type_label(tp: Any) -> str:
     inner = _optional_inner(tp)
     if inner is not None:
         return f"{type_label(inner)} (optional)"
+    if get_origin(tp) is tuple:  # tuple[X, ...]: an array; tuple[X, Y]: a fixed-length one
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"array of {type_label(args[0])}"
+        return "[" + ", ".join(type_label(a) for a in args) + "]"
     return tp.__name__ if tp in _TYPE_NAMES else "table"
 
 
@@ -178,10 +183,24 @@ def join(where: str, key: str) -> str:
 
 
 def coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked against the scalar type ``tp`` (int accepted and converted for float)."""
+    """``value`` checked against the scalar type ``tp`` (int accepted and converted for float).
+
+    ``tuple[X, ...]`` (any length) and ``tuple[X, Y]`` (fixed length) take a TOML array
+    and give a tuple, each element checked as its type (``where[i]`` in errors).
+    """
     inner = _optional_inner(tp)
     if inner is not None:
         return None if value is None else coerce(value, inner, where)
+    if get_origin(tp) is tuple:
+        args = get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected an array, got {describe_value(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            raise ConfigError(where, f"expected an array of {len(args)} values", list(value))
+        pairs = enumerate(zip(value, args, strict=True))
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
@@ -447,7 +466,9 @@ def describe_schema() -> str:
         'Each key is an override path, as for `--set` (e.g. `"policy.tax_rate" = [0.0, 0.75]`); '
         "each value a non-empty array of values to try.  Override paths: "
         "`<section>.<key>` for simulation, policy and migration; `hosts.<name>.<key>`, "
-        "`vms.<name>.<key>`, `vms.<name>.workload.<key>`, `vms.*.<key>`.",
+        "`vms.<name>.<key>`, `vms.<name>.workload.<key>`, `vms.*.<key>`.  "
+        "Several keys give every combination (one run each); paths joined by commas in one "
+        'key change together: `"vms.a.memory_mb,hosts.h.memory_mb" = [[128, 136], [256, 272]]`.',
         "",
     ]
     return "\n".join(out)

@@ -7,6 +7,10 @@ host-name order, computes new targets with the same pure policy a host uses
 (:func:`hosts.allocation.allocate`, each host's memory shared among its VMs by shares and
 the idle memory tax), and moves on.  Nothing depends on which host answers first.
 
+Live migration (:mod:`cluster.migration`): while one is in flight, a round is run as
+several shorter steps that end when a pre-copy round does (still one ``run_round`` per
+host per step); starting migrations is a recorded decision (``migrations``).
+
 The coordinator is transport-agnostic: it talks to a :class:`cluster.host_pool.HostPool`,
 so the same code runs in-process or inside a Ray actor (``cluster/ray_runtime.py``).
 
@@ -16,6 +20,7 @@ Not covered: writing files (``cluster/outputs.py``), the Ray transport.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,7 @@ import pyarrow as pa
 from cluster.config import SimConfig
 from cluster.host_pool import HostPool
 from cluster.metrics import merge_rounds
+from cluster.migration import Migrator
 from cluster.placement import place
 from cluster.specs import vm_spec
 from hosts.allocation import AllocationInput, allocate
@@ -59,9 +65,18 @@ class Coordinator:
         self.placement = place(cfg)
         self.targets: dict[str, dict[str, int]] = {}
         self.round_digests: list[dict[str, str]] = []
+        self.vm_steps = {v.name: 0 for v in cfg.vms}  # workload steps each VM has run
+        # Record / replay / checkpoint hooks, all optional (cluster/session.py sets them):
+        self.decisions: list[tuple[int, str, Any]] = []  # every decision (tick, kind, payload)
+        self.recorded: dict[tuple[int, str], list[Any]] | None = None  # decisions to reuse
+        self.feeder: Callable[[Coordinator, str, int], Any] | None = None  # replayed inputs
+        self.observers: list[Any] = []  # .on_round(coord, start, n, results) after each round
+        self.migrator = Migrator(cfg, pool, self.placement)  # live migration (engine)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self.placement = self.decide("placement", lambda: self.placement)
+        self.migrator.where = dict(self.placement)
         by_host: dict[str, list] = {h: [] for h in self.hosts}
         for v in self.cfg.vms:
             by_host[self.placement[v.name]].append(vm_spec(self.cfg, v.name))
@@ -74,22 +89,78 @@ class Coordinator:
         return self.tick >= self.n_ticks
 
     def advance(self) -> pa.Table:
-        """Run one round on every host; return its metrics rows."""
-        n = min(self.round_ticks - self.tick % self.round_ticks, self.n_ticks - self.tick)
-        args = [(self.tick, n, self.targets.get(h)) for h in self.hosts]
+        """Run one round (or, while a migration is in flight, one step of it) on every
+        host; return its metrics rows.  Targets go out and are recomputed only at
+        reallocation boundaries, so migrations never change the allocation cadence."""
+        start, feed = self.tick, self.feeder
+        boundary = start % self.round_ticks == 0
+        starts = self.migrator.propose(start)
+        if starts:
+            starts = self.decide("migrations", lambda: starts)
+        for vm, src in self.migrator.before_step(start, starts):
+            self.targets.get(src, {}).pop(vm, None)  # it keeps its target until the next
+        n = min(self.round_ticks - start % self.round_ticks, self.n_ticks - start)
+        n = self.migrator.step_ticks(start, n)
+        args = [
+            (start, n, self.targets.get(h) if boundary else None, feed and feed(self, h, n))
+            for h in self.hosts
+        ]
         results = self.pool.call("run_round", args, self.hosts)
         self.tick += n
         self.round_digests.append(
             {h: r["digest"] for h, r in zip(self.hosts, results, strict=True)}
         )
-        self._reallocate([r["alloc"] for r in results])
+        for r in results:
+            self.vm_steps.update(r.get("steps", {}))
+        if self.tick % self.round_ticks == 0 or self.done:
+            self._reallocate([r["alloc"] for r in results])
+        self.migrator.after_step(start, n, results)
+        for obs in self.observers:
+            obs.on_round(self, start, n, results)
         return merge_rounds([r["metrics"] for r in results])
 
     def _reallocate(self, reports: list[dict[str, Any]]) -> None:
         tau = self.cfg.policy.tax_rate
-        self.targets = {
-            h: targets_from_report(rep, tau) for h, rep in zip(self.hosts, reports, strict=True)
+        self.targets = self.decide(
+            "targets",
+            lambda: {
+                h: targets_from_report(rep, tau) for h, rep in zip(self.hosts, reports, strict=True)
+            },
+        )
+
+    def decide(self, kind: str, compute: Callable[[], Any]) -> Any:
+        """A decision of ``kind`` at this tick: the recorded one when replaying under an
+        unchanged policy, else ``compute()``.  Every decision is appended to
+        :attr:`decisions` (the record log's ``decisions`` stream): payloads must be
+        JSON-able.  Use it for any new kind of decision (e.g. migrations)."""
+        queue = self.recorded.get((self.tick, kind)) if self.recorded is not None else None
+        value = queue.pop(0) if queue else compute()
+        self.decisions.append((self.tick, kind, value))
+        return value
+
+    def state(self) -> dict[str, Any]:
+        """All the coordinator holds between rounds, JSON-able (checkpoints).  New
+        coordinator state (e.g. migrations in flight) belongs here and in load_state."""
+        return {
+            "tick": self.tick,
+            "targets": self.targets,
+            "placement": self.placement,
+            "round_digests": self.round_digests,
+            "vm_steps": self.vm_steps,
+            "n_decisions": len(self.decisions),
+            "migrations": self.migrator.state(),
         }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        """The inverse of :meth:`state` (the hosts are restored separately)."""
+        self.tick = int(st["tick"])
+        self.targets = {h: dict(t) for h, t in st["targets"].items()}
+        self.placement = dict(st["placement"])
+        self.round_digests = [dict(d) for d in st["round_digests"]]
+        self.vm_steps = dict(st["vm_steps"])
+        if "migrations" in st:
+            self.migrator.load_state(st["migrations"])
+        del self.decisions[st["n_decisions"] :]
 
     def finish(self) -> dict[str, Any]:
         """Final per-host and per-VM totals and the run's state digest."""
@@ -107,6 +178,7 @@ class Coordinator:
             "host_digests": host_digests,
             "final_digest": digest.hexdigest(),
             "placement": self.placement,
+            "migrations": self.migrator.rows(self.tick),  # report rows (runner writes them)
         }
 
     def check_invariants(self) -> None:

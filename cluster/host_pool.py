@@ -1,7 +1,9 @@
 """Host pools: how the coordinator reaches its hosts, in-process or as Ray actors.
 
 Scope: one narrow interface -- :meth:`HostPool.call` runs a method on a set of hosts and
-returns the results *in the order asked* (never arrival order) -- with two transports:
+returns the results *in the order asked* (never arrival order), plus
+:meth:`HostPool.submit` / :meth:`HostPool.gather` for chains of calls whose data flows
+host to host (migration) -- with two transports:
 :class:`InProcessPool` (plain objects; for tests, debugging and the bit-for-bit reference)
 and ``cluster.ray_runtime.RayPool`` (actors).  Every host method the coordinator uses is
 a method of :class:`HostRuntime`, so both transports run exactly the same code.
@@ -13,7 +15,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from cluster import host_journal as hj
+from hosts import migration_host as mh
 from hosts.host_manager import HostMemoryManager
+from hosts.snapshot import host_state, restore_host
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 
 
@@ -31,17 +38,26 @@ class HostFailure(RuntimeError):
 class HostRuntime:
     """What the coordinator may ask of a host.  Plain data in, plain data out."""
 
-    def __init__(self, spec: HostSpec, sim: SimParams, policy: HostPolicy) -> None:
+    def __init__(
+        self, spec: HostSpec, sim: SimParams, policy: HostPolicy, mode: hj.HostMode | None = None
+    ) -> None:
         self.host = HostMemoryManager(spec, sim, policy)
+        self.mode = mode or hj.HostMode()
+        hj.apply_mode(self.host, self.mode)
 
     def boot(self, specs: list[VMSpec]) -> None:
         for s in specs:
-            self.host.boot_vm(s)
+            self.host.boot_vm(s, hj.new_workload(self.mode))
 
-    def run_round(self, start: int, n: int, targets: dict[str, int] | None) -> dict[str, Any]:
-        """Set targets, run ``n`` ticks, report metrics, allocation inputs and a digest."""
+    def run_round(
+        self, start: int, n: int, targets: dict[str, int] | None, feed: Any = None
+    ) -> dict[str, Any]:
+        """Set targets, run ``n`` ticks, report metrics, allocation inputs and a digest
+        (``feed``: replayed accesses, :class:`workloads.replay.AccessRows`)."""
         if targets:
             self.host.set_targets(targets)
+        if feed is not None:
+            hj.feed(self.host, feed)
         cols = self.host.run_ticks(start, n)
         return {
             "metrics": cols,
@@ -49,6 +65,8 @@ class HostRuntime:
             "digest": self.host.digest(),
             "state": int(self.host.mstate),
             "free_pages": self.host.mem.n_free,
+            "vm_pages": mh.page_counts(self.host),
+            **hj.round_extras(self.host),
         }
 
     def alloc_report(self) -> dict[str, Any]:
@@ -70,6 +88,58 @@ class HostRuntime:
 
     def pid(self) -> int:
         return os.getpid()
+
+    # --- checkpoints and recovery (cluster/checkpoint.py writes the files) -------------
+    def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The host's complete state: named numpy arrays and JSON-able meta."""
+        return host_state(self.host)
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], specs: list) -> None:
+        """Replace this host's state by a checkpointed one (``specs``: its VMs' specs)."""
+        h = self.host
+        self.host = restore_host(h.spec, h.sim, h.policy, {s.name: s for s in specs}, arrays, meta)
+        hj.apply_mode(self.host, self.mode)
+
+    # --- live migration: thin wrappers around hosts.migration_host ---------------------
+    def mig_allocated(self, vm: str) -> int:
+        return mh.allocated_pages(self.host, vm)
+
+    def mig_accept(self, spec: VMSpec, allocated: int) -> str | None:
+        """Admission; if admitted, the VM's staging buffer is created here."""
+        reason = mh.can_accept(self.host, spec, allocated)
+        if reason is None:
+            mh.begin_incoming(self.host, spec, allocated)
+        return reason
+
+    def mig_collect(self, vm: str, first_round: bool, lo: int, hi: int) -> mh.PageBatch:
+        return mh.collect_pages(self.host, vm, first_round, lo, hi)
+
+    def mig_known(self, vm: str, batch: mh.PageBatch) -> np.ndarray:
+        return mh.known_pages(self.host, vm, batch.h64, batch.h128, batch.ppns)
+
+    def mig_page_bytes(self, vm: str, batch: mh.PageBatch, known: np.ndarray) -> np.ndarray:
+        return mh.batch_bytes(self.host, vm, batch, known)
+
+    def mig_stage(
+        self, vm: str, batch: mh.PageBatch, known: np.ndarray, data: np.ndarray
+    ) -> tuple[int, int]:
+        """Stage sent bytes; return (pages sent as bytes, pages sent as references)."""
+        mh.stage(self.host, vm, batch.ppns[~known], data)
+        return len(data), int(known.sum())
+
+    def mig_final_check(self, vm: str, allocated: int) -> str | None:
+        return mh.final_check(self.host, vm, allocated)
+
+    def mig_abort(self, vm: str) -> None:
+        mh.abort_incoming(self.host, vm)
+
+    def mig_detach(self, vm: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return mh.detach_for_migration(self.host, vm)
+
+    def mig_attach(
+        self, spec: VMSpec, payload: tuple[dict[str, np.ndarray], dict[str, Any]], pause: float
+    ) -> dict[str, int]:
+        return mh.attach_migrated(self.host, spec, payload[0], payload[1], pause)
 
 
 def alloc_report(host: HostMemoryManager) -> dict[str, Any]:
@@ -112,6 +182,24 @@ class HostPool:
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
         raise NotImplementedError
 
+    def submit(self, name: str, method: str, *args: Any) -> Any:
+        """Start ``method`` on host ``name``; return a handle.  Handles may be passed as
+        arguments to later submits (resolved on the receiving host: data goes host to
+        host, not through the caller).  Calls to one host run in submission order."""
+        raise NotImplementedError
+
+    def gather(self, handles: Sequence[Any]) -> list:
+        """The results of submitted calls, in the order given."""
+        raise NotImplementedError
+
+    def kill(self, name: str) -> None:
+        """Kill host ``name`` (fault injection: its next call raises HostFailure)."""
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Replace every host by a fresh, empty one (recovery from a checkpoint)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -119,10 +207,34 @@ class HostPool:
 class InProcessPool(HostPool):
     """Hosts as plain objects in this process (sequential; the reference transport)."""
 
-    def __init__(self, hosts: list[tuple[HostSpec, SimParams, HostPolicy]]) -> None:
-        self.runtimes = {spec.name: HostRuntime(spec, sim, pol) for spec, sim, pol in hosts}
+    def __init__(
+        self,
+        hosts: list[tuple[HostSpec, SimParams, HostPolicy]],
+        mode: hj.HostMode | None = None,
+    ) -> None:
+        self._hosts, self.mode = hosts, mode
         self.names = [spec.name for spec, _, _ in hosts]
+        self.tick = 0  # for error messages (set by the caller)
+        self.restart()
 
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
         names = list(names if names is not None else self.names)
+        for n in names:
+            if n in self.dead:
+                raise HostFailure(n, self.tick, "host killed (fault injection)")
         return [getattr(self.runtimes[n], method)(*a) for n, a in zip(names, args, strict=True)]
+
+    def kill(self, name: str) -> None:
+        self.dead.add(name)
+
+    def restart(self) -> None:
+        self.dead: set[str] = set()
+        self.runtimes = {
+            spec.name: HostRuntime(spec, sim, pol, self.mode) for spec, sim, pol in self._hosts
+        }
+
+    def submit(self, name: str, method: str, *args: Any) -> Any:
+        return getattr(self.runtimes[name], method)(*args)  # runs now: the handle is the value
+
+    def gather(self, handles: Sequence[Any]) -> list:
+        return list(handles)

@@ -28,8 +28,9 @@ import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from cluster.config import config_from_dict  # noqa: E402
-from cluster.coordinator import Coordinator  # noqa: E402
+from cluster.host_journal import HostMode  # noqa: E402
 from cluster.host_pool import HostFailure, HostPool, HostRuntime  # noqa: E402
+from cluster.session import RunOptions, Session  # noqa: E402
 from cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
 
 
@@ -77,30 +78,62 @@ def cluster_cpus() -> float:
 class RayPool(HostPool):
     """Host actors spread over the cluster; results in host-name order."""
 
-    def __init__(self, cfg_dict: dict[str, Any], timeout_s: float = 600.0) -> None:
-        cfg = config_from_dict(cfg_dict)
+    def __init__(
+        self, cfg_dict: dict[str, Any], timeout_s: float = 600.0, mode: HostMode | None = None
+    ) -> None:
+        self.cfg = config_from_dict(cfg_dict)
+        self.mode = mode
         self.timeout_s = timeout_s
         self.tick = 0
-        specs = host_specs(cfg)
-        self.names = [s.name for s in specs]
+        self._submitted: dict[str, tuple[str, str]] = {}  # ref id -> (host, method)
+        self.names = [s.name for s in host_specs(self.cfg)]
+        self._spawn()
+
+    def _spawn(self) -> None:
+        specs = host_specs(self.cfg)
         cpus = max(0.01, min(1.0, cluster_cpus() / max(1, len(specs))))
-        sim, pol = sim_params(cfg), host_policy(cfg)
+        sim, pol = sim_params(self.cfg), host_policy(self.cfg)
         self.actors = {
             s.name: HostActor.options(num_cpus=cpus, scheduling_strategy="SPREAD").remote(
-                s, sim, pol
+                s, sim, pol, self.mode
             )
             for s in specs
         }
         self.call("ping", [()] * len(self.names))
+
+    def restart(self) -> None:
+        """Fresh actors for every host (the old ones are killed; recovery)."""
+        self.close()
+        self._submitted.clear()
+        self._spawn()
 
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
         names = list(names if names is not None else self.names)
         refs = [
             getattr(self.actors[n], method).remote(*a) for n, a in zip(names, args, strict=True)
         ]
+        return self._results(refs, [(n, method) for n in names])
+
+    def submit(self, name: str, method: str, *args: Any) -> Any:
+        """An ObjectRef; refs among ``args`` are resolved by Ray on the receiving actor."""
+        ref = getattr(self.actors[name], method).remote(*args)
+        # Labels for error messages, keyed by the ref's id so that refs never gathered
+        # (intermediate data) are not kept alive here; the oldest labels are dropped.
+        if len(self._submitted) >= 4096:
+            for k in list(self._submitted)[:2048]:
+                del self._submitted[k]
+        self._submitted[ref.hex()] = (name, method)
+        return ref
+
+    def gather(self, handles: Sequence[Any]) -> list:
+        labels = [self._submitted.pop(h.hex(), ("?", "?")) for h in handles]
+        return self._results(list(handles), labels)
+
+    def _results(self, refs: list, labels: list[tuple[str, str]]) -> list:
+        """Wait (with the pool timeout) and get; failures become :class:`HostFailure`."""
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
         out = []
-        for n, ref in zip(names, refs, strict=True):
+        for (n, method), ref in zip(labels, refs, strict=True):
             if ref not in ready:
                 raise HostFailure(
                     n, self.tick, f"no answer to {method} within {self.timeout_s:g} s"
@@ -131,13 +164,22 @@ class RayPool(HostPool):
 class _CoordinatorImpl:
     """The coordinator as an actor: owns time, the only caller of the host actors."""
 
-    def __init__(self, cfg_dict: dict[str, Any], timeout_s: float) -> None:
+    def __init__(
+        self,
+        cfg_dict: dict[str, Any],
+        timeout_s: float,
+        opts: RunOptions | None = None,
+        out: str | None = None,
+    ) -> None:
         self.cfg = config_from_dict(cfg_dict)
-        self.pool = RayPool(cfg_dict, timeout_s)
-        self.coord = Coordinator(self.cfg, self.pool)
+        opts = opts or RunOptions()
+        self.pool = RayPool(cfg_dict, timeout_s, opts.host_mode())
+        # Record, replay, checkpoints and recovery (files are written on this node).
+        self.session = Session(self.cfg, self.pool, opts, out)
+        self.coord = self.session.coord
 
     def start(self) -> int:
-        self.coord.start()
+        self.session.start()
         return self.coord.n_ticks
 
     def advance(self, max_rounds: int) -> tuple[list, int, bool]:
@@ -146,11 +188,11 @@ class _CoordinatorImpl:
             if self.coord.done:
                 break
             self.pool.tick = self.coord.tick
-            tables.append(self.coord.advance())
+            tables.extend(self.session.advance())
         return tables, self.coord.tick, self.coord.done
 
     def finish(self) -> dict[str, Any]:
-        return self.coord.finish()
+        return self.session.finish()
 
     def round_digests(self) -> list[dict[str, str]]:
         return self.coord.round_digests
@@ -165,15 +207,22 @@ class _CoordinatorImpl:
         self.pool.kill(name)
 
     def close(self) -> None:
+        self.session.close()
         self.pool.close()
 
 
 CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorImpl)
 
 
-def start_coordinator(cfg_dict: dict[str, Any], timeout_s: float) -> Any:
-    """The coordinator actor, placed on this (the driver's) node."""
+def start_coordinator(
+    cfg_dict: dict[str, Any],
+    timeout_s: float,
+    opts: RunOptions | None = None,
+    out: str | None = None,
+) -> Any:
+    """The coordinator actor, placed on this (the driver's) node: it writes the record
+    log and checkpoints under ``out`` (the driver's run directory)."""
     node = ray.get_runtime_context().get_node_id()
     return CoordinatorActor.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
-    ).remote(cfg_dict, timeout_s)
+    ).remote(cfg_dict, timeout_s, opts, out)

@@ -9,15 +9,18 @@ the run directory.  Both give byte-identical ``metrics.parquet`` and digests.
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from cluster.config import SimConfig
-from cluster.coordinator import Coordinator
 from cluster.host_pool import HostFailure, InProcessPool
+from cluster.migration_report import summary_block, write_migrations
 from cluster.outputs import RunDir
 from cluster.progress import Progress
+from cluster.session import PASSED_THROUGH, RunOptions, Session
 from cluster.specs import host_policy, host_specs, sim_params
 
 
@@ -32,6 +35,7 @@ def summary_doc(cfg: SimConfig, final: dict[str, Any]) -> dict[str, Any]:
     """``summary.json``: deterministic (no wall-clock values)."""
     s = cfg.simulation
     hosts = final["hosts"]
+    migrations = final.get("migrations", [])  # report rows -> counts and totals here
     return {
         "vmmsim_version": _version(),
         "config_hash": cfg.config_hash(),
@@ -45,6 +49,7 @@ def summary_doc(cfg: SimConfig, final: dict[str, Any]) -> dict[str, Any]:
             "swap_used_mb": sum(h["swap_used_mb"] for h in hosts.values()),
         },
         **final,
+        "migrations": summary_block(migrations, s.page_size),
     }
 
 
@@ -69,24 +74,30 @@ def run(
     quiet: bool = False,
     check_invariants: bool = False,
     timeout_s: float = 600.0,
+    opts: RunOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` into ``out``; return the summary.  Raises on any failure, leaving
-    ``out`` as it was."""
-    rundir = RunDir(Path(out), force)
+    ``out`` as it was.  ``opts``: recording, checkpoints, replay, resume
+    (:class:`cluster.session.RunOptions`); ``out=None`` runs without keeping any files
+    (a verified replay)."""
+    opts = opts or RunOptions()
+    scratch = tempfile.mkdtemp(prefix="vmmsim-") if out is None else None
+    rundir = RunDir(Path(scratch or out) / "run" if scratch else Path(out), force)
     progress = Progress(
         cfg.simulation.n_ticks, cfg.simulation.tick_s, enabled=None if not quiet else False
     )
     t0 = time.perf_counter()
     try:
         if backend == "inprocess":
-            final = _run_inprocess(cfg, rundir, progress, check_invariants)
+            final = _run_inprocess(cfg, rundir, progress, check_invariants, opts)
         elif backend == "ray":
-            final = _run_ray(cfg, rundir, progress, address, timeout_s)
+            final = _run_ray(cfg, rundir, progress, address, timeout_s, opts)
         else:
             raise ValueError(f"unknown backend {backend!r}")
         wall = time.perf_counter() - t0
         timing = final.pop("timing", {})
         summary = summary_doc(cfg, final)
+        write_migrations(rundir.path / "migrations.parquet", final.get("migrations", []))
         rundir.write_json("summary.json", summary)
         rundir.write_json("config.json", cfg.to_dict())
         rundir.write_json(
@@ -99,31 +110,48 @@ def run(
                 **timing,
             },
         )
-        rundir.commit()
+        if scratch:
+            rundir.abort()
+        else:
+            rundir.commit()
         return summary
     except BaseException:
         rundir.abort()
         raise
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run_inprocess(cfg: SimConfig, rundir: RunDir, progress: Progress, check: bool) -> dict:
+def _run_inprocess(
+    cfg: SimConfig, rundir: RunDir, progress: Progress, check: bool, opts: RunOptions
+) -> dict:
     sim, pol = sim_params(cfg), host_policy(cfg)
-    pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)])
-    coord = Coordinator(cfg, pool)
-    coord.start()
+    pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)], opts.host_mode())
+    session = Session(cfg, pool, opts, rundir.path)
+    coord = session.coord
+    try:
+        session.start()
 
-    def advance():
-        t = coord.advance()
-        if check:
-            coord.check_invariants()
-        return [t], coord.tick, coord.done
+        def advance():
+            t = session.advance()
+            if check:
+                coord.check_invariants()
+            return t, coord.tick, coord.done
 
-    _drive(cfg, advance, 0, rundir, progress)
-    return coord.finish()
+        _drive(cfg, advance, 0, rundir, progress)
+        return session.finish()
+    finally:
+        session.close()
 
 
 def _run_ray(
-    cfg: SimConfig, rundir: RunDir, progress: Progress, address: str | None, timeout_s: float
+    cfg: SimConfig,
+    rundir: RunDir,
+    progress: Progress,
+    address: str | None,
+    timeout_s: float,
+    opts: RunOptions,
 ) -> dict:
     import ray
 
@@ -137,7 +165,7 @@ def _run_ray(
         try:
             return ray.get(ref, timeout=timeout)
         except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, HostFailure):
+            if isinstance(e.cause, (HostFailure, *PASSED_THROUGH)):
                 raise e.cause from None
             raise
         except ray.exceptions.GetTimeoutError:
@@ -147,7 +175,7 @@ def _run_ray(
 
     try:
         t0 = time.perf_counter()
-        coord = start_coordinator(cfg.to_dict(), timeout_s)
+        coord = start_coordinator(cfg.to_dict(), timeout_s, opts, str(rundir.path))
         get(coord.start.remote(), timeout_s)
         t_start = time.perf_counter() - t0
         waited = 0.0

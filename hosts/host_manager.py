@@ -19,6 +19,8 @@ Not covered: migration transfer and time across hosts (``cluster/``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import xxhash
 
@@ -51,14 +53,23 @@ class HostMemoryManager:
         self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
         self.paused: dict[str, float] = {}
         self.blocked: set[str] = set()
+        # Live migration (hosts.migration_host): staging of VMs arriving here, and page
+        # bytes read ahead for VMs leaving (kept only within one pre-copy round).
+        self.incoming: dict[str, Any] = {}
+        self.outgoing: dict[tuple[str, int], Any] = {}
         self.emergency_swaps = 0
         self.state_ticks = np.zeros(len(MemState), dtype=np.int64)
         self.shared_series: list[int] = []
+        # Recording (cluster/recording.py): off unless asked, so normal runs pay nothing.
+        self.digest_every_tick = False  # append digest() to tick_digests after each tick
+        self.tick_digests: list[str] = []
+        self.access_log: list[tuple[str, int, int, Any]] | None = None  # (vm, step, tick, acc)
 
     # ------------------------------------------------------------------ VMs
-    def boot_vm(self, spec: VMSpec) -> VirtualMachine:
+    def boot_vm(self, spec: VMSpec, workload: Any = None) -> VirtualMachine:
+        """Boot a VM (``workload``: instead of its generator, e.g. a replayed stream)."""
         vm = VirtualMachine(
-            spec, self.sim, self.policy.sample_pages, self.policy.balloon_max_fraction
+            spec, self.sim, self.policy.sample_pages, self.policy.balloon_max_fraction, workload
         )
         self.attach(vm)
         return vm
@@ -141,12 +152,18 @@ class HostMemoryManager:
             if name in self.blocked:
                 c.paused = 1.0
                 vm.stats.blocked_ticks += 1
+                if pause:
+                    self.paused[name] = pause  # a blocked tick does not use up a pause
             elif pause >= 1.0:
                 c.paused = 1.0
                 vm.stats.paused_ticks += 1
+                if pause > 1.0:
+                    self.paused[name] = pause - 1.0  # longer pauses carry over
             else:
                 c.paused = pause
-                vm.run_step(mem, self._make_room)
+                acc = vm.run_step(mem, self._make_room)
+                if self.access_log is not None:
+                    self.access_log.append((name, vm.steps - 1, t, acc))
         self._scan(t)
         self._reclaim()
         self.state_ticks[self.mstate] += 1
@@ -154,6 +171,8 @@ class HostMemoryManager:
         self.tick = t + 1
         for name in self.order:
             self._account(self.vms[name], t, rows)
+        if self.digest_every_tick:
+            self.tick_digests.append(self.digest())
 
     def _sample_boundary(self, t: int) -> None:
         for name in self.order:
@@ -175,15 +194,15 @@ class HostMemoryManager:
         )
         rest = [requester] + [self.vms[n] for n in self.order if self.vms[n] is not requester]
         for vm in over + rest:
-            tries = 0
-            while freed < k and tries < 4:
-                got = vm.swap_out_random(self.mem, k - freed)
-                freed += got
-                tries += 1
-                self.emergency_swaps += got
+            while freed < k:
+                before = vm.resident
+                freed += vm.swap_out_random(self.mem, k - freed)
+                self.emergency_swaps += before - vm.resident  # pages swapped
+                if vm.resident == before:
+                    break  # nothing left to swap in this VM (all pinned or swapped)
             if freed >= k:
                 return
-        if self.mem.n_free < k:
+        if freed < k:  # the caller needs all k: never return short (it would loop)
             raise SwapFull(
                 f"host {self.name}: out of memory and swap at tick {self.tick} "
                 f"(needed {k} frames; swap {self.mem.swap.n_used}/{self.mem.swap.n_slots})"
@@ -265,7 +284,8 @@ class HostMemoryManager:
     def _account(self, vm: VirtualMachine, t: int, rows: MetricRows) -> None:
         c = vm.tick
         st = vm.stats
-        st.first_touch += 0
+        st.first_touch += c.first_touch
+        st.sample_faults += c.sample
         st.cow_breaks += c.cow
         st.vmm_swapins += c.vmm_swapins
         st.guest_swapins += c.guest_swapins

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hosts import page_sharing as sh
 from hosts import page_state as ps
 from hosts.errors import InvariantError
 from hosts.machine_memory import MachineMemory
@@ -206,6 +207,13 @@ class HostMemory:
         and free the duplicate; found among hints -> re-hash the hinted page (it may have
         changed) and byte compare -> both pages onto one new shared frame; otherwise record
         a hint.  Equal hashes with different bytes never share.
+
+        Done in three passes so the per-page Python work is only hashing (the same loop as
+        raw xxh3) and dictionary look-ups: (1) classify every page against the index,
+        sequentially, as if earlier pages of the batch had already been applied; (2)
+        verify the proposals -- old hints re-hashed, every pair byte-compared; (3) apply
+        the verified ones with array operations.  A proposal that fails verification is
+        simply not applied; the page is seen again on the scanner's next pass.
         """
         slot = self.vms[vm]
         pmap = slot.pmap
@@ -214,63 +222,134 @@ class HostMemory:
         stats.scanned = len(cand)
         if not len(cand) or not slot.sharing:
             return stats
-        content = self.frames.content
-        frames = pmap.loc[cand]
-        hashes = [hash_page(content[f]) for f in frames.tolist()]
+        cb = self.content_bytes
+        mv = memoryview(self.frames.content.reshape(-1))
+        frames = pmap.loc[cand].astype(np.int64)
+        flist = frames.tolist()
+        hashes = [hash_page(mv[o : o + cb]) for o in (frames * cb).tolist()]
         shared_tab, hint_tab = self.index.tables(slot.group)
-        merge_ppn: list[int] = []
-        merge_to: list[int] = []
-        for ppn, f, h in zip(cand.tolist(), frames.tolist(), hashes, strict=True):
-            if pmap.state[ppn] != ps.MAPPED:
-                continue  # its hinted frame was promoted earlier in this batch: shared now
-            sf = shared_tab.get(h)
-            if sf is not None:
-                if content[f].tobytes() == content[sf].tobytes():
-                    merge_ppn.append(ppn)
-                    merge_to.append(sf)
-                    stats.merged += 1
-                else:
-                    stats.collisions += 1
-                continue
-            hf = hint_tab.get(h)
-            if hf is not None and hf != f:
-                if (
-                    self.frames.refcount[hf] == 1
-                    and not self.frames.shared[hf]
-                    and hash_page(content[hf]) == h
-                ):
-                    if content[f].tobytes() == content[hf].tobytes():
-                        self._promote(slot.group, h, hf)
-                        merge_ppn.append(ppn)
-                        merge_to.append(hf)
-                        stats.hint_hits += 1
+        shared_get, hint_get = shared_tab.get, hint_tab.get
+
+        # (1) classify.  pair_i/pair_t: page index -> frame it should share.
+        batch_shared: dict[int, int] = {}  # hash -> frame about to become shared
+        old_hint: dict[int, int] = {}  # frame -> hash, hints from earlier batches used
+        new_hints: dict[int, int] = {}  # hash -> frame, hints made by this batch
+        pair_i: list[int] = []
+        pair_t: list[int] = []
+        batch_get, new_get = batch_shared.get, new_hints.get
+        for i, (f, h) in enumerate(zip(flist, hashes, strict=True)):
+            t = shared_get(h)
+            if t is None:
+                t = batch_get(h)
+            if t is None:
+                t = new_get(h)
+                if t is None:
+                    t = hint_get(h)
+                    if t is None or t == f:
+                        new_hints[h] = f
                         continue
-                    stats.collisions += 1
-                else:
-                    stats.hint_stale += 1
-            self.index.add_hint(slot.group, h, f)
-            if merge_ppn and merge_ppn[-1] == ppn:  # pragma: no cover - defensive
-                raise InvariantError("page both merged and hinted")
-        if merge_ppn:
-            mp = np.asarray(merge_ppn, dtype=np.int64)
-            mt = np.asarray(merge_to, dtype=np.int32)
-            old = pmap.loc[mp].copy()
-            pmap.set_state(mp, ps.SHARED, mt)
-            np.add.at(self.frames.refcount, mt, 1)
-            pmap.n_zero_shared += int(self.zero[mt].sum())
+                    old_hint[t] = h
+                batch_shared[h] = t
+            if t != f:
+                pair_i.append(i)
+                pair_t.append(t)
+        promoted_h = set(batch_shared)
+
+        # (2) verify: old hints must still be private, indexed and hash to the key.
+        fr = self.frames
+        stale = {
+            t
+            for t, h in old_hint.items()
+            if fr.refcount[t] != 1
+            or fr.shared[t]
+            or self.index.kind[t] != sh.HINT
+            or int(self.index.key[t]) != h
+            or hash_page(mv[t * cb : t * cb + cb]) != h
+        }
+        stats.hint_stale = len(stale)
+        ok_i: list[int] = []
+        ok_t: list[int] = []
+        target_bytes: dict[int, bytes] = {}  # many pages pair with one target (zero page)
+        for i, t in zip(pair_i, pair_t, strict=True):
+            if t in stale:
+                continue
+            f = flist[i]
+            tb = target_bytes.get(t)
+            if tb is None:
+                tb = target_bytes[t] = mv[t * cb : t * cb + cb].tobytes()
+            # Full byte compare (memoryview == compares element-wise: far slower).
+            if mv[f * cb : f * cb + cb].tobytes() == tb:
+                ok_i.append(i)
+                ok_t.append(t)
+            else:
+                stats.collisions += 1
+        # A stale hint is replaced by the first page that hit it (a fresh hint).
+        for t in stale:
+            h = old_hint[t]
+            if h not in new_hints:
+                first = next(flist[i] for i, tt in zip(pair_i, pair_t, strict=True) if tt == t)
+                new_hints[h] = first
+
+        # (3) apply.  Targets that are not shared yet become shared frames (promotion).
+        targets = np.asarray(ok_t, dtype=np.int64)
+        if len(targets):
+            tgt_u = _unique(targets)
+            promote = tgt_u[~fr.shared[tgt_u]]
+            stats.hint_hits = len(promote)
+            # As if sequential: the first page onto each promoted hint is a hint hit,
+            # every other page merged onto a frame that was shared by then.
+            stats.merged = len(targets) - len(promote)
+            if len(promote):
+                t2h = {t: h for h, t in batch_shared.items()}
+                self._promote(slot.group, promote, [t2h[t] for t in promote.tolist()])
+            pages = cand[np.asarray(ok_i, dtype=np.int64)]
+            old = pmap.loc[pages].copy()
+            pmap.set_state(pages, ps.SHARED, targets)
+            np.add.at(fr.refcount, targets, 1)
+            pmap.n_zero_shared += int(self.zero[targets].sum())
             stats.frames_freed = self._decref(old)
+            promoted_done = {int(h) for h in self.index.key[promote].tolist()}
+        else:
+            promoted_done = set()
+        for h in promoted_h & promoted_done:
+            new_hints.pop(h, None)
+        self._record_hints(slot.group, new_hints)
         return stats
 
-    def _promote(self, group: int, h: int, frame: int) -> None:
-        """Turn a hinted private frame into a shared COW frame (its owner page too)."""
-        owner, oppn = int(self.frames.owner_vm[frame]), int(self.frames.owner_ppn[frame])
-        self.frames.shared[frame] = True
-        self.index.add_shared(group, h, frame)
-        if h == self.zero_hash and not self.frames.content[frame].any():
-            self.zero[frame] = True
-        opmap = self.vms[owner].pmap
-        opmap.set_state(np.array([oppn]), ps.SHARED, frame)
-        opmap.n_zero_shared += int(self.zero[frame])
+    def _promote(self, group: int, frames: np.ndarray, hashes_of: list[int]) -> None:
+        """Turn private frames into shared COW frames (their owner pages too)."""
+        fr = self.frames
+        fr.shared[frames] = True
+        for f, h in zip(frames.tolist(), hashes_of, strict=True):
+            self.index.add_shared(group, h, f)
+        zero = np.asarray(hashes_of, dtype=np.uint64) == np.uint64(self.zero_hash)
+        if zero.any():
+            zf = frames[zero]
+            self.zero[zf] = ~fr.content[zf].any(axis=1)
+        owners = fr.owner_vm[frames]
+        for owner in _unique(owners).tolist():
+            of = frames[owners == owner]
+            opmap = self.vms[owner].pmap
+            opmap.set_state(fr.owner_ppn[of].astype(np.int64), ps.SHARED, of)
+            opmap.n_zero_shared += int(self.zero[of].sum())
+
+    def _record_hints(self, group: int, new_hints: dict[int, int]) -> None:
+        """Record hint entries for pages that matched nothing (vectorised records)."""
+        if not new_hints:
+            return
+        frames = np.fromiter(new_hints.values(), dtype=np.int64, count=len(new_hints))
+        idx = self.index
+        for f in frames[idx.kind[frames] != sh.NONE].tolist():
+            idx.drop_entry(f)  # the page changed since it was last hinted
+        _, hint_tab = idx.tables(group)
+        for h in new_hints:
+            old = hint_tab.get(h)
+            if old is not None and idx.kind[old] == sh.HINT and int(idx.key[old]) == h:
+                idx.kind[old] = sh.NONE  # displaced stale hint
+        idx.kind[frames] = sh.HINT
+        idx.key[frames] = np.fromiter(new_hints.keys(), dtype=np.uint64, count=len(new_hints))
+        idx.group[frames] = group
+        hint_tab.update(new_hints)
 
     # ------------------------------------------------------------------ migration
     def install(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> None:
@@ -282,6 +361,19 @@ class HostMemory:
         self.frames.content[frames] = data
         self._own(vm, ppns, frames)
         pmap.set_state(ppns, ps.MAPPED, frames)
+
+    def install_shared(self, vm: int, ppns: np.ndarray, frames: np.ndarray) -> None:
+        """Map untouched pages onto existing shared frames of the VM's group (migration
+        arrival of content this host already shares; the caller has byte-compared)."""
+        slot = self.vms[vm]
+        pmap = slot.pmap
+        if (pmap.state[ppns] != ps.UNTOUCHED).any():
+            raise InvariantError("installing over a page that is already backed")
+        if not self.frames.shared[frames].all() or (self.index.group[frames] != slot.group).any():
+            raise InvariantError("install_shared onto a frame not shared in the VM's group")
+        pmap.set_state(ppns, ps.SHARED, frames)
+        np.add.at(self.frames.refcount, frames, 1)
+        pmap.n_zero_shared += int(self.zero[frames].sum())
 
     # ------------------------------------------------------------------ checks
     def check_invariants(self) -> None:
@@ -318,3 +410,11 @@ class HostMemory:
         self.index.check_invariants(fr.content, fr.shared)
         if (self.zero & ~fr.shared).any():
             raise InvariantError("zero flag on a frame that is not shared")
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """Sorted unique values (np.unique is far slower than a sort on numpy 2.4 here)."""
+    if len(a) < 2:
+        return np.asarray(a).copy()
+    s = np.sort(a)
+    return s[np.concatenate(([True], s[1:] != s[:-1]))]

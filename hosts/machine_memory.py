@@ -57,8 +57,9 @@ class MachineMemory:
         if len(frames) == 0:
             return frames.astype(np.int32)
         frames = np.asarray(frames, dtype=np.int64)
-        uniq, counts = np.unique(frames, return_counts=True)
-        self.refcount[uniq] -= counts.astype(np.int32)
+        np.subtract.at(self.refcount, frames, 1)
+        s = np.sort(frames)
+        uniq = s[np.concatenate(([True], s[1:] != s[:-1]))]
         if (self.refcount[uniq] < 0).any():
             raise InvariantError("frame refcount went negative")
         freed = uniq[self.refcount[uniq] == 0].astype(np.int32)

@@ -25,6 +25,7 @@ from hosts.page_sharing import HINT, SHARED
 from hosts.page_state import N_STATES
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from hosts.vm import VirtualMachine, VMStats
+from workloads.replay import ReplayWorkload
 
 Arrays = dict[str, np.ndarray]
 
@@ -83,7 +84,9 @@ def restore_vm(
     spec: VMSpec, sim: SimParams, policy: HostPolicy, a: Arrays, meta: dict[str, Any]
 ) -> VirtualMachine:
     """A VM rebuilt from :func:`vm_state` (its map too, if the snapshot has one)."""
-    vm = VirtualMachine(spec, sim, policy.sample_pages, policy.balloon_max_fraction)
+    # A VM of a replay keeps taking its accesses from the coordinator (no generator).
+    workload = ReplayWorkload() if meta["workload"].get("kind") == ReplayWorkload.kind else None
+    vm = VirtualMachine(spec, sim, policy.sample_pages, policy.balloon_max_fraction, workload)
     g = vm.guest
     for k in _GUEST:
         setattr(g, k, _own(a[f"guest.{k}"]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import gcd
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,8 @@ class VMStats:
 class TickCounters:
     disk: int = 0
     minor: int = 0
+    first_touch: int = 0
+    sample: int = 0
     cow: int = 0
     vmm_swapins: int = 0
     guest_swapins: int = 0
@@ -102,7 +105,9 @@ class VirtualMachine:
         sim: SimParams,
         sample_pages: int = 100,
         balloon_max_fraction: float = 0.65,
+        workload: Any = None,
     ) -> None:
+        """``workload``: use this instead of building the spec's generator (a replay)."""
         self.spec = spec
         self.name = spec.name
         self.sim = sim
@@ -118,10 +123,12 @@ class VirtualMachine:
         self.vmm_rng = np.random.Generator(
             np.random.PCG64(vm_seed_sequence(sim.seed, spec.name, "vmm"))
         )
-        env = WorkloadEnv(n, sim.page_size, sim.tick_s, sim.seed, spec.image, self.layout)
-        cls = registry.get(spec.workload_kind)
-        params = spec.workload_params if spec.workload_params is not None else cls.Params()
-        self.workload = cls(params, env, self.workload_rng)
+        if workload is None:
+            env = WorkloadEnv(n, sim.page_size, sim.tick_s, sim.seed, spec.image, self.layout)
+            cls = registry.get(spec.workload_kind)
+            params = spec.workload_params if spec.workload_params is not None else cls.Params()
+            workload = cls(params, env, self.workload_rng)
+        self.workload = workload
         self.steps = 0
         self.target = spec.max_resident
         self.balloon_target = 0
@@ -145,34 +152,49 @@ class VirtualMachine:
         return max(0, min(cap, self.spec.n_pages - self.spec.pinned_pages))
 
     # ------------------------------------------------------------------ one tick
-    def run_step(self, mem: HostMemory, make_room: MakeRoom) -> None:
-        """Run the workload's next step through guest and VMM."""
+    def run_step(self, mem: HostMemory, make_room: MakeRoom) -> Accesses:
+        """Run the workload's next step through guest and VMM; return its accesses."""
         acc = self.workload.step(self.steps)
         self.steps += 1
         self.apply(mem, make_room, acc)
+        return acc
 
     def apply(self, mem: HostMemory, make_room: MakeRoom, acc: Accesses) -> None:
-        """Apply one step's accesses, in chunks small enough for the guest's memory."""
-        # Last write to a page wins; a page read and written in one step is a write.
+        """Apply one step's accesses, in chunks small enough for the guest's memory.
+
+        Deduplication uses boolean masks over the guest's pages (O(pages + accesses), no
+        sort): the last write to a page wins, a page read and written is a write.
+        """
+        n = self.spec.n_pages
         wr = np.asarray(acc.writes, dtype=np.int64)
         keys = np.asarray(acc.write_keys, dtype=np.uint64)
+        wmask = np.zeros(n, dtype=bool)
         if len(wr):
-            rev_u, rev_i = np.unique(wr[::-1], return_index=True)
-            keys = keys[::-1][rev_i]
-            wr = rev_u
-        rd = np.setdiff1d(np.asarray(acc.reads, dtype=np.int64), wr)
+            last = np.full(n, -1, dtype=np.int64)
+            np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
+            wr = np.flatnonzero(last >= 0)
+            keys = keys[last[wr]]
+            wmask[wr] = True
+        rmask = np.zeros(n, dtype=bool)
+        rmask[np.asarray(acc.reads, dtype=np.int64)] = True
+        rmask &= ~wmask
+        rd = np.flatnonzero(rmask)
         self.tick.accesses += acc.count
         g = self.guest
-        cap = max(1, (g.n_pages - g.n_ballooned - int(g.pinned.sum())) // 2)
-        touched = np.union1d(rd, wr)
-        if len(touched) <= cap:
+        # A chunk must fit both the guest's memory and the host's: all its pages are
+        # backed at once, so a chunk larger than the host's frames could never be served.
+        guest_room = g.n_pages - g.n_ballooned - int(g.pinned.sum())
+        cap = max(1, min(guest_room, mem.frames.n_frames) // 2)
+        if len(rd) + len(wr) <= cap:
             self._apply_chunk(mem, make_room, rd, wr, keys)
             return
+        # More distinct pages than the guest can hold at once: page ranges of <= cap.
+        touched = np.flatnonzero(rmask | wmask)
         for lo in range(0, len(touched), cap):
-            part = touched[lo : lo + cap]
-            r = rd[np.isin(rd, part)]
-            m = np.isin(wr, part)
-            self._apply_chunk(mem, make_room, r, wr[m], keys[m])
+            first, last_p = touched[lo], touched[min(lo + cap, len(touched)) - 1]
+            r0, r1 = np.searchsorted(rd, [first, last_p + 1])
+            w0, w1 = np.searchsorted(wr, [first, last_p + 1])
+            self._apply_chunk(mem, make_room, rd[r0:r1], wr[w0:w1], keys[w0:w1])
 
     def _apply_chunk(
         self,
@@ -182,42 +204,44 @@ class VirtualMachine:
         wr: np.ndarray,
         keys: np.ndarray,
     ) -> None:
+        """Sorted, disjoint reads ``rd`` and writes ``wr`` (guest virtual pages)."""
         g, c = self.guest, self.tick
-        touched = np.union1d(rd, wr)
-        miss = touched[g.vstate[touched] != gos.RESIDENT]
-        restore_v, restore_d = _EMPTY, np.zeros((0, self.sim.content_bytes), np.uint8)
-        if len(miss):
-            short = len(miss) - g.n_free
+        cb = self.sim.content_bytes
+        r_res = g.vstate[rd] == gos.RESIDENT
+        w_res = g.vstate[wr] == gos.RESIDENT
+        miss_r, miss_w = rd[~r_res], wr[~w_res]
+        restore_v, restore_d = _EMPTY, np.zeros((0, cb), np.uint8)
+        if len(miss_r) or len(miss_w):
+            short = len(miss_r) + len(miss_w) - g.n_free
             if short > 0:
-                protect = g.v2p[touched[g.vstate[touched] == gos.RESIDENT]]
+                protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
                 self._guest_evict(mem, g.choose_victims(short, protect))
-            vs = g.vstate[miss]
-            swapped, dropped = miss[vs == gos.SWAPPED], miss[vs == gos.DROPPED]
-            never = miss[vs == gos.NEVER]
-            sw_data = g.swap.take(g.vslot[swapped])
-            g.vslot[swapped] = -1
-            dr_data = page_bytes(self._image_keys(dropped), self.sim.content_bytes)
-            g.clean[never] = False
-            g.clean[swapped] = False
-            g.clean[dropped] = True
-            c.disk += len(swapped) + len(dropped)
-            c.guest_swapins += len(swapped) + len(dropped)
-            c.minor += len(never)
+            vr, vw = g.vstate[miss_r], g.vstate[miss_w]
+            r_sw, r_dr, r_nv = (miss_r[vr == s] for s in (gos.SWAPPED, gos.DROPPED, gos.NEVER))
+            w_sw = miss_w[vw == gos.SWAPPED]
+            w_disk = int(np.count_nonzero((vw == gos.SWAPPED) | (vw == gos.DROPPED)))
+            sw_data = g.swap.take(g.vslot[r_sw])
+            g.swap.take(g.vslot[w_sw])  # overwritten whole: the slot is just freed
+            g.vslot[r_sw] = -1
+            g.vslot[w_sw] = -1
+            g.clean[r_nv] = False
+            g.clean[r_sw] = False
+            g.clean[r_dr] = True
+            disk = len(r_sw) + len(r_dr) + w_disk
+            c.disk += disk
+            c.guest_swapins += disk
+            c.minor += len(r_nv) + int(np.count_nonzero(vw == gos.NEVER))
+            miss = np.concatenate([miss_r, miss_w])
             g.map(miss, g.alloc(len(miss)))
-            # Contents the guest puts into the new physical pages before the access:
-            # its swap/disk copy, or zeros for a first touch.  Pages the step overwrites
-            # anyway need no restore (writes replace whole pages).
-            restore_v = np.concatenate([swapped, dropped, never])
-            restore_d = np.concatenate(
-                [sw_data, dr_data, np.zeros((len(never), self.sim.content_bytes), np.uint8)]
-            )
-            keep = ~np.isin(restore_v, wr)
-            restore_v, restore_d = restore_v[keep], restore_d[keep]
-            rd = np.setdiff1d(rd, restore_v)
-        # VMM level.  A first touch the guest zero-fills on a never-backed page is just a
-        # VMM read (zero fill); other restores are writes.
+            # Contents the guest puts into the new physical pages before a read: its
+            # swap/disk copy, or zeros for a first touch.  Pages the step writes need no
+            # restore (writes replace whole pages).
+            restore_v = np.concatenate([r_sw, r_dr, r_nv])
+            dr_data = page_bytes(self._image_keys(r_dr), cb)
+            restore_d = np.concatenate([sw_data, dr_data, np.zeros((len(r_nv), cb), np.uint8)])
+            rd = rd[r_res]
         wv = np.concatenate([restore_v, wr])
-        data = np.concatenate([restore_d, page_bytes(keys, self.sim.content_bytes)])
+        data = np.concatenate([restore_d, page_bytes(keys, cb)])
         r_ppn = g.v2p[rd].astype(np.int64)
         w_ppn = g.v2p[wv].astype(np.int64)
         need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
@@ -233,7 +257,10 @@ class VirtualMachine:
         c.vmm_swapins += fr.vmm_swapin + fw.vmm_swapin
         c.disk += fr.vmm_swapin + fw.vmm_swapin
         all_ppn = np.concatenate([r_ppn, w_ppn])
-        c.minor += self.sampler.on_access(all_ppn)
+        hits = self.sampler.on_access(all_ppn)
+        c.minor += hits
+        c.sample += hits
+        c.first_touch += fr.first_touch + fw.first_touch
         g.pref[all_ppn] = True
         if len(wr):
             img = wr < self.layout.n_image
@@ -322,8 +349,18 @@ class VirtualMachine:
         # A batch that runs into the next pass may meet a page twice: scan it once (the
         # sharing scan wants unique pages), in order of first appearance.
         cand = np.concatenate(out)
-        _, first = np.unique(cand, return_index=True)
-        return cand[np.sort(first)]
+        if len(out) > 1:
+            seen = np.zeros(P, dtype=bool)
+            first = np.ones(len(cand), dtype=bool)
+            # keep the first appearance of each page (the passes are permutations, so a
+            # page repeats only across parts: mark parts in order)
+            pos = 0
+            for part in out:
+                first[pos : pos + len(part)] = ~seen[part]
+                seen[part] = True
+                pos += len(part)
+            cand = cand[first]
+        return cand
 
     # ------------------------------------------------------------------ reporting
     @property

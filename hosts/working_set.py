@@ -52,14 +52,18 @@ class WorkingSetSampler:
         return len(hit)
 
     def end_period(self, active_true: float) -> None:
-        f = self.touched / self.sampled if self.sampled else 0.0
+        self.active_true = active_true
+        if not self.sampled:
+            # Nothing was allocated when the sample was drawn (e.g. the boot period): no
+            # information, so the averages are left alone rather than pulled towards 0.
+            return
+        f = self.touched / self.sampled
         if self.periods == 0:
             self.fast = self.slow = f
         else:
             self.fast += FAST_GAIN * (f - self.fast)
             self.slow += SLOW_GAIN * (f - self.slow)
         self.periods += 1
-        self.active_true = active_true
 
     @property
     def partial(self) -> float:

@@ -18,7 +18,7 @@ from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from hosts.vm import VirtualMachine
 from workloads.content import page_bytes
 from workloads.images import ImageSpec
-from workloads.patterns import Accesses
+from workloads.patterns import Accesses, IdleParams
 
 CB = 64  # content bytes per page: small, the tests are not about 4 KiB pages
 
@@ -59,10 +59,8 @@ def sim_params(cb: int = CB, seed: int = 7, tick_s: float = 1.0) -> SimParams:
     return SimParams(seed=seed, tick_s=tick_s, page_size=4096, content_bytes=cb)
 
 
-def quiet_idle_params():
+def quiet_idle_params() -> IdleParams:
     """Idle workload parameters that make no accesses at all (tests drive the VM)."""
-    from workloads.patterns import IdleParams
-
     return IdleParams(accesses_per_s=0.0)
 
 

@@ -28,7 +28,8 @@ from hosts.host_memory import HostMemory
 from hosts.phys_map import PhysMap
 from hosts.vm import vm_page_contents
 from workloads.content import page_bytes
-from workloads.patterns import Accesses
+from workloads.images import image_keys
+from workloads.patterns import Accesses, SteadyParams
 
 # ---------------------------------------------------------------------------- HostMemory
 N_PAGES = 12
@@ -119,9 +120,13 @@ class Driver:
             bad = np.flatnonzero((got != want).any(axis=1))
             assert not len(bad), f"vm {vm} pages {live[bad].tolist()} hold the wrong bytes"
         # Accounting: every frame is free, an overhead frame or backs >= 1 page.
-        n_backing = len(np.unique(np.concatenate([
-            pm.loc[(pm.state == ps.MAPPED) | (pm.state == ps.SHARED)] for pm in self.pmaps
-        ])))
+        n_backing = len(
+            np.unique(
+                np.concatenate(
+                    [pm.loc[(pm.state == ps.MAPPED) | (pm.state == ps.SHARED)] for pm in self.pmaps]
+                )
+            )
+        )
         assert n_backing + N_VMS + self.mem.n_free == N_FRAMES
         swapped = sum(int(pm.counts[ps.VMM_SWAPPED]) for pm in self.pmaps)
         assert swapped == self.mem.swap.n_used
@@ -143,9 +148,7 @@ def run_ops(ops, sharing_vm2: bool) -> Driver:
     return d
 
 
-SETTINGS = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
@@ -222,8 +225,15 @@ def test_host_manager_keeps_every_vms_pages(ops, seed):
     host = make_host(HOST_FRAMES, 512, seed=seed)
     vms, shadows = [], []
     specs = [
-        vm_spec("a", VM_PAGES[0], image=TEST_IMAGE, workload_kind="steady",
-                workload_params=_steady(), pinned_pages=2, overhead_pages=2),
+        vm_spec(
+            "a",
+            VM_PAGES[0],
+            image=TEST_IMAGE,
+            workload_kind="steady",
+            workload_params=_steady(),
+            pinned_pages=2,
+            overhead_pages=2,
+        ),
         vm_spec("b", VM_PAGES[1], image=TEST_IMAGE, overhead_pages=2),
         vm_spec("c", VM_PAGES[2], balloon=False, overhead_pages=2),
     ]
@@ -263,7 +273,9 @@ def test_host_manager_keeps_every_vms_pages(ops, seed):
             vm, sh = vms[o[1]], shadows[o[1]]
             every = np.arange(vm.spec.n_pages, dtype=np.int64)
             if o[2]:
-                acc = Accesses(writes=every, write_keys=_keys_for(vm, every, [6] * len(every), fresh))
+                acc = Accesses(
+                    writes=every, write_keys=_keys_for(vm, every, [6] * len(every), fresh)
+                )
             else:
                 acc = Accesses(reads=every)
             vm.apply(host.mem, host._make_room, acc)
@@ -278,8 +290,6 @@ def test_host_manager_keeps_every_vms_pages(ops, seed):
 
 
 def _steady():
-    from workloads.patterns import SteadyParams
-
     # 64 pages of 4 KiB = 0.25 MB: the working set is half the VM, touched 20 times/s.
     return SteadyParams(wss_mb=0.125, write_fraction=0.3, accesses_per_s=20.0)
 
@@ -288,12 +298,8 @@ def _keys_for(vm, wr: np.ndarray, choice: list[int], fresh) -> np.ndarray:
     """Content keys from a small alphabet: zero (0), a few shared keys (1-4), the page's
     own image key (5: makes an image page clean again, so the guest may drop it) or a
     fresh unique key (6, 7: memory that cannot be shared)."""
-    from workloads.images import image_keys
-
     alphabet = (0, 11, 12, 13, 14, 0)
-    keys = np.asarray(
-        [alphabet[c] if c < 6 else next(fresh) for c in choice], dtype=np.uint64
-    )
+    keys = np.asarray([alphabet[c] if c < 6 else next(fresh) for c in choice], dtype=np.uint64)
     img = (np.asarray(choice) == 5) & (wr < vm.layout.n_image)
     if img.any():
         keys[img] = image_keys(vm.spec.image, vm.sim.seed, wr[img], vm.layout.n_image)

@@ -54,7 +54,7 @@ def test_deflate_returns_pages_to_the_guest_untouched():
     vm.check_invariants()
     mem.check_invariants()
     # The guest reuses them: first touch zero-fills.
-    apply(vm, mem, reads=vm.guest.swap and np.flatnonzero(vm.guest.vstate == gos.SWAPPED))
+    apply(vm, mem, reads=np.flatnonzero(vm.guest.vstate == gos.SWAPPED))
     assert (vm_page_contents(vm, mem) == keyed(np.arange(32) + 1)).all()
 
 
@@ -146,15 +146,35 @@ def test_swap_exhaustion_raises_and_loses_nothing():
 def test_host_out_of_memory_and_swap_raises_swapfull():
     host = make_host(24, 8)
     vm = host.boot_vm(vm_spec("a", 64))
-    with pytest.raises(SwapFull):
-        fill(vm, host, np.arange(40) + 1)  # 40 pages > 24 frames + 8 slots
+    fill(vm, host, np.arange(20) + 1)
+    with pytest.raises(SwapFull):  # 40 pages > 24 frames + 8 slots
+        apply(
+            vm,
+            host.mem,
+            writes=np.arange(20, 40),
+            keys=np.arange(20, 40) + 1,
+            make_room=host._make_room,
+        )
     host.check_invariants()
 
 
+def test_step_touching_more_pages_than_the_host_has_frames_is_served_by_swapping():
+    host = make_host(24, 128)
+    vm = host.boot_vm(vm_spec("a", 64))
+    keys = np.arange(64) + 1
+    fill(vm, host, keys)  # one step, 64 pages > 24 frames: chunked, the VMM swaps
+    host.check_invariants()
+    assert vm.pmap.counts[ps.VMM_SWAPPED] > 0
+    assert (vm_page_contents(vm, host.mem) == keyed(keys)).all()
+
+
 # ---------------------------------------------------------------------------- host states
-def host_with_used(used: int, *, n_frames: int = 100, target: int = 50, **spec_kw):
-    """A 100-frame host with one quiet VM holding ``used`` private pages."""
-    host = make_host(n_frames, 256, balloon_rate_pages_per_s=2.0, swap_rate_pages_per_s=64.0)
+def host_with_used(used: int, *, target: int = 50, policy: dict | None = None, **spec_kw):
+    """A 100-frame host (thresholds 12/8/4/2 %) with one quiet VM holding ``used``
+    private pages and a lower target; balloon rate 2 pages per tick."""
+    n_frames = 100
+    kw = {"balloon_rate_pages_per_s": 2.0, "swap_rate_pages_per_s": 64.0, **(policy or {})}
+    host = make_host(n_frames, 256, **kw)
     vm = host.boot_vm(vm_spec("a", n_frames, sharing=False, **spec_kw))
     fill(vm, host, np.arange(used) + 1)
     host.set_targets({"a": target})
@@ -162,7 +182,7 @@ def host_with_used(used: int, *, n_frames: int = 100, target: int = 50, **spec_k
 
 
 def test_soft_state_balloons_and_does_not_swap():
-    host, vm = host_with_used(94, balloon_max_fraction=0.65)  # free 6 %: SOFT
+    host, vm = host_with_used(94)  # free 6 %: SOFT
     host.run_ticks(0, 1)
     assert host.mstate == MemState.SOFT and host.state_ticks[MemState.SOFT] == 1
     assert vm.pmap.counts[ps.BALLOONED] == 2 and vm.pmap.counts[ps.VMM_SWAPPED] == 0
@@ -191,13 +211,12 @@ def test_hard_state_balloons_then_swaps():
 
 
 def test_low_state_blocks_vms_above_target():
-    host, vm = host_with_used(99, swap_rate_pages_per_s=0.0)  # free 1 %: LOW
-    host.policy = host.policy.__class__(
-        **{**host.policy.__dict__, "swap_rate_pages_per_s": 0.0, "balloon_rate_pages_per_s": 0.0}
-    )
+    no_reclaim = {"swap_rate_pages_per_s": 0.0, "balloon_rate_pages_per_s": 0.0}
+    host, vm = host_with_used(99, policy=no_reclaim)  # free 1 %: LOW
     host.run_ticks(0, 2)
     assert host.state_ticks[MemState.LOW] == 2
     assert host.blocked == {"a"} and vm.stats.blocked_ticks == 1
+    host.check_invariants()
 
 
 def test_overcommitted_host_moves_through_the_states():
@@ -207,9 +226,9 @@ def test_overcommitted_host_moves_through_the_states():
     b = host.boot_vm(vm_spec("b", 96, balloon=False))
     seen = []
     keys = {a.name: np.zeros(96, np.uint64), b.name: np.zeros(96, np.uint64)}
-    for r in range(12):
+    for r in range(48):
         for vm in (a, b):
-            p = np.arange(8 * r, 8 * r + 8)
+            p = np.arange(2 * r, 2 * r + 2)
             k = (p + 1000 * (vm is b) + 1).astype(np.uint64)
             apply(vm, host.mem, writes=p, keys=k, make_room=host._make_room)
             keys[vm.name][p] = k
@@ -217,7 +236,7 @@ def test_overcommitted_host_moves_through_the_states():
         host.run_ticks(host.tick, 1)
         seen.append(host.mstate)
         host.check_invariants()
-    assert host.state_ticks.sum() == 12
+    assert host.state_ticks.sum() == 48
     assert {MemState.HIGH, MemState.SOFT, MemState.HARD} <= set(seen)
     assert seen.index(MemState.HIGH) < seen.index(MemState.SOFT) < seen.index(MemState.HARD)
     assert a.pmap.counts[ps.BALLOONED] > 0  # a is ballooned ...
@@ -225,4 +244,4 @@ def test_overcommitted_host_moves_through_the_states():
     for vm in (a, b):
         assert (vm_page_contents(vm, host.mem) == keyed(keys[vm.name])).all()
     s = host.summary()
-    assert sum(s["state_ticks"].values()) == 12
+    assert sum(s["state_ticks"].values()) == 48

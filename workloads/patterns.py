@@ -28,11 +28,18 @@ _EMPTY_K = np.zeros(0, dtype=np.uint64)
 
 @dataclass(frozen=True)
 class Accesses:
-    """One tick of guest accesses: reads and writes of guest pages, writes with content keys."""
+    """One tick of guest accesses: reads and writes of guest pages, writes with content keys.
+
+    ``disk_reads`` counts file reads the guest must serve from disk *because its memory is
+    too small for the file set the workload models* (e.g. a VM configured smaller than
+    its file server's hot files): I/O that touches no page of its own, which a host should
+    charge as disk stalls.  0 for every pattern except :mod:`workloads.fileserver`.
+    """
 
     reads: np.ndarray = field(default_factory=lambda: _EMPTY_I)
     writes: np.ndarray = field(default_factory=lambda: _EMPTY_I)
     write_keys: np.ndarray = field(default_factory=lambda: _EMPTY_K)
+    disk_reads: int = 0
 
     @property
     def count(self) -> int:
@@ -44,6 +51,7 @@ class Accesses:
             np.concatenate([a.reads, b.reads]),
             np.concatenate([a.writes, b.writes]),
             np.concatenate([a.write_keys, b.write_keys]),
+            a.disk_reads + b.disk_reads,
         )
 
 
@@ -110,6 +118,19 @@ def _rate(n: int, per_s: float, tick_s: float, rng: np.random.Generator) -> int:
     return int(rng.poisson(per_s * tick_s)) if per_s > 0 else 0
 
 
+def check_range(
+    params: Any, key: str, lo: float, hi: float | None = None, *, lo_open: bool = False
+) -> list[str]:
+    """``["key: must be in [lo, hi] (got v)"]`` if ``params.key`` is out of range, else []."""
+    v = getattr(params, key)
+    ok = (v > lo if lo_open else v >= lo) and (hi is None or v <= hi)
+    if ok:
+        return []
+    left = "(" if lo_open else "["
+    want = f"in {left}{lo:g}, {hi:g}]" if hi is not None else f"{'>' if lo_open else '>='} {lo:g}"
+    return [f"{key}: must be {want} (got {v:g})"]
+
+
 @dataclass(frozen=True)
 class IdleParams:
     background_fraction: float = field(
@@ -121,6 +142,13 @@ class IdleParams:
     write_fraction: float = field(
         default=0.05, metadata={"help": "fraction of accesses that write"}
     )
+
+    def validate(self) -> list[str]:
+        return (
+            check_range(self, "background_fraction", 0.0, 1.0)
+            + check_range(self, "accesses_per_s", 0.0)
+            + check_range(self, "write_fraction", 0.0, 1.0)
+        )
 
 
 class Idle(Workload):
@@ -150,13 +178,38 @@ class SteadyParams:
         default=0.0,
         metadata={"help": "mean accesses per second (0: one per working-set page per second)"},
     )
+    hot_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "fraction of the working set that is hot (1: no skew, uniform accesses)"
+        },
+    )
+    hot_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "fraction of accesses that go to the hot pages (e.g. 0.8 with "
+            "hot_fraction 0.2: the 80/20 rule); unused when hot_fraction is 1"
+        },
+    )
+
+    def validate(self) -> list[str]:
+        return (
+            check_range(self, "wss_mb", 0.0)
+            + check_range(self, "write_fraction", 0.0, 1.0)
+            + check_range(self, "accesses_per_s", 0.0)
+            + check_range(self, "hot_fraction", 0.0, 1.0, lo_open=True)
+            + check_range(self, "hot_weight", 0.0, 1.0)
+        )
 
 
 class Steady(Workload):
-    """A fixed working set, touched uniformly at a steady rate.
+    """A fixed working set, touched at a steady rate, optionally with a hot/cold skew.
 
     The working set is a fixed random set of guest pages drawn at boot from the VM's
-    generator; writes go to its private-data pages when it has any.
+    generator; writes go to its private-data pages when it has any.  With
+    ``hot_fraction < 1`` the first ``hot_fraction`` of that draw (random pages) is hot and
+    receives ``hot_weight`` of the accesses, the rest the remainder; with the default
+    ``hot_fraction = 1`` the stream is uniform and makes exactly the draws it always did.
     """
 
     kind = "steady"
@@ -165,14 +218,38 @@ class Steady(Workload):
     def __init__(self, params: SteadyParams, env: WorkloadEnv, rng: np.random.Generator) -> None:
         super().__init__(params, env, rng)
         wss = max(1, env.pages(params.wss_mb))
-        self.wss = np.sort(rng.choice(env.n_pages, size=wss, replace=False)).astype(np.int64)
+        drawn = rng.choice(env.n_pages, size=wss, replace=False).astype(np.int64)
+        self.wss = np.sort(drawn)
         data = self.wss[self.wss >= env.layout.data_start]
         self.write_pool = data if len(data) else self.wss
         self.rate = params.accesses_per_s or float(wss)
+        self.skewed = params.hot_fraction < 1.0
+        if self.skewed:
+            # The draw is in random order: its first part is a random hot subset.
+            n_hot = max(1, int(round(params.hot_fraction * wss)))
+            self.hot, self.cold = np.sort(drawn[:n_hot]), np.sort(drawn[n_hot:])
+            start = env.layout.data_start
+            self.hot_w = self.hot[self.hot >= start]
+            self.cold_w = self.cold[self.cold >= start]
 
     def _accesses(self, step: int) -> Accesses:
         n = _rate(len(self.wss), self.rate, self.env.tick_s, self.rng)
         n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
-        reads = self._draw(self.wss, n - n_w)
-        writes = self._draw(self.write_pool, n_w)
+        if not self.skewed:
+            reads = self._draw(self.wss, n - n_w)
+            writes = self._draw(self.write_pool, n_w)
+        else:
+            reads = self._skewed(self.hot, self.cold, n - n_w)
+            writes = self._skewed(self.hot_w, self.cold_w, n_w)
+            if n_w and not len(writes):  # no data pages in the set: write anywhere in it
+                writes = self._skewed(self.hot, self.cold, n_w)
         return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))
+
+    def _skewed(self, hot: np.ndarray, cold: np.ndarray, n: int) -> np.ndarray:
+        """``n`` pages: ``hot_weight`` of them (binomially) from ``hot``, the rest ``cold``."""
+        if n <= 0:
+            return _EMPTY_I
+        w = self.params.hot_weight if len(cold) else 1.0
+        w = w if len(hot) else 0.0
+        n_hot = int(self.rng.binomial(n, w))
+        return np.concatenate([self._draw(hot, n_hot), self._draw(cold, n - n_hot)])

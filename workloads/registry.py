@@ -6,9 +6,15 @@ dataclass whose fields (with ``metadata["help"]``) are exactly the keys that kin
 
 from __future__ import annotations
 
+from workloads.batch import Batch
+from workloads.fileserver import Fileserver
 from workloads.patterns import Idle, Steady, Workload
+from workloads.phased import Phased
+from workloads.trace import Trace
 
-WORKLOADS: dict[str, type[Workload]] = {cls.kind: cls for cls in (Idle, Steady)}
+WORKLOADS: dict[str, type[Workload]] = {
+    cls.kind: cls for cls in (Idle, Steady, Phased, Fileserver, Batch, Trace)
+}
 
 
 def get(kind: str) -> type[Workload]:

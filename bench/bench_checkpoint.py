@@ -1,0 +1,222 @@
+"""Checkpoint and replay benchmarks, each beside a reference measured in the same run.
+
+* checkpoint write GB/s (host state -> Arrow IPC file, block sha256, manifest, rename)
+  vs a raw Arrow IPC file write of the same record batch (target >= 0.5);
+* checkpoint read GB/s (verify every checksum, memory-map, zero-copy numpy views) vs a
+  raw Arrow IPC file read of the same file into memory (target >= 0.5); also the full
+  restore into a live host (writable copies of every array), for information;
+* replay speed: a verified in-process replay of a recorded run vs the original run
+  (and the cost of recording: recorded run vs plain run).
+
+Run: ``python bench/bench_checkpoint.py [--host-mb 512] [--repeat 3] [--json]``; about
+30 s on a 2-core laptop.  Files go to a temporary directory (``--dir`` to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import xxhash
+
+from cluster import checkpoint_format as cf
+from cluster.checkpoint import read_checkpoint, write_checkpoint
+from cluster.config import parse_config
+from cluster.coordinator import Coordinator
+from cluster.host_pool import InProcessPool
+from cluster.rerun import replay
+from cluster.runner import run
+from cluster.session import RunOptions
+from cluster.specs import host_policy, host_specs, sim_params, vm_spec
+from hosts.snapshot import restore_host
+
+
+def best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def host_config(host_mb: int) -> dict:
+    vm_mb = host_mb // 4
+    return {
+        "simulation": {"seed": 1, "duration_s": 4, "content_bytes": 4096},
+        "policy": {"realloc_period_s": 2},
+        "hosts": [{"name": "h", "memory_mb": host_mb, "swap_mb": host_mb // 8}],
+        "vms": [
+            {
+                "name": "vm",
+                "count": 3,
+                "memory_mb": vm_mb,
+                "workload": {"kind": "steady", "wss_mb": vm_mb // 2},
+            }
+        ],
+    }
+
+
+def bench_checkpoint(host_mb: int, repeat: int, root: Path) -> list[dict]:
+    cfg = parse_config(host_config(host_mb))
+    sim, pol = sim_params(cfg), host_policy(cfg)
+    pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)])
+    coord = Coordinator(cfg, pool)
+    coord.start()
+    coord.advance()
+    arrays, meta = pool.call("checkpoint", [()])[0]
+    nbytes = sum(a.nbytes for a in arrays.values())
+    ck_root = root / "checkpoints"
+
+    def ours_write() -> None:
+        shutil.rmtree(ck_root, ignore_errors=True)
+        write_checkpoint(ck_root, cfg, coord.state(), {"h": (arrays, meta)})
+
+    raw_path = root / "raw.arrow"
+    batch = cf.arrays_to_batch(arrays)
+
+    def raw_write() -> None:
+        with pa.OSFile(str(raw_path), "wb") as sink, pa.ipc.new_file(sink, batch.schema) as w:
+            w.write_batch(batch)
+
+    t_raw_w, t_ours_w = best(raw_write, repeat), best(ours_write, repeat)
+    ck = next(ck_root.iterdir())
+
+    def ours_read() -> None:
+        c = read_checkpoint(ck)
+        assert len(c.hosts["h"][0]) == len(arrays)
+
+    def raw_read() -> None:
+        with pa.OSFile(str(raw_path)) as src:
+            t = pa.ipc.open_file(src).read_all()
+        assert t.num_columns == len(arrays)
+
+    def ours_restore() -> None:
+        c = read_checkpoint(ck)
+        a, m = c.hosts["h"]
+        specs = {n: vm_spec(cfg, n) for n in m["vms"]}
+        restore_host(host_specs(cfg)[0], sim, pol, specs, a, m)
+
+    def xxh3_read() -> None:  # what a non-cryptographic block checksum would cost
+        with open(ck / "host0000.arrow", "rb") as f:
+            while block := f.read(cf.BLOCK):
+                xxhash.xxh3_128(block).digest()
+
+    t_raw_r, t_ours_r = best(raw_read, repeat), best(ours_read, repeat)
+    t_restore, t_xxh3 = best(ours_restore, repeat), best(xxh3_read, repeat)
+    gb = nbytes / 1e9
+    return [
+        {
+            "figure": "checkpoint write",
+            "gb_s": gb / t_ours_w,
+            "ref": "raw Arrow IPC file write",
+            "ref_gb_s": gb / t_raw_w,
+            "ratio": t_raw_w / t_ours_w,
+            "target": 0.5,
+        },
+        {
+            "figure": "checkpoint read (verified, mmap)",
+            "gb_s": gb / t_ours_r,
+            "ref": "raw Arrow IPC file read",
+            "ref_gb_s": gb / t_raw_r,
+            "ratio": t_raw_r / t_ours_r,
+            "target": 0.5,
+        },
+        {
+            "figure": "checkpoint read + restore host",
+            "gb_s": gb / t_restore,
+            "ref": "raw Arrow IPC file read",
+            "ref_gb_s": gb / t_raw_r,
+            "ratio": t_raw_r / t_restore,
+            "target": None,
+        },
+        {
+            "figure": "(info) xxh3-128 blocks read+hash",
+            "gb_s": gb / t_xxh3,
+            "ref": "raw Arrow IPC file read",
+            "ref_gb_s": gb / t_raw_r,
+            "ratio": t_raw_r / t_xxh3,
+            "target": None,
+        },
+        {"figure": "state size", "gb": gb},
+    ]
+
+
+REPLAY_CFG = {
+    "simulation": {"seed": 5, "duration_s": 60, "content_bytes": 512},
+    "policy": {
+        "realloc_period_s": 5,
+        "share_scan_vm_pages_per_s": 400,
+        "share_scan_host_pages_per_s": 1600,
+    },
+    "hosts": [{"name": "esx", "count": 2, "memory_mb": 96, "swap_mb": 256}],
+    "vms": [
+        {"name": "web", "count": 4, "memory_mb": 48, "workload": {"kind": "steady", "wss_mb": 16}},
+        {"name": "idle", "count": 2, "memory_mb": 48, "workload": {"kind": "idle"}},
+    ],
+}
+
+
+def bench_replay(repeat: int, root: Path) -> list[dict]:
+    cfg = parse_config(REPLAY_CFG)
+    kw = {"backend": "inprocess", "quiet": True, "force": True}
+
+    def plain() -> None:
+        run(cfg, root / "plain", **kw)
+
+    def recorded() -> None:
+        run(cfg, root / "rec", opts=RunOptions(record=True), **kw)
+
+    def replayed() -> None:
+        res = replay(root / "rec", None, (), backend="inprocess", quiet=True)
+        assert res.verified and res.ticks == cfg.simulation.n_ticks
+
+    t_plain, t_rec = best(plain, repeat), best(recorded, repeat)
+    t_replay = best(replayed, repeat)
+    return [
+        {"figure": "recorded run / plain run (wall time)", "ratio": t_rec / t_plain},
+        {
+            "figure": "replay speed (verified) vs original run",
+            "ratio": t_plain / t_replay,
+            "ticks_per_s": cfg.simulation.n_ticks / t_replay,
+        },
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host-mb", type=int, default=512, help="host memory (content 4 KiB/page)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--dir", type=Path, default=None, help="where to write (default: a tmp dir)")
+    ap.add_argument("--json", action="store_true", help="one JSON line per figure")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="vmmsim-bench-", dir=args.dir))
+    try:
+        rows = bench_checkpoint(args.host_mb, args.repeat, root)
+        rows += bench_replay(args.repeat, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for r in rows:
+        if args.json:
+            print(json.dumps({"bench": "checkpoint", **r}))
+            continue
+        if "gb_s" in r:
+            tgt = f"  (target >= {r['target']})" if r["target"] else ""
+            print(
+                f"{r['figure']:34s} {r['gb_s']:6.2f} GB/s   {r['ref']}: {r['ref_gb_s']:6.2f} GB/s"
+                f"   ratio {r['ratio']:.2f}{tgt}"
+            )
+        elif "gb" in r:
+            print(f"{r['figure']:34s} {r['gb']:6.3f} GB")
+        else:
+            extra = f"  ({r['ticks_per_s']:.0f} ticks/s)" if "ticks_per_s" in r else ""
+            print(f"{r['figure']:42s} {r['ratio']:.2f}x{extra}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Parallel speed-up: the same Ray cluster run on 1 core vs 2 cores.
+
+Method (repeatable on any machine): run one config with N host actors on Ray, once with
+the whole process tree (driver, Ray's daemons, every actor) pinned to one CPU and once
+pinned to two CPUs (``os.sched_setaffinity`` before Ray starts; every Ray process inherits
+it).  Same actors, same work, same results (the digests are compared); only the cores
+differ.  Speed-up = wall(1 core) / wall(2 cores); the target on this 2-core machine is
+>= 1.7x.  On a bigger machine, pass ``--cores 1 2 4 8`` and a config with more hosts; on
+a Ray cluster, compare node counts instead.
+
+Run: ``python bench/bench_scaling.py [--config FILE] [--cores 1 2] [--json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, os, sys, time
+from pathlib import Path
+os.sched_setaffinity(0, set(range(int(sys.argv[3]))))
+from cluster.config import load_config
+from cluster.runner import run
+cfg = load_config(sys.argv[1])
+t = time.perf_counter()
+s = run(cfg, Path(sys.argv[2]), backend="ray", quiet=True, force=True)
+wall = time.perf_counter() - t
+timing = json.loads((Path(sys.argv[2]) / "timing.json").read_text())
+print(json.dumps({"wall_s": wall, "startup_s": timing.get("ray_startup_s", 0.0),
+                  "digest": s["final_digest"]}))
+"""
+
+DEFAULT_CONFIG = """
+[simulation]
+seed = 1
+duration_s = 120
+tick_s = 1.0
+content_bytes = 512
+
+[[hosts]]
+name = "h"
+count = 2
+memory_mb = 1024
+swap_mb = 1024
+
+[[vms]]
+name = "vm"
+count = 8
+memory_mb = 192
+[vms.workload]
+kind = "steady"
+wss_mb = 128
+write_fraction = 0.05
+"""
+
+
+def run_with_cores(config: Path, cores: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run(
+            [sys.executable, "-c", CHILD, str(config), str(Path(tmp) / "out"), str(cores)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"},
+            timeout=1800,
+        )
+    if r.returncode != 0:
+        raise SystemExit(f"bench run failed on {cores} core(s): {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=None)
+    ap.add_argument("--cores", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = a.config
+        if config is None:
+            config = Path(tmp) / "scaling.toml"
+            config.write_text(DEFAULT_CONFIG)
+        t0 = time.perf_counter()
+        res = {c: run_with_cores(config, c) for c in a.cores}
+    digests = {r["digest"] for r in res.values()}
+    base = res[a.cores[0]]
+    for c in a.cores[1:]:
+        # Ray start-up is excluded: it is paid once per session, not per simulated second.
+        sim1 = base["wall_s"] - base["startup_s"]
+        simc = res[c]["wall_s"] - res[c]["startup_s"]
+        out = {
+            "name": f"parallel speed-up, {a.cores[0]} -> {c} cores",
+            "value": sim1 / simc,
+            "unit": "x",
+            "reference": 1.0,
+            "reference_name": f"{a.cores[0]} core(s)",
+            "ratio": sim1 / simc,
+            "walls_s": {k: round(v["wall_s"], 2) for k, v in res.items()},
+            "same_digest": len(digests) == 1,
+            "target": ">= 1.7x",
+            "bench_s": round(time.perf_counter() - t0, 1),
+        }
+        if a.json:
+            print(json.dumps(out))
+        else:
+            print(
+                f"{out['name']:<34} {out['value']:.2f}x  walls {out['walls_s']}  "
+                f"same digest: {out['same_digest']}  target {out['target']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

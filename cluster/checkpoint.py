@@ -1,0 +1,191 @@
+"""Checkpoints: a whole run's state at a round boundary, and restoring it.
+
+Scope: ``DIR/checkpoints/t<tick>/`` -- ``manifest.json`` (format version, config hash,
+tick, every file's size and checksum, the coordinator's state: tick, targets, placement,
+round digests, VM step counts, number of decisions), ``config.json`` (the resolved
+config, so a checkpoint stands alone) and one Arrow IPC file per host
+(:mod:`cluster.checkpoint_format`: frames, maps, swap store, sharing index, guest OS,
+RNG states, statistics).  A checkpoint is written under a temporary name and renamed
+when complete, so a crash never leaves a half checkpoint that looks whole.
+
+:class:`Checkpointer` takes one every ``every_ticks`` ticks, rounded *up* to the next
+reallocation boundary (every ``realloc_period_s``) at which no live migration is in
+flight, and never at the last tick.  The hosts hand their state over as numpy arrays
+(``HostRuntime.checkpoint``); the coordinator's process writes the files -- with Ray,
+the coordinator actor, which is placed on the driver's node, so checkpoints land on the
+driver's file system even when the hosts run on other nodes.
+
+:func:`read_checkpoint` verifies everything before anything is used (LogError: missing
+file, size or checksum mismatch, wrong format version, config hash mismatch).
+:func:`restore` loads one into a coordinator and its (fresh) hosts.
+
+Not covered: what a host's state is (``hosts/snapshot.py``), recovery (``session.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster import checkpoint_format as cf
+from cluster.config import ConfigError, SimConfig, config_from_dict
+from cluster.outputs import write_json
+from cluster.sealed_stream import LogError
+from cluster.specs import vm_spec
+
+
+def checkpoint_name(cfg: SimConfig, tick: int) -> str:
+    """``t<tick>``, zero-padded to the run's last tick (so names sort by tick)."""
+    return f"t{tick:0{len(str(cfg.simulation.n_ticks))}d}"
+
+
+def every_ticks(cfg: SimConfig, seconds: float) -> int:
+    """``--checkpoint-every`` seconds of simulated time as ticks (at least one)."""
+    return max(1, math.ceil(seconds / cfg.simulation.tick_s - 1e-9))
+
+
+@dataclass
+class Checkpoint:
+    """A verified checkpoint: config, coordinator state and each host's arrays."""
+
+    path: Path
+    cfg: SimConfig
+    tick: int
+    coordinator: dict[str, Any]
+    hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]]
+
+
+def write_checkpoint(
+    root: Path,
+    cfg: SimConfig,
+    coord_state: dict[str, Any],
+    hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
+) -> Path:
+    """Write ``root/t<tick>/`` (via a temporary directory renamed at the end)."""
+    tick = int(coord_state["tick"])
+    final = Path(root) / checkpoint_name(cfg, tick)
+    tmp = final.with_name(f".{final.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = {"config.json": "config"}
+    write_json(tmp / "config.json", cfg.to_dict())
+    host_files = {}
+    for i, (name, (arrays, meta)) in enumerate(hosts.items()):
+        fname = f"host{i:04d}.arrow"
+        cf.write_arrays_file(
+            tmp / fname,
+            arrays,
+            {
+                "vmmsim.format": cf.FORMAT,
+                "vmmsim.host": name,
+                "vmmsim.tick": str(tick),
+                "vmmsim.config_hash": cfg.config_hash(),
+                "vmmsim.host_meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+            },
+        )
+        host_files[name] = fname
+        files[fname] = name
+    with cf.hash_pool() as pool:
+        listed = {
+            f: {"bytes": (tmp / f).stat().st_size, "sha256_blocks": cf.sha256_blocks(tmp / f, pool)}
+            for f in files
+        }
+    body = {
+        "vmmsim.format": cf.FORMAT,
+        "config_hash": cfg.config_hash(),
+        "tick": tick,
+        "checksum": "sha256_blocks: sha256 over the sha256 digests of 8 MiB blocks",
+        "files": listed,
+        "hosts": host_files,
+        "coordinator": coord_state,
+    }
+    (tmp / "manifest.json").write_text(cf.manifest_text(body))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def read_checkpoint(path: str | Path, expect_hash: str | None = None) -> Checkpoint:
+    """Verify and open ``path`` (arrays memory-mapped, zero-copy)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise LogError(root, "not a checkpoint directory")
+    man = cf.parse_manifest(root / "manifest.json")
+    try:
+        files, host_files = dict(man["files"]), dict(man["hosts"])
+        tick, coord = int(man["tick"]), dict(man["coordinator"])
+        want_hash = str(man["config_hash"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise LogError(root / "manifest.json", f"incomplete manifest ({e})") from None
+    if "config.json" not in files or not set(host_files.values()) <= set(files):
+        raise LogError(root / "manifest.json", "does not list its files")
+    with cf.hash_pool() as pool:
+        cf.check_files(root, files, pool)
+    try:
+        cfg = config_from_dict(json.loads((root / "config.json").read_text()), str(root))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise LogError(root / "config.json", f"not a valid config ({e})") from None
+    if cfg.config_hash() != want_hash:
+        raise LogError(root / "config.json", "config hash mismatch with the manifest")
+    if expect_hash is not None and want_hash != expect_hash:
+        raise LogError(root, "config hash mismatch: a checkpoint of another run")
+    if list(host_files) != list(cfg.host_names()) or coord.get("tick") != tick:
+        raise LogError(root / "manifest.json", "hosts or tick do not match the config")
+    hosts = {}
+    for name, fname in host_files.items():
+        p = root / fname
+        try:
+            arrays, meta = cf.read_arrays_file(p)
+            if (
+                meta.get(b"vmmsim.format") != cf.FORMAT.encode()
+                or meta.get(b"vmmsim.host") != name.encode()
+                or meta.get(b"vmmsim.tick") != str(tick).encode()
+            ):
+                raise ValueError("format, host or tick differ from the manifest")
+            hosts[name] = (arrays, json.loads(meta[b"vmmsim.host_meta"]))
+        except (ValueError, KeyError, OSError) as e:  # pa.ArrowInvalid is a ValueError
+            raise LogError(p, f"unreadable host state ({e})") from None
+    return Checkpoint(root, cfg, tick, coord, hosts)
+
+
+def restore(coord: Any, ckpt: Checkpoint) -> None:
+    """Put the checkpointed state into ``coord`` and its pool's (fresh) hosts."""
+    cfg = coord.cfg
+    args = []
+    for h in coord.hosts:
+        arrays, meta = ckpt.hosts[h]
+        args.append((arrays, meta, [vm_spec(cfg, v) for v in meta["vms"]]))
+    coord.pool.call("restore", args, coord.hosts)
+    coord.load_state(ckpt.coordinator)
+
+
+class Checkpointer:
+    """A coordinator observer: a checkpoint at the first round boundary at or after every
+    multiple of ``every`` ticks (not at the end of the run)."""
+
+    def __init__(self, root: Path, cfg: SimConfig, every: int, start_tick: int = 0) -> None:
+        self.root, self.cfg, self.every = Path(root), cfg, every
+        self.next_due = (start_tick // every + 1) * every
+        self.last: Path | None = None
+        self.written: list[int] = []
+
+    def on_round(self, coord: Any, start: int, n: int, results: list[dict[str, Any]]) -> None:
+        del start, n, results
+        if coord.done or coord.tick < self.next_due or coord.tick % coord.round_ticks:
+            return
+        if getattr(getattr(coord, "migrator", None), "active", None):
+            return  # a migration in flight (its staging buffers are not host state): later
+        self.next_due = (coord.tick // self.every + 1) * self.every
+        target = self.root / checkpoint_name(self.cfg, coord.tick)
+        if not target.exists():  # (it does when a recovery re-executes this round)
+            data = coord.pool.call("checkpoint", [()] * len(coord.hosts), coord.hosts)
+            hosts = dict(zip(coord.hosts, data, strict=True))
+            write_checkpoint(self.root, self.cfg, coord.state(), hosts)
+            self.written.append(coord.tick)
+        self.last = target

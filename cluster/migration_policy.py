@@ -1,0 +1,109 @@
+"""Migration policies: which VM to move off a host under memory pressure, and where to.
+
+Scope: pure functions over small frozen records (no Ray, no host calls).  A policy
+*proposes* migrations; the coordinator's migration engine (:mod:`cluster.migration`)
+asks the destination for admission and carries them out.  Policies are chosen by key from
+:data:`POLICIES`.
+
+``pressure`` rule: a host that has been in the HARD or LOW free-memory state for
+``migration.pressure_s`` seconds (counted by :mod:`cluster.migration`: short recoveries
+do not reset the count), with no migration off it in flight, gives up the VM
+whose move relieves the most pressure at the least cost::
+
+    score = resident pages / (pages to send - pages the destination already holds + 1)
+
+"Pages to send" is the VM's allocated pages (resident + VMM-swapped); "already holds" is
+estimated as the VM's image pages when the destination runs (or is receiving) a VM of the
+same image, else 0.  Destinations must pass admission
+(:func:`hosts.migration_host.admission_reason`) on the coordinator's latest figures and
+must not be under pressure themselves.  Ties go to the VM name, then the destination
+name; sources are considered in name order, at most one proposal each, and each proposal
+reserves its room on the destination before the next is made.
+
+Not covered: carrying proposals out, refusals, timing (:mod:`cluster.migration`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hosts.migration_host import admission_reason
+
+
+@dataclass(frozen=True)
+class HostView:
+    name: str
+    pressured: bool  # in HARD/LOW for at least pressure_s
+    busy: bool  # a migration off this host is in flight
+    free_pages: int  # free frames, less what VMs arriving here will take
+    reserve_pages: int  # free frames to keep (the HIGH threshold)
+    committed_pages: int  # max + overhead of its VMs (arriving ones included)
+    capacity_pages: int  # frames + swap slots
+    images: frozenset[str]  # images of the VMs on (or arriving at) the host
+
+
+@dataclass(frozen=True)
+class VMView:
+    name: str
+    host: str
+    image: str
+    resident: int
+    allocated: int
+    image_pages: int
+    overhead: int
+    commit: int  # max + overhead pages
+    migrating: bool
+
+
+@dataclass(frozen=True)
+class Proposal:
+    vm: str
+    source: str
+    dest: str
+    trigger: str
+    score: float
+
+
+def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Proposal]:
+    """Proposals of the ``pressure`` rule (see the module docstring)."""
+    by_name = {h.name: h for h in hosts}
+    free = {h.name: h.free_pages for h in hosts}
+    committed = {h.name: h.committed_pages for h in hosts}
+    out: list[Proposal] = []
+    for src in sorted((h for h in hosts if h.pressured and not h.busy), key=lambda h: h.name):
+        best: tuple[tuple[float, str, str], VMView, HostView] | None = None
+        mine = sorted(
+            (v for v in vms if v.host == src.name and not v.migrating and v.resident > 0),
+            key=lambda v: v.name,
+        )
+        for vm in mine:
+            for dst in sorted(by_name.values(), key=lambda h: h.name):
+                if dst.name == src.name or dst.pressured:
+                    continue
+                refused = admission_reason(
+                    free_pages=free[dst.name],
+                    reserve_pages=dst.reserve_pages,
+                    need_pages=vm.allocated + vm.overhead,
+                    committed_pages=committed[dst.name],
+                    capacity_pages=dst.capacity_pages,
+                    vm_commit_pages=vm.commit,
+                )
+                if refused is not None:
+                    continue
+                held = vm.image_pages if vm.image in dst.images else 0
+                score = vm.resident / (max(vm.allocated - held, 0) + 1)
+                key = (-score, vm.name, dst.name)
+                if best is None or key < best[0]:
+                    best = (key, vm, dst)
+        if best is not None:
+            key, vm, dst = best
+            free[dst.name] -= vm.allocated + vm.overhead
+            committed[dst.name] += vm.commit
+            out.append(Proposal(vm.name, src.name, dst.name, "pressure", -key[0]))
+    return out
+
+
+POLICIES: dict[str, Callable[[Sequence[HostView], Sequence[VMView]], list[Proposal]]] = {
+    "pressure": pressure_rule,
+}

@@ -1,0 +1,212 @@
+"""A run session: the coordinator with recording, replay, checkpoints and recovery.
+
+Scope: wiring the optional pieces around :class:`cluster.coordinator.Coordinator` the
+same way for both transports (``cluster/runner.py`` in-process, the coordinator actor in
+``cluster/ray_runtime.py``), from one plain :class:`RunOptions`:
+
+* ``record``: a :class:`cluster.recording.Recorder` writes ``<out>/record/``;
+* ``checkpoint_every_s``: a :class:`cluster.checkpoint.Checkpointer` writes
+  ``<out>/checkpoints/``;
+* ``replay_dir``: hosts run replay workloads fed from the log; ``verify`` adds the
+  per-tick digest check and reuses the recorded decisions;
+* ``resume_from``: start from a checkpoint instead of booting;
+* recovery: when a host fails and a checkpoint exists, every host is replaced
+  (``pool.restart()``), the last checkpoint restored, and the rounds since then
+  re-executed -- deterministically, the workload generators' states being part of the
+  checkpoint -- with each re-executed round's digests checked against the ones seen
+  before the failure (and, when recording, nothing written twice).  Then the run goes on.
+  At most :data:`MAX_RECOVERIES` per run; without a checkpoint the failure propagates.
+* ``kill_host_at``: fault injection for tests -- kill host NAME before the round that
+  runs tick TICK (once).
+
+Not covered: writing ``metrics.parquet`` and the run directory (the driver does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from cluster.checkpoint import Checkpointer, every_ticks, read_checkpoint, restore
+from cluster.config import SimConfig
+from cluster.coordinator import Coordinator
+from cluster.host_journal import HostMode
+from cluster.host_pool import HostFailure, HostPool
+from cluster.recording import Recorder, RecordLog
+from cluster.replay import DigestChecker, ReplayDiverged, ReplayFeeder
+from cluster.sealed_stream import LogError
+
+MAX_RECOVERIES = 3
+
+
+class RecoveryFailed(RuntimeError):
+    """Re-executing from a checkpoint did not reproduce the lost rounds."""
+
+
+# Errors the Ray driver re-raises as they are (not as a remote traceback).
+PASSED_THROUGH = (LogError, ReplayDiverged, RecoveryFailed)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a run does besides simulating (all off by default).  Plain data: it travels
+    to the coordinator actor."""
+
+    record: bool = False
+    checkpoint_every_s: float = 0.0
+    replay_dir: str | None = None
+    verify: bool = False
+    resume_from: str | None = None
+    kill_host_at: tuple[str, int] | None = None
+
+    def host_mode(self) -> HostMode:
+        return HostMode(
+            record=self.record, replay=self.replay_dir is not None, tick_digests=self.verify
+        )
+
+
+class Session:
+    """A coordinator plus the optional pieces of :class:`RunOptions`, over ``pool``."""
+
+    def __init__(
+        self, cfg: SimConfig, pool: HostPool, opts: RunOptions, out: str | Path | None
+    ) -> None:
+        self.cfg, self.pool, self.opts = cfg, pool, opts
+        self.coord = Coordinator(cfg, pool)
+        self.recorder: Recorder | None = None
+        self.checkpointer: Checkpointer | None = None
+        self.feeder: ReplayFeeder | None = None
+        self.checker: DigestChecker | None = None
+        self.recoveries: list[dict[str, Any]] = []
+        self.start_tick = 0
+        self._catch_up_to = 0
+        self._round_start = 0
+        self._seen_digests: list[dict[str, str]] = []
+        self._kill = opts.kill_host_at
+        if opts.replay_dir is not None:
+            log = RecordLog.open(opts.replay_dir)
+            self.recorded_hash = log.cfg.config_hash()
+            self.feeder = ReplayFeeder(log)
+            self.coord.feeder = self.feeder
+            if opts.verify:
+                self.checker = DigestChecker(log)
+                self.coord.recorded = log.decision_queue()
+                self.coord.observers.append(self.checker)
+        if opts.record:
+            self.recorder = Recorder(Path(out) / "record", cfg)
+            self.coord.observers.append(self.recorder)
+        if opts.checkpoint_every_s > 0:
+            every = every_ticks(cfg, opts.checkpoint_every_s)
+            self.checkpointer = Checkpointer(Path(out) / "checkpoints", cfg, every)
+            self.coord.observers.append(self.checkpointer)
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.opts.resume_from is None:
+            self.coord.start()
+            return
+        ckpt = read_checkpoint(self.opts.resume_from, self.cfg.config_hash())
+        restore(self.coord, ckpt)
+        self.start_tick = ckpt.tick
+        if self.checkpointer is not None:
+            self.checkpointer.next_due = (ckpt.tick // self.checkpointer.every + 1) * (
+                self.checkpointer.every
+            )
+
+    @property
+    def done(self) -> bool:
+        return self.coord.done
+
+    @property
+    def tick(self) -> int:
+        return self.coord.tick
+
+    def advance(self) -> list[pa.Table]:
+        """One new round's metrics (recovering from host failures on the way)."""
+        while True:
+            try:
+                self._catch_up()
+                self._inject_fault()
+                self._set_pool_tick()
+                self._round_start = self.coord.tick
+                return [self.coord.advance()]
+            except HostFailure as e:
+                self._recover(e)
+
+    def finish(self) -> dict[str, Any]:
+        final = self.coord.finish()
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+        if self.recoveries:
+            final["recoveries"] = self.recoveries
+        if self.opts.resume_from is not None:
+            final["resumed_from"] = {"checkpoint": self.opts.resume_from, "tick": self.start_tick}
+        if self.feeder is not None:
+            final["replay"] = {
+                "log": self.opts.replay_dir,
+                "recorded_config_hash": self.recorded_hash,
+                "verified_ticks": self.checker.ticks if self.checker else None,
+                "vm_steps_without_input": self.feeder.exhausted(self.coord.vm_steps),
+            }
+        return final
+
+    def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+    # ------------------------------------------------------------------ recovery
+    def _set_pool_tick(self) -> None:
+        if hasattr(self.pool, "tick"):
+            self.pool.tick = self.coord.tick
+
+    def _inject_fault(self) -> None:
+        if self._kill is None:
+            return
+        name, tick = self._kill
+        c = self.coord
+        n = min(c.round_ticks - c.tick % c.round_ticks, c.n_ticks - c.tick)
+        if c.tick <= tick < c.tick + n:
+            self._kill = None
+            self.pool.kill(name)
+
+    def _recover(self, err: HostFailure) -> None:
+        ck = self.checkpointer
+        if ck is None or ck.last is None or len(self.recoveries) >= MAX_RECOVERIES:
+            raise err
+        # The failed round's metrics never reached the driver: re-execute it too (its
+        # record segment, if written, is not written again).
+        failed_at = max(self._round_start, self._catch_up_to)
+        if len(self.coord.round_digests) > len(self._seen_digests):
+            self._seen_digests = list(self.coord.round_digests)
+        ckpt = read_checkpoint(ck.last, self.cfg.config_hash())
+        self.pool.restart()
+        restore(self.coord, ckpt)
+        self._catch_up_to = failed_at
+        self.recoveries.append(
+            {
+                "host": err.host,
+                "tick": failed_at,
+                "cause": err.cause,
+                "checkpoint": f"checkpoints/{ck.last.name}",
+                "checkpoint_tick": ckpt.tick,
+                "reexecuted_ticks": failed_at - ckpt.tick,
+            }
+        )
+
+    def _catch_up(self) -> None:
+        """Re-execute the rounds lost to a failure; their outputs were delivered already."""
+        while self.coord.tick < self._catch_up_to:
+            self._set_pool_tick()
+            self._round_start = self.coord.tick
+            self.coord.advance()
+            k = len(self.coord.round_digests)
+            if self.coord.round_digests[-1] != self._seen_digests[k - 1]:
+                raise RecoveryFailed(
+                    f"re-execution after the failure of host {self.recoveries[-1]['host']} "
+                    f"differs at tick {self.coord.tick}"
+                )

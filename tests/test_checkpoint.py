@@ -1,0 +1,218 @@
+"""Checkpoints, resume and recovery: identical files, resume == uninterrupted, damaged
+checkpoints refused, a killed host recovered (in-process; one Ray test)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from runkit import small_config, write_config
+
+from cluster import checkpoint_format as cf
+from cluster.cli import main
+from cluster.config import load_config
+from cluster.runner import run
+from cluster.session import RunOptions
+
+TICKS = 30  # rounds of 5 ticks; --checkpoint-every 8 -> checkpoints at ticks 10, 20, 25
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """An uninterrupted, checkpointed in-process run (read-only for the tests)."""
+    tmp = tmp_path_factory.mktemp("ckpt")
+    cfg = write_config(tmp, small_config(duration_s=TICKS))
+    out = tmp / "run"
+    args = ["run", str(cfg), "--out", str(out), "--checkpoint-every", "8", "--inprocess"]
+    assert main([*args, "--quiet"]) == 0
+    return out
+
+
+def _summary(d: Path) -> dict:
+    return json.loads((d / "summary.json").read_text())
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("vmmsim: error: ")
+    return err[0]
+
+
+# ---------------------------------------------------------------------------- format
+def test_arrays_roundtrip_memory_mapped_without_copies(tmp_path):
+    arrays = {
+        "content": np.arange(6 * 16, dtype=np.uint8).reshape(6, 16),
+        "refcount": np.array([1, 0, 2], np.int32),
+        "flags": np.array([True, False, True]),
+        "keys": np.array([2**63 + 5], np.uint64),
+        "empty": np.zeros(0, np.int32),
+    }
+    p = tmp_path / "a.arrow"
+    cf.write_arrays_file(p, arrays, {"vmmsim.format": cf.FORMAT})
+    back, meta = cf.read_arrays_file(p)
+    assert meta[b"vmmsim.format"] == cf.FORMAT.encode()
+    for k, a in arrays.items():
+        assert back[k].dtype == a.dtype and np.array_equal(back[k], a), k
+        assert not back[k].flags.owndata and not back[k].flags.writeable  # views of the map
+    b = cf.arrays_to_batch(arrays)
+    assert str(b.schema.field("content").type) == "large_list<item: fixed_size_binary[16]>"
+
+
+def test_checkpoints_are_written_where_documented_and_identically(base, tmp_path):
+    names = sorted(p.name for p in (base / "checkpoints").iterdir())
+    # The first round boundary (every 5 ticks) at or after 8, 16, 24; none at the end.
+    assert names == ["t10", "t20", "t25"]
+    man = json.loads((base / "checkpoints/t10/manifest.json").read_text())
+    assert man["tick"] == 10 and man["config_hash"] == _summary(base)["config_hash"]
+    assert set(man["coordinator"]) >= {"tick", "targets", "placement", "round_digests"}
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    again = tmp_path / "again"
+    run(
+        load_config(cfg),
+        again,
+        backend="inprocess",
+        quiet=True,
+        opts=RunOptions(checkpoint_every_s=8.0),
+    )
+    for p in sorted((base / "checkpoints").rglob("*")):
+        if p.is_file():
+            assert p.read_bytes() == (again / p.relative_to(base)).read_bytes(), p
+    assert (base / "metrics.parquet").read_bytes() == (again / "metrics.parquet").read_bytes()
+
+
+# ---------------------------------------------------------------------------- resume
+@pytest.mark.parametrize("tick", ["t10", "t20"])
+def test_resume_equals_uninterrupted(base, tmp_path, capsys, tick):
+    out = tmp_path / "resumed"
+    ck = base / "checkpoints" / tick
+    assert main(["resume", str(ck), "--out", str(out), "--inprocess", "--quiet"]) == 0
+    assert f"resumed at tick {int(tick[1:])}" in capsys.readouterr().out
+    s = _summary(out)
+    assert s["final_digest"] == _summary(base)["final_digest"]
+    assert s["resumed_from"]["tick"] == int(tick[1:])
+    full, part = pq.read_table(base / "metrics.parquet"), pq.read_table(out / "metrics.parquet")
+    assert part.equals(full.filter(pc.greater_equal(full["tick"], int(tick[1:]))))
+
+
+def _damage_flip(ck: Path) -> str:
+    p = ck / "host0001.arrow"
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    p.write_bytes(bytes(raw))
+    return "host0001.arrow: checksum mismatch"
+
+
+def _damage_truncate(ck: Path) -> str:
+    p = ck / "host0000.arrow"
+    p.write_bytes(p.read_bytes()[:1000])
+    return "host0000.arrow: truncated"
+
+
+def _damage_missing(ck: Path) -> str:
+    (ck / "host0000.arrow").unlink()
+    return "host0000.arrow: missing"
+
+
+def _damage_manifest(ck: Path) -> str:
+    p = ck / "manifest.json"
+    p.write_text(p.read_text().replace('"tick": 10', '"tick": 15'))
+    return "manifest.json: checksum mismatch"
+
+
+def _rewrite_manifest(ck: Path, change) -> None:
+    body = json.loads((ck / "manifest.json").read_text())
+    del body["manifest_sha256"]
+    change(body)
+    (ck / "manifest.json").write_text(cf.manifest_text(body))
+
+
+def _damage_version(ck: Path) -> str:
+    _rewrite_manifest(ck, lambda b: b.update({"vmmsim.format": "vmmsim-checkpoint/99"}))
+    return "vmmsim-checkpoint/99"
+
+
+def _damage_config(ck: Path) -> str:
+    """Another run's config, with a manifest made consistent with the new file."""
+    p = ck / "config.json"
+    cfg = json.loads(p.read_text())
+    cfg["policy"]["tax_rate"] = 0.5
+    p.write_text(json.dumps(cfg))
+
+    def fix(b):
+        b["files"]["config.json"] = {
+            "bytes": p.stat().st_size,
+            "sha256_blocks": cf.sha256_blocks(p),
+        }
+
+    _rewrite_manifest(ck, fix)
+    return "config hash mismatch"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _damage_flip,
+        _damage_truncate,
+        _damage_missing,
+        _damage_manifest,
+        _damage_version,
+        _damage_config,
+    ],
+)
+def test_damaged_checkpoint_is_refused_and_out_untouched(base, tmp_path, capsys, damage):
+    ck = tmp_path / "t10"
+    shutil.copytree(base / "checkpoints/t10", ck)
+    expect = damage(ck)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc = main(["resume", str(ck), "--out", str(out), "--force", "--inprocess", "--quiet"])
+    assert rc == 2
+    assert expect in _error_line(capsys)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# ---------------------------------------------------------------------------- recovery
+def test_killed_host_recovers_from_last_checkpoint(base, tmp_path):
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    out = tmp_path / "rec"
+    args = ["--checkpoint-every", "8", "--kill-host-at", "h-1:23", "--inprocess", "--quiet"]
+    assert main(["run", str(cfg), "--out", str(out), *args]) == 0
+    s = _summary(out)
+    assert s["final_digest"] == _summary(base)["final_digest"]
+    (r,) = s["recoveries"]
+    assert r["host"] == "h-1" and r["tick"] == 20 and r["checkpoint"] == "checkpoints/t20"
+    assert (out / "metrics.parquet").read_bytes() == (base / "metrics.parquet").read_bytes()
+
+
+def test_killed_host_without_checkpoint_fails_clearly(tmp_path, capsys):
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    out = tmp_path / "rec"
+    args = ["--kill-host-at", "h-1:12", "--inprocess", "--quiet"]
+    assert main(["run", str(cfg), "--out", str(out), *args]) == 1
+    assert "host h-1 failed at tick 10" in _error_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.ray
+def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
+    """A host actor killed mid-run: new actors from the last checkpoint, lost rounds
+    re-executed, the record log and the result as if nothing had happened."""
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS)))
+    ref = tmp_path / "ref"
+    run(cfg, ref, backend="inprocess", quiet=True, opts=RunOptions(record=True))
+    out = tmp_path / "ray"
+    opts = RunOptions(record=True, checkpoint_every_s=8.0, kill_host_at=("h-0", 14))
+    s = run(cfg, out, backend="ray", quiet=True, timeout_s=120, opts=opts)
+    assert s["final_digest"] == _summary(base)["final_digest"]
+    (r,) = s["recoveries"]
+    assert r["host"] == "h-0" and r["checkpoint"] == "checkpoints/t10"
+    assert "died" in r["cause"]
+    for name in ("metrics.parquet", "record/accesses.arrows", "record/digests.arrows"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
