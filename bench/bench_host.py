@@ -43,7 +43,9 @@ def bench_scanner(n_pages: int, repeat: int, dup_fraction: float = 0.5) -> dict:
     rng = np.random.default_rng(0)
     # Half the pages repeat a small set of contents (they will merge), half are unique.
     n_dup = int(n_pages * dup_fraction)
-    keys = np.concatenate([rng.integers(1, 64, n_dup), rng.integers(1 << 20, 1 << 60, n_pages - n_dup)])
+    keys = np.concatenate(
+        [rng.integers(1, 64, n_dup), rng.integers(1 << 20, 1 << 60, n_pages - n_dup)]
+    )
     data = page_bytes(keys.astype(np.uint64), cb)
 
     def fresh() -> tuple[HostMemory, int, np.ndarray]:

@@ -64,6 +64,7 @@ def write_checkpoint(
     cfg: SimConfig,
     coord_state: dict[str, Any],
     hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
+    checksum: str = cf.DEFAULT_CHECKSUM,
 ) -> Path:
     """Write ``root/t<tick>/`` (via a temporary directory renamed at the end)."""
     tick = int(coord_state["tick"])
@@ -92,14 +93,17 @@ def write_checkpoint(
         files[fname] = name
     with cf.hash_pool() as pool:
         listed = {
-            f: {"bytes": (tmp / f).stat().st_size, "sha256_blocks": cf.sha256_blocks(tmp / f, pool)}
+            f: {
+                "bytes": (tmp / f).stat().st_size,
+                "checksum": cf.file_checksum(tmp / f, checksum, pool),
+            }
             for f in files
         }
     body = {
         "vmmsim.format": cf.FORMAT,
         "config_hash": cfg.config_hash(),
         "tick": tick,
-        "checksum": "sha256_blocks: sha256 over the sha256 digests of 8 MiB blocks",
+        "checksum": checksum,  # sha256 over the block digests of 8 MiB blocks
         "files": listed,
         "hosts": host_files,
         "coordinator": coord_state,
@@ -120,13 +124,13 @@ def read_checkpoint(path: str | Path, expect_hash: str | None = None) -> Checkpo
     try:
         files, host_files = dict(man["files"]), dict(man["hosts"])
         tick, coord = int(man["tick"]), dict(man["coordinator"])
-        want_hash = str(man["config_hash"])
+        want_hash, algo = str(man["config_hash"]), str(man["checksum"])
     except (KeyError, TypeError, ValueError) as e:
         raise LogError(root / "manifest.json", f"incomplete manifest ({e})") from None
     if "config.json" not in files or not set(host_files.values()) <= set(files):
         raise LogError(root / "manifest.json", "does not list its files")
     with cf.hash_pool() as pool:
-        cf.check_files(root, files, pool)
+        cf.check_files(root, files, algo, pool)
     try:
         cfg = config_from_dict(json.loads((root / "config.json").read_text()), str(root))
     except (json.JSONDecodeError, ConfigError) as e:

@@ -13,10 +13,13 @@ numeric dtypes are accepted on read (no objects, no pickle).
 Writes are deterministic: one batch, columns in the given order, metadata in a fixed
 order, so the same state gives the same bytes.
 
-File checksums are ``sha256_blocks``: sha256 over the sha256 digests of consecutive
-8 MiB blocks (blocks hashed in parallel threads -- plain sha256 is ~1.2 GB/s on one
-core, slower than writing the file).  The manifest is canonical JSON (sorted keys) with
-a sha256 of itself.
+File checksums are block checksums: sha256 over the digests of consecutive 8 MiB
+blocks, hashed in parallel threads.  The default block digest is sha256
+(``sha256_blocks``); ``xxh3_128_blocks`` is several times faster (sha256 runs at
+~1.5 GB/s per core, below what reading a file from the page cache costs) and detects
+damage as well -- neither protects against someone who rewrites the manifest too.  The
+manifest names its algorithm, is canonical JSON (sorted keys) and holds a sha256 of
+itself.
 
 Not covered: what a checkpoint holds and when one is taken (``cluster/checkpoint.py``).
 """
@@ -27,12 +30,14 @@ import hashlib
 import json
 import mmap
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 
 from cluster.sealed_stream import LogError
 
@@ -111,17 +116,31 @@ def read_arrays_file(path: Path) -> tuple[Arrays, dict[bytes, bytes]]:
 
 
 # ---------------------------------------------------------------------------- checksums
-def sha256_blocks(path: Path, pool: ThreadPoolExecutor | None = None) -> str:
-    """sha256 over the sha256 digests of the file's 8 MiB blocks (in parallel)."""
+# Block checksums a manifest may name (a fixed table: a manifest cannot pick code).
+BLOCK_HASHES: dict[str, Callable[[Any], bytes]] = {
+    "sha256_blocks": lambda b: hashlib.sha256(b).digest(),
+    "xxh3_128_blocks": lambda b: xxhash.xxh3_128(b).digest(),
+}
+# xxh3-128 per block: as good as sha256 at catching damage and truncation (neither stops
+# someone who also rewrites the manifest), and fast enough that verifying a checkpoint
+# costs less than reading it.  Readers accept both.
+DEFAULT_CHECKSUM = "xxh3_128_blocks"
+
+
+def file_checksum(
+    path: Path, algo: str = DEFAULT_CHECKSUM, pool: ThreadPoolExecutor | None = None
+) -> str:
+    """sha256 over the ``algo`` digests of the file's 8 MiB blocks (hashed in parallel)."""
+    digest = BLOCK_HASHES[algo]
     size = os.path.getsize(path)
-    top = hashlib.sha256(f"sha256_blocks:{BLOCK}:{size}:".encode())
+    top = hashlib.sha256(f"{algo}:{BLOCK}:{size}:".encode())
     if size == 0:
         return top.hexdigest()
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
 
         def block(offset: int) -> bytes:
             with memoryview(m)[offset : offset + BLOCK] as b:  # released before m closes
-                return hashlib.sha256(b).digest()
+                return digest(b)
 
         offsets = range(0, size, BLOCK)
         for d in pool.map(block, offsets) if pool is not None else map(block, offsets):
@@ -163,8 +182,10 @@ def parse_manifest(path: Path) -> dict[str, Any]:
     return body
 
 
-def check_files(root: Path, files: dict[str, Any], pool: ThreadPoolExecutor) -> None:
-    """Every listed file exists with its size and checksum (else LogError)."""
+def check_files(root: Path, files: dict[str, Any], algo: str, pool: ThreadPoolExecutor) -> None:
+    """Every listed file exists with its size and ``algo`` checksum (else LogError)."""
+    if algo not in BLOCK_HASHES:
+        raise LogError(root / "manifest.json", f"unknown checksum {algo!r}")
     for name, info in sorted(files.items()):
         p = root / name
         if "/" in name or name.startswith("."):
@@ -174,5 +195,5 @@ def check_files(root: Path, files: dict[str, Any], pool: ThreadPoolExecutor) -> 
         size = p.stat().st_size
         if size != info["bytes"]:
             raise LogError(p, f"truncated or extended: {size} bytes, manifest says {info['bytes']}")
-        if sha256_blocks(p, pool) != info["sha256_blocks"]:
+        if file_checksum(p, algo, pool) != info["checksum"]:
             raise LogError(p, "checksum mismatch")

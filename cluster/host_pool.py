@@ -12,6 +12,7 @@ a method of :class:`HostRuntime`, so both transports run exactly the same code.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ class HostRuntime:
         self, spec: HostSpec, sim: SimParams, policy: HostPolicy, mode: hj.HostMode | None = None
     ) -> None:
         self.host = HostMemoryManager(spec, sim, policy)
+        self.busy: list[float] = []
         self.mode = mode or hj.HostMode()
         hj.apply_mode(self.host, self.mode)
 
@@ -54,11 +56,13 @@ class HostRuntime:
     ) -> dict[str, Any]:
         """Set targets, run ``n`` ticks, report metrics, allocation inputs and a digest
         (``feed``: replayed accesses, :class:`workloads.replay.AccessRows`)."""
+        t0 = time.perf_counter()
         if targets:
             self.host.set_targets(targets)
         if feed is not None:
             hj.feed(self.host, feed)
         cols = self.host.run_ticks(start, n)
+        self.busy.append(time.perf_counter() - t0)  # wall-clock: timing.json only
         return {
             "metrics": cols,
             "alloc": alloc_report(self.host),
@@ -71,6 +75,10 @@ class HostRuntime:
 
     def alloc_report(self) -> dict[str, Any]:
         return alloc_report(self.host)
+
+    def busy_rounds(self) -> list[float]:
+        """Wall seconds this host spent in each run_round (for overhead measurements)."""
+        return list(self.busy)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ import math
 from cluster.host_pool import HostPool
 from hosts.specs import VMSpec
 
-CHUNK_BYTES = 8 * 2**20  # page content per pipelined range of a round
+CHUNK_BYTES = 64 * 2**20  # page content per pipelined range of a round
 MAX_CHUNKS = 64
 
 

@@ -7,7 +7,8 @@ interrupted run never corrupts what is already in ``DIR``.
 
 Files: ``metrics.parquet`` (zstd, one row group per coordinator round), ``summary.json``
 (deterministic: no wall-clock values), ``config.json`` (the resolved config),
-``timing.json`` (wall time, ticks/s: differs between runs by nature).
+``timing.json`` (wall time, ticks/s: differs between runs by nature); the runner also
+writes ``migrations.parquet`` (:mod:`cluster.migration_report`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,6 +85,7 @@ class RayPool(HostPool):
         self.cfg = config_from_dict(cfg_dict)
         self.mode = mode
         self.timeout_s = timeout_s
+        self.round_walls: list[float] = []  # wall seconds of each run_round call
         self.tick = 0
         self._submitted: dict[str, tuple[str, str]] = {}  # ref id -> (host, method)
         self.names = [s.name for s in host_specs(self.cfg)]
@@ -109,10 +111,14 @@ class RayPool(HostPool):
 
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
         names = list(names if names is not None else self.names)
+        t0 = time.perf_counter()
         refs = [
             getattr(self.actors[n], method).remote(*a) for n, a in zip(names, args, strict=True)
         ]
-        return self._results(refs, [(n, method) for n in names])
+        out = self._results(refs, [(n, method) for n in names])
+        if method == "run_round":
+            self.round_walls.append(time.perf_counter() - t0)
+        return out
 
     def submit(self, name: str, method: str, *args: Any) -> Any:
         """An ObjectRef; refs among ``args`` are resolved by Ray on the receiving actor."""
@@ -177,12 +183,20 @@ class _CoordinatorImpl:
         # Record, replay, checkpoints and recovery (files are written on this node).
         self.session = Session(self.cfg, self.pool, opts, out)
         self.coord = self.session.coord
+        self.advance_s = 0.0
 
     def start(self) -> int:
         self.session.start()
         return self.coord.n_ticks
 
     def advance(self, max_rounds: int) -> tuple[list, int, bool]:
+        t0 = time.perf_counter()
+        try:
+            return self._advance(max_rounds)
+        finally:
+            self.advance_s += time.perf_counter() - t0
+
+    def _advance(self, max_rounds: int) -> tuple[list, int, bool]:
         tables = []
         for _ in range(max_rounds):
             if self.coord.done:
@@ -199,6 +213,26 @@ class _CoordinatorImpl:
 
     def host_nodes(self) -> dict[str, str]:
         return self.pool.node_ids()
+
+    def timing(self) -> dict[str, Any]:
+        """Where the wall time went: host compute vs Ray round trips vs coordinator.
+
+        Per round, the hosts run in parallel, so the round cannot finish before its
+        busiest host; everything above that is transport and scheduling overhead.
+        """
+        busy = self.pool.call("busy_rounds", [()] * len(self.pool.names))
+        walls = self.pool.round_walls
+        n = min(len(walls), *(len(b) for b in busy)) if busy else 0
+        slowest = [max(b[i] for b in busy) for i in range(n)]
+        round_wall = sum(walls[:n])
+        return {
+            "rounds": n,
+            "round_wall_s": round_wall,
+            "slowest_host_s": sum(slowest),
+            "ray_overhead_s": round_wall - sum(slowest),
+            "advance_s": self.advance_s,
+            "coordinator_own_s": self.advance_s - sum(walls),
+        }
 
     def host_pids(self) -> dict[str, int]:
         return self.pool.pids()

@@ -121,6 +121,10 @@ def report(path: Path) -> str:
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path}: not a directory")
+    try:
+        import matplotlib  # noqa: F401 - an optional dependency: vmmsim[plots]
+    except ImportError:
+        raise ReportError("plots need matplotlib: pip install 'vmmsim[plots]'") from None
     if (path / "sweep.parquet").exists():
         from cluster.report_sweep import sweep_report
 

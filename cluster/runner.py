@@ -195,6 +195,7 @@ def _run_ray(
             "driver_wait_s": waited,
             "host_nodes": nodes,
             "n_nodes": len(set(nodes.values())),
+            **get(coord.timing.remote(), timeout_s),
         }
         return final
     finally:

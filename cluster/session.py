@@ -81,6 +81,7 @@ class Session:
         self.feeder: ReplayFeeder | None = None
         self.checker: DigestChecker | None = None
         self.recoveries: list[dict[str, Any]] = []
+        self.recorded_hash: str | None = None
         self.start_tick = 0
         self._catch_up_to = 0
         self._round_start = 0

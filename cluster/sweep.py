@@ -37,7 +37,7 @@ from cluster.config import SimConfig, load_config, sweep_paths, sweep_points
 from cluster.outputs import check_out_dir, write_json
 from cluster.placement import place
 
-_SAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # in names and values; "=" and "," join them
 # Per-VM-group metrics in sweep.parquet: "<metric>.<group>" (means over the second half).
 GROUP_METRICS = (
     "throughput",
@@ -57,8 +57,11 @@ def point_name(overrides: Sequence[str], keys: Sequence[str]) -> str:
     firsts = [sweep_paths(k)[0] for k in keys]
     tails = [_tail(path, firsts) for path in firsts]
     by_path = dict(o.split("=", 1) for o in overrides)
-    text = ",".join(f"{t}={by_path[p].strip()}" for t, p in zip(tails, firsts, strict=True))
-    return _SAFE.sub("_", text.replace('"', "")).strip("._") or "point"
+    parts = []
+    for tail, path in zip(tails, firsts, strict=True):
+        value = _SAFE.sub("_", by_path[path].strip().replace('"', "")).strip("_") or "_"
+        parts.append(f"{_SAFE.sub('_', tail)}={value}")
+    return ",".join(parts).lstrip(".") or "point"
 
 
 def _tail(path: str, paths: Sequence[str]) -> str:

@@ -60,6 +60,7 @@ class HostMemoryManager:
         self.emergency_swaps = 0
         self.state_ticks = np.zeros(len(MemState), dtype=np.int64)
         self.shared_series: list[int] = []
+        self.tick_saved = 0  # saved pages at the end of the last tick (metrics)
         # Recording (cluster/recording.py): off unless asked, so normal runs pay nothing.
         self.digest_every_tick = False  # append digest() to tick_digests after each tick
         self.tick_digests: list[str] = []
@@ -97,10 +98,17 @@ class HostMemoryManager:
 
     # ------------------------------------------------------------------ allocation
     def available_pages(self) -> int:
-        """Frames the VMs may hold: all but overheads and the HIGH free margin."""
+        """Guest pages the VMs may hold: all frames but overheads and the HIGH free
+        margin, plus what page sharing saves (a shared frame backs several guest pages,
+        and targets are in guest pages, so sharing savings raise everyone's targets)."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values())
-        return max(0, int(n * (1.0 - self.policy.thresholds.high)) - overhead)
+        return max(0, int(n * (1.0 - self.policy.thresholds.high)) - overhead + self.saved_pages())
+
+    def saved_pages(self) -> int:
+        """Guest pages backed by shared frames minus those frames (what sharing saves)."""
+        shared = sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values())
+        return shared - self.mem.index.n_shared_frames()
 
     def allocation_input(self) -> AllocationInput:
         vms = [self.vms[n] for n in self.order]
@@ -168,6 +176,7 @@ class HostMemoryManager:
         self._reclaim()
         self.state_ticks[self.mstate] += 1
         self.shared_series.append(sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values()))
+        self.tick_saved = self.saved_pages()
         self.tick = t + 1
         for name in self.order:
             self._account(self.vms[name], t, rows)

@@ -40,6 +40,7 @@ COLUMNS: dict[str, str] = {
     "blocked": "bool",
     "host_state": "str",
     "host_free_mb": "float64",
+    "host_saved_mb": "float64",
 }
 
 
@@ -74,6 +75,7 @@ class MetricRows:
         v["blocked"].append(vm.name in host.blocked)
         v["host_state"].append(host.mstate.name.lower())
         v["host_free_mb"].append(host.mem.n_free * mb)
+        v["host_saved_mb"].append(host.tick_saved * mb)
 
     def columns(self) -> dict[str, np.ndarray]:
         out = {}

@@ -54,7 +54,6 @@ import xxhash
 from hosts import page_state as ps
 from hosts.free_memory import reclaim_goal_pages
 from hosts.host_manager import HostMemoryManager
-from hosts.host_memory import HostMemory
 from hosts.page_sharing import hash_page
 from hosts.phys_map import PhysMap
 from hosts.snapshot import restore_vm, vm_state
@@ -112,34 +111,14 @@ class Incoming:
 
 
 # ---------------------------------------------------------------------------- hashing
-def _rows(buf: np.ndarray, idx: np.ndarray) -> list[memoryview]:
-    """Zero-copy views of rows ``idx`` of a C-contiguous 2-D uint8 array."""
-    cb = buf.shape[1]
-    mv = memoryview(np.ascontiguousarray(buf).reshape(-1))
-    return [mv[i * cb : i * cb + cb] for i in idx.tolist()]
-
-
-def _page_rows(mem: HostMemory, pmap: PhysMap, ppns: np.ndarray) -> list[memoryview]:
-    """Views of the current bytes of allocated pages (frames, or the host swap store)."""
-    swapped = pmap.state[ppns] == ps.VMM_SWAPPED
-    if not swapped.any():
-        return _rows(mem.frames.content, pmap.loc[ppns])
-    rows: list[memoryview] = [memoryview(b"")] * len(ppns)
-    res_i, sw_i = np.flatnonzero(~swapped), np.flatnonzero(swapped)
-    for i, r in zip(res_i.tolist(), _rows(mem.frames.content, pmap.loc[ppns[res_i]]), strict=True):
-        rows[i] = r
-    for i, r in zip(sw_i.tolist(), _rows(mem.swap.content, pmap.loc[ppns[sw_i]]), strict=True):
-        rows[i] = r
-    return rows
-
-
-def hashes(rows: list[memoryview]) -> tuple[np.ndarray, np.ndarray]:
-    """xxh3-64 (uint64[n]) and xxh3-128 (uint64[n, 2]) of page rows (one pass: each row
-    is hashed twice while it is in cache)."""
-    pairs = [(hash_page(r), _h128(r)) for r in rows]
-    h64 = np.array([p[0] for p in pairs], dtype=np.uint64)
-    d = b"".join([p[1] for p in pairs])
-    h128 = np.frombuffer(d, dtype="<u8").astype(np.uint64).reshape(len(rows), 2)
+def hashes(rows: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """xxh3-64 (uint64[n]) and xxh3-128 (uint64[n, 2]) of page rows: a contiguous
+    ``uint8[n, content_bytes]`` array or a list of row views (numpy row views are far
+    cheaper to make than memoryview slices, and ``map`` runs no bytecode per row)."""
+    views = list(rows)  # row views, made once for both hashes
+    h64 = np.fromiter(map(hash_page, views), dtype=np.uint64, count=len(views))
+    d = b"".join(map(_h128, views))
+    h128 = np.frombuffer(d, dtype="<u8").astype(np.uint64).reshape(len(views), 2)
     return h64, h128
 
 
@@ -176,8 +155,9 @@ def collect_pages(
 ) -> PageBatch:
     """Pages of guest-page range ``[lo, hi)`` to send this round (see module docstring).
 
-    Their bytes are read ahead while they are hashed (a numpy gather in a helper thread:
-    it runs without the GIL) and kept for :func:`page_bytes` in the same round."""
+    Their bytes are read into one array by a helper thread (a numpy gather runs without
+    the GIL) while they are hashed from where they live; the array is kept for
+    :func:`batch_bytes` in the same round."""
     vm = host.vms[name]
     pm = vm.pmap
     alloc = _allocated(pm, lo, hi)
@@ -186,10 +166,33 @@ def collect_pages(
     ppns = np.flatnonzero(sel).astype(np.int64) + lo
     dirty[sel] = False
     dirty[~alloc] = True
-    ahead = _reader().submit(page_bytes, host, name, ppns)
-    h64, h128 = hashes(_page_rows(host.mem, pm, ppns))
-    host.outgoing[(name, lo)] = (ppns, ahead.result())
+    data = np.empty((len(ppns), host.sim.content_bytes), dtype=np.uint8)
+    ahead = _reader().submit(_read_into, host, vm.vm_id, ppns, data)
+    h64, h128 = hashes(_page_rows(host, pm, ppns))
+    ahead.result()
+    host.outgoing[(name, lo)] = (ppns, data)
     return PageBatch(ppns, h64, h128, lo)
+
+
+def _page_rows(host: HostMemoryManager, pm: PhysMap, ppns: np.ndarray) -> list[np.ndarray]:
+    """Row views of the current bytes of allocated pages (frames or host swap store)."""
+    st, loc = pm.state[ppns], pm.loc[ppns].tolist()
+    frames, swap = host.mem.frames.content, host.mem.swap.content
+    if not (st == ps.VMM_SWAPPED).any():
+        return list(map(frames.__getitem__, loc))
+    return [
+        (swap if s == ps.VMM_SWAPPED else frames)[x] for s, x in zip(st.tolist(), loc, strict=True)
+    ]
+
+
+def _read_into(host: HostMemoryManager, vm_id: int, ppns: np.ndarray, out: np.ndarray) -> None:
+    pm = host.mem.vms[vm_id].pmap
+    st = pm.state[ppns]
+    if ((st == ps.MAPPED) | (st == ps.SHARED)).all():  # the usual case: one gather
+        # mode="clip": an unbuffered take (the indices are valid frame numbers)
+        np.take(host.mem.frames.content, pm.loc[ppns], axis=0, out=out, mode="clip")
+    else:
+        out[:] = host.mem.read_bytes(vm_id, ppns)
 
 
 def page_bytes(host: HostMemoryManager, name: str, ppns: np.ndarray) -> np.ndarray:
@@ -329,11 +332,11 @@ def known_pages(
     if not len(idx):
         return mask
     frames = cand[idx]
-    f64, f128 = hashes(_rows(host.mem.frames.content, frames))  # hints may be stale
+    rows = host.mem.frames.content[frames]  # a copy: the frames may change later
+    f64, f128 = hashes(rows)  # (hints may be stale: their frames are re-hashed)
     good = (f64 == h64[idx]) & (f128 == h128[idx]).all(axis=1)
-    idx, frames = idx[good], frames[good]
-    mask[idx] = True
-    inc.put(ppns[idx], host.mem.frames.content[frames])  # a copy: frames may change later
+    mask[idx[good]] = True
+    inc.put(ppns[idx[good]], rows[good] if not good.all() else rows)
     return mask
 
 
@@ -380,7 +383,7 @@ def _install(
     if sharing and len(ppns):
         shared_tab, _ = mem.index.tables(group)
         if shared_tab:
-            h = [hash_page(r) for r in _rows(data, np.arange(len(ppns)))]
+            h = [hash_page(r) for r in data]
             cand = np.array([shared_tab.get(x, -1) for x in h], dtype=np.int64)
             hit = np.flatnonzero(cand >= 0)
             same = (mem.frames.content[cand[hit]] == data[hit]).all(axis=1)  # byte compare

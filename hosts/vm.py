@@ -180,6 +180,7 @@ class VirtualMachine:
         rmask &= ~wmask
         rd = np.flatnonzero(rmask)
         self.tick.accesses += acc.count
+        self.tick.disk += acc.disk_reads  # file I/O the workload could not cache
         g = self.guest
         # A chunk must fit both the guest's memory and the host's: all its pages are
         # backed at once, so a chunk larger than the host's frames could never be served.

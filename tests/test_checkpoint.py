@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -16,17 +17,20 @@ from runkit import small_config, write_config
 from cluster import checkpoint_format as cf
 from cluster.cli import main
 from cluster.config import load_config
+from cluster.host_pool import HostFailure, InProcessPool
 from cluster.runner import run
-from cluster.session import RunOptions
+from cluster.session import RunOptions, Session
+from cluster.specs import host_policy, host_specs, sim_params
 
 TICKS = 30  # rounds of 5 ticks; --checkpoint-every 8 -> checkpoints at ticks 10, 20, 25
+HOST_MB = 18  # overcommitted: balloons and swap are part of the checkpointed state
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """An uninterrupted, checkpointed in-process run (read-only for the tests)."""
     tmp = tmp_path_factory.mktemp("ckpt")
-    cfg = write_config(tmp, small_config(duration_s=TICKS))
+    cfg = write_config(tmp, small_config(duration_s=TICKS, host_mb=HOST_MB))
     out = tmp / "run"
     args = ["run", str(cfg), "--out", str(out), "--checkpoint-every", "8", "--inprocess"]
     assert main([*args, "--quiet"]) == 0
@@ -71,7 +75,7 @@ def test_checkpoints_are_written_where_documented_and_identically(base, tmp_path
     man = json.loads((base / "checkpoints/t10/manifest.json").read_text())
     assert man["tick"] == 10 and man["config_hash"] == _summary(base)["config_hash"]
     assert set(man["coordinator"]) >= {"tick", "targets", "placement", "round_digests"}
-    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB))
     again = tmp_path / "again"
     run(
         load_config(cfg),
@@ -147,7 +151,7 @@ def _damage_config(ck: Path) -> str:
     def fix(b):
         b["files"]["config.json"] = {
             "bytes": p.stat().st_size,
-            "sha256_blocks": cf.sha256_blocks(p),
+            "checksum": cf.file_checksum(p, b["checksum"]),
         }
 
     _rewrite_manifest(ck, fix)
@@ -178,9 +182,31 @@ def test_damaged_checkpoint_is_refused_and_out_untouched(base, tmp_path, capsys,
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_manifest_names_its_checksum(base, tmp_path, capsys):
+    """xxh3-128 block checksums are accepted too; an unknown algorithm is refused."""
+    ck = tmp_path / "t20"
+    shutil.copytree(base / "checkpoints/t20", ck)
+
+    def to_xxh3(b):
+        b["checksum"] = "xxh3_128_blocks"
+        for f, info in b["files"].items():
+            info["checksum"] = cf.file_checksum(ck / f, "xxh3_128_blocks")
+
+    _rewrite_manifest(ck, to_xxh3)
+    out = tmp_path / "out"
+    assert main(["resume", str(ck), "--out", str(out), "--inprocess", "--quiet"]) == 0
+    assert _summary(out)["final_digest"] == _summary(base)["final_digest"]
+    _damage_flip(ck)
+    assert main(["resume", str(ck), "--out", str(tmp_path / "o2"), "--inprocess"]) == 2
+    assert "host0001.arrow: checksum mismatch" in _error_line(capsys)
+    _rewrite_manifest(ck, lambda b: b.update({"checksum": "crc-of-my-own"}))
+    assert main(["resume", str(ck), "--out", str(tmp_path / "o3"), "--inprocess"]) == 2
+    assert "unknown checksum 'crc-of-my-own'" in _error_line(capsys)
+
+
 # ---------------------------------------------------------------------------- recovery
 def test_killed_host_recovers_from_last_checkpoint(base, tmp_path):
-    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB))
     out = tmp_path / "rec"
     args = ["--checkpoint-every", "8", "--kill-host-at", "h-1:23", "--inprocess", "--quiet"]
     assert main(["run", str(cfg), "--out", str(out), *args]) == 0
@@ -192,7 +218,7 @@ def test_killed_host_recovers_from_last_checkpoint(base, tmp_path):
 
 
 def test_killed_host_without_checkpoint_fails_clearly(tmp_path, capsys):
-    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    cfg = write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB))
     out = tmp_path / "rec"
     args = ["--kill-host-at", "h-1:12", "--inprocess", "--quiet"]
     assert main(["run", str(cfg), "--out", str(out), *args]) == 1
@@ -200,11 +226,38 @@ def test_killed_host_without_checkpoint_fails_clearly(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
+    """A host lost during the checkpoint call, after its round ran: that round's rows are
+    not lost (it is re-executed with the others since the last checkpoint)."""
+
+    class FlakyPool(InProcessPool):
+        failed = False
+
+        def call(self, method, args, names=None):
+            if method == "checkpoint" and self.tick >= 15 and not self.failed:
+                self.failed = True
+                raise HostFailure("h-0", self.tick, "lost while checkpointing")
+            return super().call(method, args, names)
+
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
+    sim, pol = sim_params(cfg), host_policy(cfg)
+    pool = FlakyPool([(s, sim, pol) for s in host_specs(cfg)])
+    session = Session(cfg, pool, RunOptions(checkpoint_every_s=8.0), tmp_path / "out")
+    session.start()
+    tables = []
+    while not session.done:
+        tables += session.advance()
+    final = session.finish()
+    assert final["final_digest"] == _summary(base)["final_digest"]
+    assert final["recoveries"][0]["checkpoint"] == "checkpoints/t10"
+    assert pa.concat_tables(tables).equals(pq.read_table(base / "metrics.parquet"))
+
+
 @pytest.mark.ray
 def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
     """A host actor killed mid-run: new actors from the last checkpoint, lost rounds
     re-executed, the record log and the result as if nothing had happened."""
-    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS)))
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
     ref = tmp_path / "ref"
     run(cfg, ref, backend="inprocess", quiet=True, opts=RunOptions(record=True))
     out = tmp_path / "ray"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from runkit import small_config, write_config
@@ -16,18 +17,23 @@ from runkit import small_config, write_config
 from cluster.cli import main
 from cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
 from cluster.replay import export_trace
-from cluster.sealed_stream import SealedStreamWriter, read_sealed
+from cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
 from workloads.patterns import Accesses
 from workloads.replay import AccessRows, ReplayWorkload
 
 TICKS = 30  # rounds of 5 ticks (small_config: realloc_period_s = 5)
+HOST_MB = 18  # two 16 MB VMs a host, one busy, one idle: overcommitted
+
+
+def _config(tmp: Path, name: str = "exp.toml") -> Path:
+    return write_config(tmp, small_config(duration_s=TICKS, host_mb=HOST_MB), name)
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory) -> Path:
     """A recorded in-process run (read-only for the tests: copy before damaging)."""
     tmp = tmp_path_factory.mktemp("rec")
-    cfg = write_config(tmp, small_config(duration_s=TICKS))
+    cfg = _config(tmp)
     out = tmp / "run"
     assert main(["run", str(cfg), "--out", str(out), "--record", "--inprocess", "--quiet"]) == 0
     return out
@@ -64,7 +70,7 @@ def test_access_rows_pack_take_concat_and_arrow_roundtrip():
 
 
 def test_record_twice_gives_identical_files(recorded, tmp_path):
-    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    cfg = _config(tmp_path)
     out = tmp_path / "again"
     assert main(["run", str(cfg), "--out", str(out), "--record", "--inprocess", "--quiet"]) == 0
     for name in ["metrics.parquet", *(f"record/{s}.arrows" for s in STREAMS)]:
@@ -124,6 +130,21 @@ def test_one_flipped_byte_is_refused(recorded, tmp_path, capsys, stream, where):
     assert not out.exists()
 
 
+def test_a_flipped_byte_anywhere_in_a_stream_is_detected(recorded, tmp_path):
+    """Schema, data, padding, seals, end marker: every 11th byte of a whole stream."""
+    raw = (recorded / "record/digests.arrows").read_bytes()
+    p = tmp_path / "d.arrows"
+    for i in range(0, len(raw), 11):
+        bad = bytearray(raw)
+        bad[i] ^= 0x04
+        p.write_bytes(bytes(bad))
+        try:
+            st = read_sealed(p, STREAMS["digests"], "vmmsim-record/1")
+        except LogError:
+            continue
+        assert not st.ended or st.last_tick < TICKS, f"flip at byte {i} went unnoticed"
+
+
 @pytest.mark.parametrize("cut", [0.5, 0.999])
 def test_truncated_log_is_refused(recorded, tmp_path, capsys, cut):
     run = _copy(recorded, tmp_path)
@@ -163,13 +184,18 @@ def test_counterfactual_replay_equals_a_fresh_run_of_that_policy(recorded, tmp_p
     assert s["replay"]["recorded_config_hash"] == orig["config_hash"] != s["config_hash"]
     assert s["replay"]["vm_steps_without_input"] == {}
     assert json.loads((cf / "config.json").read_text())["policy"]["tax_rate"] == 0.0
-    # The policy changes what the hosts do...
+    # The tax charges idle memory only: identical while every VM's estimate is 1 (fully
+    # active), different once an idle VM is recognised as such.
     assert s["final_digest"] != orig["final_digest"]
     a, b = pq.read_table(cf / "metrics.parquet"), pq.read_table(recorded / "metrics.parquet")
-    assert a.num_rows == b.num_rows
-    assert not a.column("target_mb").equals(b.column("target_mb"))
+    idle = pc.less(b["active_est"], 1.0)
+    t0 = pc.min(pc.filter(b["tick"], idle)).as_py()
+    assert t0 is not None and t0 < TICKS - 1
+    until, after = pc.less_equal(b["tick"], t0), pc.greater(b["tick"], t0)
+    assert a.filter(until).equals(b.filter(until))
+    assert not a.filter(after).column("target_mb").equals(b.filter(after).column("target_mb"))
     # ...not what the guests ask for: the same as generating the inputs afresh.
-    cfg = write_config(tmp_path, small_config(duration_s=TICKS))
+    cfg = _config(tmp_path)
     assert main(["run", str(cfg), "--out", str(fresh), *args]) == 0
     assert json.loads((fresh / "summary.json").read_text())["final_digest"] == s["final_digest"]
     assert (fresh / "metrics.parquet").read_bytes() == (cf / "metrics.parquet").read_bytes()

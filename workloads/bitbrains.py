@@ -101,8 +101,7 @@ def read_usage(path: str) -> Usage:
         ts, prov, used = values[-1]
         if not (np.isfinite(ts) and prov > 0 and used >= 0 and np.isfinite(used)):
             raise ConvertError(
-                f"{path}: line {line}: need provisioned > 0 and usage >= 0 "
-                f"(got {prov:g}, {used:g})"
+                f"{path}: line {line}: need provisioned > 0 and usage >= 0 (got {prov:g}, {used:g})"
             )
     if not values:
         raise ConvertError(f"{path}: no data rows")
