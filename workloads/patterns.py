@@ -180,9 +180,7 @@ class SteadyParams:
     )
     hot_fraction: float = field(
         default=1.0,
-        metadata={
-            "help": "fraction of the working set that is hot (1: no skew, uniform accesses)"
-        },
+        metadata={"help": "fraction of the working set that is hot (1: no skew, uniform accesses)"},
     )
     hot_weight: float = field(
         default=1.0,

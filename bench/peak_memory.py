@@ -1,0 +1,81 @@
+"""Run a command and report its wall time and the peak memory of its whole process tree.
+
+Memory is the sum of PSS (proportional set size, from ``/proc/<pid>/smaps_rollup``) over
+the command and every descendant -- Ray's daemons and actor processes included -- sampled
+every 0.5 s.  PSS splits shared pages (Ray's object store, shared libraries) among the
+processes that map them, so the sum is what the tree really costs the machine.
+
+Run: ``python bench/peak_memory.py -- vmmsim run configs/scale_laptop.toml --out runs/s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SystemExit(__doc__)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv)
+    peak, peak_procs = 0, 0
+    while proc.poll() is None:
+        pids = tree(proc.pid)
+        total = sum(pss_bytes(p) for p in pids)
+        if total > peak:
+            peak, peak_procs = total, len(pids)
+        time.sleep(0.5)
+    wall = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "command": " ".join(argv),
+                "returncode": proc.returncode,
+                "wall_s": round(wall, 1),
+                "peak_pss_gib": round(peak / 2**30, 2),
+                "processes_at_peak": peak_procs,
+            }
+        ),
+        file=sys.stderr,
+    )
+    sys.exit(proc.returncode)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    main()
