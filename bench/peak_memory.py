@@ -2,7 +2,7 @@
 
 Memory is the sum of PSS (proportional set size, from ``/proc/<pid>/smaps_rollup``) over
 the command and every descendant -- Ray's daemons and actor processes included -- sampled
-every 0.5 s.  PSS splits shared pages (Ray's object store, shared libraries) among the
+every 2 s (reading smaps is not free).  PSS splits shared pages (Ray's object store, shared libraries) among the
 processes that map them, so the sum is what the tree really costs the machine.
 
 Run: ``python bench/peak_memory.py -- vmmsim run configs/scale_laptop.toml --out runs/s``.
@@ -59,7 +59,7 @@ def main() -> None:
         total = sum(pss_bytes(p) for p in pids)
         if total > peak:
             peak, peak_procs = total, len(pids)
-        time.sleep(0.5)
+        time.sleep(2.0)
     wall = time.perf_counter() - t0
     print(
         json.dumps(

@@ -7,8 +7,9 @@ plus swap (ESX admission: a VM is only placed where its max fits, so no host can
 out of both memory and swap):
 
 * ``most_free``: the host with the most uncommitted memory (ties: name order);
-* ``image_affinity``: among hosts where it fits, the one already running the most VMs of
-  the same image (so page sharing can find the image's pages), then most free;
+* ``image_affinity``: among hosts where its max fits in memory, the one already running
+  the most VMs of the same image (so page sharing can find the image's pages), then most
+  free; if it fits in no host's memory, as ``most_free``;
 * ``round_robin``: the next host in name order where it fits.
 
 A VM that fits nowhere is a :class:`PlacementError` naming the VM and the best host.
@@ -46,11 +47,13 @@ def most_free(cfg, vm, committed, images, state) -> str | None:
 def image_affinity(cfg, vm, committed, images, state) -> str | None:
     need = _need(cfg, vm)
     img = cfg.vm(vm).image
-    ok = [h for h in cfg.host_names() if _fits(cfg, h, need, committed)]
-    if not ok:
-        return None
+    # Prefer hosts where the VM's max fits in *memory* (swap is for overcommit, not for
+    # packing); among those, the one running the most VMs of the same image.
+    in_mem = [h for h in cfg.host_names() if _free(cfg, h, committed) >= need]
+    if not in_mem:
+        return most_free(cfg, vm, committed, images, state)
     return max(
-        ok,
+        in_mem,
         key=lambda h: (images[h].get(img, 0), _free(cfg, h, committed), [-ord(c) for c in h]),
     )
 

@@ -66,6 +66,9 @@ def init_ray(
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
         return True
     kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    # Many host actors with fractional CPUs are normal here: let the raylet start their
+    # processes in parallel, which also keeps its "too many workers" warning away.
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "64")
     if object_store_mb:
         kwargs["object_store_memory"] = object_store_mb * 2**20
     ray.init(**kwargs)
