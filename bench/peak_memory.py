@@ -2,8 +2,9 @@
 
 Memory is the sum of PSS (proportional set size, from ``/proc/<pid>/smaps_rollup``) over
 the command and every descendant -- Ray's daemons and actor processes included -- sampled
-every 2 s (reading smaps is not free).  PSS splits shared pages (Ray's object store, shared libraries) among the
-processes that map them, so the sum is what the tree really costs the machine.
+every 2 s (reading smaps is not free).  PSS splits shared pages (Ray's object store,
+shared libraries) among the processes that map them, so the sum is what the tree really
+costs the machine.
 
 Run: ``python bench/peak_memory.py -- vmmsim run configs/scale_laptop.toml --out runs/s``.
 """
