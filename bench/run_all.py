@@ -29,6 +29,33 @@ BENCHES = [
 ]
 
 
+def normalise(r: dict) -> dict | None:
+    """Rows of every script in one shape: name, value, unit, reference, ratio, target."""
+    if "name" in r:
+        return r
+    if "gb_s" in r:  # bench_checkpoint.py
+        return {
+            "name": r["figure"],
+            "value": r["gb_s"],
+            "unit": "GB/s",
+            "reference": r["ref_gb_s"],
+            "reference_name": r["ref"],
+            "ratio": r["ratio"],
+            "target": f">= {r['target']}" if r.get("target") else "",
+        }
+    if "ratio" in r and "figure" in r:
+        return {
+            "name": r["figure"],
+            "value": r["ratio"],
+            "unit": "x",
+            "reference": 1.0,
+            "reference_name": "the original run",
+            "ratio": r["ratio"],
+            "target": "",
+        }
+    return None
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -65,9 +92,10 @@ def main() -> None:
             continue
         for line in r.stdout.splitlines():
             if line.startswith("{"):
-                row = json.loads(line)
-                row["script"] = script
-                rows.append(row)
+                row = normalise(json.loads(line))
+                if row is not None:
+                    row["script"] = script
+                    rows.append(row)
         print(f"# {script} done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     print(f"machine: {machine()}")
     print("| figure | value | reference (same run) | ratio | target |")

@@ -5,7 +5,7 @@ every point, :mod:`cluster.sweep`), ``validate`` (check a config and show the pl
 ``schema`` (print the config reference), ``replay`` and ``resume`` (a recorded run or a
 checkpoint, :mod:`cluster.rerun`), ``report`` (plots and a text summary of a run or
 sweep directory, :mod:`cluster.report`), ``trace convert`` (a Bitbrains CSV into an access
-trace, :mod:`workloads.bitbrains`).  Bad input -- config
+trace, :mod:`workloads.bitbrains`), ``trace export`` (one VM of a recorded run as a trace).  Bad input -- config
 errors, impossible placements, an ``--out`` that holds a finished run -- prints one line
 ``vmmsim: error: ...`` and exits 2; a failed host exits 1; no tracebacks for either.
 """
@@ -118,6 +118,10 @@ def _parser() -> argparse.ArgumentParser:
         "--tick-s", type=float, default=None, help="seconds per tick (default: one tick per row)"
     )
     tc.add_argument("--seed", type=int, default=0, help="seed of page order and contents")
+    te = tr.add_parser("export", help="one VM's stream from a recorded run -> Arrow trace")
+    te.add_argument("record_dir", type=Path, help="run directory written with --record")
+    te.add_argument("--vm", required=True, help="the VM whose access stream to export")
+    te.add_argument("--out", type=Path, required=True, help="trace file to write (.arrow)")
     return p
 
 
@@ -179,6 +183,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         from cluster.report import report
 
         print(report(args.dir))
+        return 0
+    if args.cmd == "trace" and args.trace_cmd == "export":
+        from cluster.replay import export_trace
+
+        try:
+            rows = export_trace(args.record_dir, args.vm, args.out)
+        except KeyError as e:
+            raise ConvertError(f"{args.record_dir}: {e.args[0]}") from None
+        print(f"vmmsim: {rows} accesses of {args.vm} -> {args.out} (use it with boot = false)")
         return 0
     if args.cmd == "trace":
         from workloads.bitbrains import convert

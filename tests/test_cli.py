@@ -175,3 +175,18 @@ def test_validate_and_schema_commands(tmp_path, capsys):
     assert set(out["placement"].values()) == {"h-0", "h-1"}
     assert main(["schema"]) == 0
     assert "tax_rate" in capsys.readouterr().out
+
+
+def test_trace_export_of_a_recorded_vm(tmp_path):
+    import pyarrow as pa
+
+    cfg = write_config(tmp_path, small_config(duration_s=5))
+    out = tmp_path / "rec"
+    assert main(["run", str(cfg), "--out", str(out), "--inprocess", "--quiet", "--record"]) == 0
+    trace = tmp_path / "busy0.arrow"
+    assert main(["trace", "export", str(out), "--vm", "busy-0", "--out", str(trace)]) == 0
+    t = pa.ipc.open_file(pa.memory_map(str(trace))).read_all()
+    assert t.column_names[:4] == ["tick", "ppn", "is_write", "key"]
+    assert t.num_rows > 0 and set(t.column("tick").to_pylist()) == set(range(5))
+    r = run_cli("trace", "export", str(out), "--vm", "nope", "--out", str(tmp_path / "x.arrow"))
+    assert r.returncode == 2 and "nope" in r.stderr and len(r.stderr.strip().splitlines()) == 1
