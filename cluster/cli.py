@@ -5,9 +5,10 @@ every point, :mod:`cluster.sweep`), ``validate`` (check a config and show the pl
 ``schema`` (print the config reference), ``replay`` and ``resume`` (a recorded run or a
 checkpoint, :mod:`cluster.rerun`), ``report`` (plots and a text summary of a run or
 sweep directory, :mod:`cluster.report`), ``trace convert`` (a Bitbrains CSV into an access
-trace, :mod:`workloads.bitbrains`), ``trace export`` (one VM of a recorded run as a trace).  Bad input -- config
-errors, impossible placements, an ``--out`` that holds a finished run -- prints one line
-``vmmsim: error: ...`` and exits 2; a failed host exits 1; no tracebacks for either.
+trace, :mod:`workloads.bitbrains`), ``trace export`` (one VM of a recorded run as a
+trace).  Bad input -- config errors, impossible placements, an ``--out`` that holds a
+finished run -- prints one line ``vmmsim: error: ...`` and exits 2; a failed host exits
+1; no tracebacks for either.
 """
 
 from __future__ import annotations

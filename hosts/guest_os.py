@@ -85,6 +85,7 @@ class GuestOS:
         # onto the first physical pages and never evicted, ballooned or VMM-swapped.
         self.pinned = np.zeros(n_pages, dtype=bool)
         self.pinned[:n_pinned] = True
+        self.n_pinned = n_pinned
         self.free_stack = np.arange(n_pages - 1, -1, -1, dtype=np.int32)
         self.n_free = n_pages
         self.hand = 0

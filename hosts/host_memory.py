@@ -305,7 +305,7 @@ class HostMemory:
             pages = cand[np.asarray(ok_i, dtype=np.int64)]
             old = pmap.loc[pages].copy()
             pmap.set_state(pages, ps.SHARED, targets)
-            np.add.at(fr.refcount, targets, 1)
+            np.add.at(fr.refcount, targets, np.int32(1))
             pmap.n_zero_shared += int(self.zero[targets].sum())
             stats.frames_freed = self._decref(old)
             promoted_done = {int(h) for h in self.index.key[promote].tolist()}
@@ -318,11 +318,17 @@ class HostMemory:
 
     def _promote(self, group: int, frames: np.ndarray, hashes_of: list[int]) -> None:
         """Turn private frames into shared COW frames (their owner pages too)."""
-        fr = self.frames
+        fr, idx = self.frames, self.index
         fr.shared[frames] = True
-        for f, h in zip(frames.tolist(), hashes_of, strict=True):
-            self.index.add_shared(group, h, f)
-        zero = np.asarray(hashes_of, dtype=np.uint64) == np.uint64(self.zero_hash)
+        shared_tab, hint_tab = idx.tables(group)
+        hinted = frames[idx.kind[frames] == sh.HINT]  # their hint entries give way
+        for f, h in zip(hinted.tolist(), idx.key[hinted].tolist(), strict=True):
+            if hint_tab.get(h) == f:
+                del hint_tab[h]
+        keys = np.asarray(hashes_of, dtype=np.uint64)
+        idx.kind[frames], idx.key[frames], idx.group[frames] = sh.SHARED, keys, group
+        shared_tab.update(zip(hashes_of, frames.tolist(), strict=True))
+        zero = keys == np.uint64(self.zero_hash)
         if zero.any():
             zf = frames[zero]
             self.zero[zf] = ~fr.content[zf].any(axis=1)
@@ -372,7 +378,7 @@ class HostMemory:
         if not self.frames.shared[frames].all() or (self.index.group[frames] != slot.group).any():
             raise InvariantError("install_shared onto a frame not shared in the VM's group")
         pmap.set_state(ppns, ps.SHARED, frames)
-        np.add.at(self.frames.refcount, frames, 1)
+        np.add.at(self.frames.refcount, frames, np.int32(1))
         pmap.n_zero_shared += int(self.zero[frames].sum())
 
     # ------------------------------------------------------------------ checks

@@ -57,7 +57,7 @@ class MachineMemory:
         if len(frames) == 0:
             return frames.astype(np.int32)
         frames = np.asarray(frames, dtype=np.int64)
-        np.subtract.at(self.refcount, frames, 1)
+        np.subtract.at(self.refcount, frames, np.int32(1))  # same dtype: fast path
         s = np.sort(frames)
         uniq = s[np.concatenate(([True], s[1:] != s[:-1]))]
         if (self.refcount[uniq] < 0).any():

@@ -168,29 +168,33 @@ class VirtualMachine:
         n = self.spec.n_pages
         wr = np.asarray(acc.writes, dtype=np.int64)
         keys = np.asarray(acc.write_keys, dtype=np.uint64)
-        wmask = np.zeros(n, dtype=bool)
-        if len(wr):
-            last = np.full(n, -1, dtype=np.int64)
-            np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
-            wr = np.flatnonzero(last >= 0)
-            keys = keys[last[wr]]
-            wmask[wr] = True
-        rmask = np.zeros(n, dtype=bool)
-        rmask[np.asarray(acc.reads, dtype=np.int64)] = True
-        rmask &= ~wmask
-        rd = np.flatnonzero(rmask)
+        reads = np.asarray(acc.reads, dtype=np.int64)
+        if acc.count * 8 < n:
+            rd, wr, keys = _dedup_sorted(reads, wr, keys)  # few accesses: sort them
+        else:  # many: masks over the guest's pages
+            wmask = np.zeros(n, dtype=bool)
+            if len(wr):
+                last = np.full(n, -1, dtype=np.int64)
+                np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
+                wr = np.flatnonzero(last >= 0)
+                keys = keys[last[wr]]
+                wmask[wr] = True
+            rmask = np.zeros(n, dtype=bool)
+            rmask[reads] = True
+            rmask &= ~wmask
+            rd = np.flatnonzero(rmask)
         self.tick.accesses += acc.count
         self.tick.disk += acc.disk_reads  # file I/O the workload could not cache
         g = self.guest
         # A chunk must fit both the guest's memory and the host's: all its pages are
         # backed at once, so a chunk larger than the host's frames could never be served.
-        guest_room = g.n_pages - g.n_ballooned - int(g.pinned.sum())
+        guest_room = g.n_pages - g.n_ballooned - g.n_pinned
         cap = max(1, min(guest_room, mem.frames.n_frames) // 2)
         if len(rd) + len(wr) <= cap:
             self._apply_chunk(mem, make_room, rd, wr, keys)
             return
         # More distinct pages than the guest can hold at once: page ranges of <= cap.
-        touched = np.flatnonzero(rmask | wmask)
+        touched = np.union1d(rd, wr)
         for lo in range(0, len(touched), cap):
             first, last_p = touched[lo], touched[min(lo + cap, len(touched)) - 1]
             r0, r1 = np.searchsorted(rd, [first, last_p + 1])
@@ -396,3 +400,25 @@ def vm_page_contents(vm: VirtualMachine, mem: HostMemory) -> np.ndarray:
     dr = np.flatnonzero(g.vstate == gos.DROPPED)
     out[dr] = page_bytes(vm._image_keys(dr), vm.sim.content_bytes)
     return out
+
+
+def _dedup_sorted(
+    reads: np.ndarray, writes: np.ndarray, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted unique reads and writes (the last write to a page wins; a page both read
+    and written is a write) by sorting -- cheaper than page masks for a few accesses."""
+    if len(writes):
+        order = np.argsort(writes, kind="stable")
+        ws = writes[order]
+        last = np.ones(len(ws), dtype=bool)
+        last[:-1] = ws[1:] != ws[:-1]  # the last of each run of equal pages
+        writes, keys = ws[last], keys[order][last]
+    rs = np.sort(reads)
+    if len(rs):
+        first = np.ones(len(rs), dtype=bool)
+        first[1:] = rs[1:] != rs[:-1]
+        rs = rs[first]
+        if len(writes):
+            at = np.minimum(np.searchsorted(writes, rs), len(writes) - 1)
+            rs = rs[writes[at] != rs]
+    return rs, writes, keys

@@ -23,13 +23,14 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser over a uint64 array (wrapping arithmetic, no copies kept)."""
-    x = np.asarray(x, dtype=np.uint64).copy()
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
+    # Integer arrays wrap silently (no errstate needed: it costs more than the math on
+    # the small arrays of one tick); atleast_1d keeps 0-d input an array.
+    x = np.atleast_1d(np.asarray(x, dtype=np.uint64)).copy()
+    x ^= x >> np.uint64(30)
+    x *= _M1
+    x ^= x >> np.uint64(27)
+    x *= _M2
+    x ^= x >> np.uint64(31)
     return x
 
 
@@ -83,8 +84,7 @@ def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def derived_keys(base: int, index: np.ndarray) -> np.ndarray:
     """Keys ``f(base, i)`` for an index array: deterministic, never zero."""
-    index = np.asarray(index, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        k = mix64(index * _GOLDEN ^ np.uint64(base & 0xFFFFFFFFFFFFFFFF))
+    index = np.atleast_1d(np.asarray(index, dtype=np.uint64))
+    k = mix64(index * _GOLDEN ^ np.uint64(base & 0xFFFFFFFFFFFFFFFF))
     k[k == 0] = 1
     return k
