@@ -47,8 +47,9 @@ def _plain(x: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
-class RunDir:
-    """A run directory being written; :meth:`commit` or :meth:`abort` exactly once."""
+class AsideDir:
+    """``out`` written aside as ``.out.partial-<pid>``; :meth:`commit` moves it into place
+    (replacing what was there only if ``force`` allowed it), :meth:`abort` removes it."""
 
     def __init__(self, out: Path, force: bool) -> None:
         self.out = Path(out)
@@ -58,6 +59,26 @@ class RunDir:
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
+
+    def commit(self) -> Path:
+        old = None
+        if self.out.exists():
+            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class RunDir(AsideDir):
+    """A run directory being written; :meth:`commit` or :meth:`abort` exactly once."""
+
+    def __init__(self, out: Path, force: bool) -> None:
+        super().__init__(out, force)
         self._metrics: pq.ParquetWriter | None = None
 
     @property
@@ -79,14 +100,7 @@ class RunDir:
             self._metrics.close()
         else:
             pq.write_table(SCHEMA.empty_table(), self.tmp / "metrics.parquet")
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.out
+        return super().commit()
 
     def abort(self) -> None:
         if self._metrics is not None:
@@ -94,4 +108,4 @@ class RunDir:
                 self._metrics.close()
             except Exception:  # noqa: BLE001 - best effort while failing anyway
                 pass
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        super().abort()

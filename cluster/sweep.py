@@ -20,9 +20,7 @@ Not covered: plotting (:mod:`cluster.report`).
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -34,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.config import SimConfig, load_config, sweep_paths, sweep_points
-from cluster.outputs import check_out_dir, write_json
+from cluster.outputs import AsideDir, write_json
 from cluster.placement import place
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # in names and values; "=" and "," join them
@@ -107,31 +105,6 @@ def headline(cfg: SimConfig, summary: dict[str, Any], metrics: pa.Table) -> dict
     return row
 
 
-class _SweepDir:
-    """``DIR`` being written aside; :meth:`commit` moves it into place."""
-
-    def __init__(self, out: Path, force: bool) -> None:
-        self.out = out
-        check_out_dir(out, force)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
-
-    def commit(self) -> None:
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def abort(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 def run_sweep(
     config: Path,
     overrides: Sequence[str],
@@ -159,7 +132,7 @@ def run_sweep(
     for p in points:
         name = point_name(p, keys)
         names.append(name if name not in names else f"{name}-{len(names)}")
-    sweep_dir = _SweepDir(Path(out), force)
+    sweep_dir = AsideDir(Path(out), force)
     started = False
     try:
         if backend == "ray":
