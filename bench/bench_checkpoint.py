@@ -19,10 +19,10 @@ import argparse
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
+from benchkit import best
 
 from cluster import checkpoint_format as cf
 from cluster.checkpoint import read_checkpoint, write_checkpoint
@@ -34,15 +34,6 @@ from cluster.runner import run
 from cluster.session import RunOptions
 from cluster.specs import host_policy, host_specs, sim_params, vm_spec
 from hosts.snapshot import restore_host
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def host_config(host_mb: int) -> dict:

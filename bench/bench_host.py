@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import xxhash
+from benchkit import best
 
 from hosts.host_memory import HostMemory
 from hosts.phys_map import PhysMap
@@ -26,15 +27,6 @@ from hosts.specs import SimParams, VMSpec
 from hosts.vm import VirtualMachine
 from workloads.content import page_bytes
 from workloads.patterns import Accesses
-
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_scanner(n_pages: int, repeat: int, dup_fraction: float = 0.5) -> dict:
