@@ -53,8 +53,8 @@ def summary_doc(cfg: SimConfig, final: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _drive(cfg: SimConfig, advance, n_rounds_hint: int, out: RunDir, progress: Progress) -> None:
-    del n_rounds_hint
+def _drive(advance, out: RunDir, progress: Progress) -> None:
+    """Pull rounds from ``advance()`` until done; write their metrics as they come."""
     done = False
     while not done:
         tables, tick, done = advance()
@@ -139,7 +139,7 @@ def _run_inprocess(
                 coord.check_invariants()
             return t, coord.tick, coord.done
 
-        _drive(cfg, advance, 0, rundir, progress)
+        _drive(advance, rundir, progress)
         return session.finish()
     finally:
         session.close()
@@ -187,7 +187,7 @@ def _run_ray(
             waited += time.perf_counter() - w0
             return res
 
-        _drive(cfg, advance, 0, rundir, progress)
+        _drive(advance, rundir, progress)
         final = dict(get(coord.finish.remote(), timeout_s))
         nodes = get(coord.host_nodes.remote(), timeout_s)
         final["timing"] = {

@@ -105,10 +105,13 @@ class HostMemoryManager:
         overhead = sum(vm.overhead_pages for vm in self.vms.values())
         return max(0, int(n * (1.0 - self.policy.thresholds.high)) - overhead + self.saved_pages())
 
+    def shared_pages(self) -> int:
+        """Guest pages backed by shared frames, over all VMs."""
+        return sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values())
+
     def saved_pages(self) -> int:
         """Guest pages backed by shared frames minus those frames (what sharing saves)."""
-        shared = sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values())
-        return shared - self.mem.index.n_shared_frames()
+        return self.shared_pages() - self.mem.index.n_shared_frames()
 
     def allocation_input(self) -> AllocationInput:
         vms = [self.vms[n] for n in self.order]
@@ -175,8 +178,9 @@ class HostMemoryManager:
         self._scan(t)
         self._reclaim()
         self.state_ticks[self.mstate] += 1
-        self.shared_series.append(sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values()))
-        self.tick_saved = self.saved_pages()
+        shared = self.shared_pages()
+        self.shared_series.append(shared)
+        self.tick_saved = shared - self.mem.index.n_shared_frames()
         self.tick = t + 1
         for name in self.order:
             self._account(self.vms[name], t, rows)
@@ -308,7 +312,7 @@ class HostMemoryManager:
     def summary(self) -> dict:
         """Totals for ``summary.json`` (plain data)."""
         mb = self.sim.page_size / 2**20
-        shared_pages = sum(int(v.pmap.counts[ps.SHARED]) for v in self.vms.values())
+        shared_pages = self.shared_pages()
         shared_frames = self.mem.index.n_shared_frames()
         series = np.asarray(self.shared_series, dtype=np.int64)
         peak = int(series.max()) if len(series) else 0

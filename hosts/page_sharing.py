@@ -41,21 +41,6 @@ class SharingIndex:
             self.hints[group] = {}
         return self.shared[group], self.hints[group]
 
-    def add_hint(self, group: int, h: int, frame: int) -> None:
-        self.drop_entry(frame)
-        _, hints = self.tables(group)
-        old = hints.get(h)
-        if old is not None and old != frame:
-            self.kind[old] = NONE
-        hints[h] = frame
-        self.kind[frame], self.key[frame], self.group[frame] = HINT, h, group
-
-    def add_shared(self, group: int, h: int, frame: int) -> None:
-        self.drop_entry(frame)
-        shared, _ = self.tables(group)
-        shared[h] = frame
-        self.kind[frame], self.key[frame], self.group[frame] = SHARED, h, group
-
     def drop_entry(self, frame: int) -> None:
         """Remove whatever the index holds for ``frame``."""
         kind = self.kind[frame]

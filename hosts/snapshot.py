@@ -53,7 +53,6 @@ def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, A
         "name": vm.name,
         "steps": vm.steps,
         "target": vm.target,
-        "balloon_target": vm.balloon_target,
         "stats": vm.stats.as_dict(),
         "scan": [vm.scan_credit, vm.scan_a, vm.scan_b, vm.scan_pos],
         "guest": {
@@ -105,7 +104,7 @@ def restore_vm(
         vm.pmap.dirty = _own(a["pmap.dirty"])
         vm.pmap.counts = np.bincount(vm.pmap.state, minlength=N_STATES).astype(np.int64)
         vm.pmap.n_zero_shared = meta["n_zero_shared"]
-    vm.steps, vm.target, vm.balloon_target = meta["steps"], meta["target"], meta["balloon_target"]
+    vm.steps, vm.target = meta["steps"], meta["target"]
     vm.stats = VMStats(**meta["stats"])
     vm.scan_credit, vm.scan_a, vm.scan_b, vm.scan_pos = meta["scan"]
     vm.workload.set_state(meta["workload"])

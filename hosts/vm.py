@@ -131,7 +131,6 @@ class VirtualMachine:
         self.workload = workload
         self.steps = 0
         self.target = spec.max_resident
-        self.balloon_target = 0
         self.stats = VMStats()
         self.tick = TickCounters()
         self.scan_credit = 0.0
