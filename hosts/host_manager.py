@@ -162,6 +162,7 @@ class HostMemoryManager:
             pause = self.paused.pop(name, 0.0)
             if name in self.blocked:
                 c.paused = 1.0
+                c.blocked = True
                 vm.stats.blocked_ticks += 1
                 if pause:
                     self.paused[name] = pause  # a blocked tick does not use up a pause

@@ -72,7 +72,7 @@ class MetricRows:
         v["scanned_pages"].append(c.scanned)
         v["faults_guest_swap"].append(c.guest_swapins)
         v["faults_vmm_swap"].append(c.vmm_swapins)
-        v["blocked"].append(vm.name in host.blocked)
+        v["blocked"].append(c.blocked)
         v["host_state"].append(host.mstate.name.lower())
         v["host_free_mb"].append(host.mem.n_free * mb)
         v["host_saved_mb"].append(host.tick_saved * mb)

@@ -74,6 +74,7 @@ class TickCounters:
     scanned: int = 0
     accesses: int = 0
     paused: float = 0.0  # fraction of the tick the VM was not running
+    blocked: bool = False  # blocked for the whole tick (host in LOW, VM above target)
 
 
 @dataclass(frozen=True)

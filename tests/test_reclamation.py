@@ -213,9 +213,12 @@ def test_hard_state_balloons_then_swaps():
 def test_low_state_blocks_vms_above_target():
     no_reclaim = {"swap_rate_pages_per_s": 0.0, "balloon_rate_pages_per_s": 0.0}
     host, vm = host_with_used(99, policy=no_reclaim)  # free 1 %: LOW
-    host.run_ticks(0, 2)
+    cols = host.run_ticks(0, 2)
     assert host.state_ticks[MemState.LOW] == 2
     assert host.blocked == {"a"} and vm.stats.blocked_ticks == 1
+    # The metric says what happened in each tick: ran in tick 0, blocked in tick 1.
+    assert cols["blocked"].tolist() == [False, True]
+    assert cols["throughput"][1] == 0.0
     host.check_invariants()
 
 
