@@ -30,7 +30,7 @@ xxh3_64_seeded = types.ExternalFunction(
 )
 
 #: Options every kernel compiles with: no Python objects, cached machine code, GIL released.
-JIT = {"nopython": True, "cache": True, "nogil": True}
+JIT = {"cache": True, "nogil": True}
 
 
 @numba.njit(**JIT)
