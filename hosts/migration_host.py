@@ -326,8 +326,7 @@ def known_pages(
     gid = host.groups.get(inc.spec.sharing_group)
     if not len(h64) or gid is None:
         return mask
-    shared, hints = host.mem.index.tables(gid)
-    cand = np.array([shared.get(h, hints.get(h, -1)) for h in h64.tolist()], dtype=np.int64)
+    cand = host.mem.index.find(gid, np.asarray(h64, dtype=np.uint64))
     idx = np.flatnonzero(cand >= 0)
     if not len(idx):
         return mask
@@ -381,10 +380,9 @@ def _install(
     share = np.zeros(len(ppns), dtype=bool)
     frames = np.zeros(0, dtype=np.int64)
     if sharing and len(ppns):
-        shared_tab, _ = mem.index.tables(group)
-        if shared_tab:
-            h = [hash_page(r) for r in data]
-            cand = np.array([shared_tab.get(x, -1) for x in h], dtype=np.int64)
+        if mem.index.n_shared_frames():
+            h = np.array([hash_page(r) for r in data], dtype=np.uint64)
+            cand = mem.index.find_shared(group, h)
             hit = np.flatnonzero(cand >= 0)
             same = (mem.frames.content[cand[hit]] == data[hit]).all(axis=1)  # byte compare
             share[hit[same]] = True

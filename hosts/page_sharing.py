@@ -41,6 +41,18 @@ class SharingIndex:
             self.hints[group] = {}
         return self.shared[group], self.hints[group]
 
+    def find_shared(self, group: int, hashes: np.ndarray) -> np.ndarray:
+        """Shared frame indexed under each hash in ``group`` (int64, -1 where none)."""
+        shared, _ = self.tables(group)
+        return np.array([shared.get(h, -1) for h in hashes.tolist()], dtype=np.int64)
+
+    def find(self, group: int, hashes: np.ndarray) -> np.ndarray:
+        """Shared frame, else hint frame, under each hash (int64, -1 where none).
+
+        A hint frame may have changed since it was indexed: callers compare bytes."""
+        shared, hints = self.tables(group)
+        return np.array([shared.get(h, hints.get(h, -1)) for h in hashes.tolist()], dtype=np.int64)
+
     def drop_entry(self, frame: int) -> None:
         """Remove whatever the index holds for ``frame``."""
         kind = self.kind[frame]
