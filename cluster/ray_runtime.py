@@ -33,6 +33,7 @@ from cluster.host_journal import HostMode  # noqa: E402
 from cluster.host_pool import HostFailure, HostPool, HostRuntime  # noqa: E402
 from cluster.session import RunOptions, Session  # noqa: E402
 from cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
+from hosts.warmup import warm_kernels  # noqa: E402
 
 
 class _HostActorImpl(HostRuntime):
@@ -95,6 +96,10 @@ class RayPool(HostPool):
         self._spawn()
 
     def _spawn(self) -> None:
+        # Compile the hosts' kernels here once (or load them from numba's disk cache), so
+        # the actors about to start on this node load machine code instead of each
+        # compiling the same kernels at the same moment.
+        warm_kernels()
         specs = host_specs(self.cfg)
         cpus = max(0.01, min(1.0, cluster_cpus() / max(1, len(specs))))
         sim, pol = sim_params(self.cfg), host_policy(self.cfg)
