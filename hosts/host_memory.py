@@ -208,12 +208,12 @@ class HostMemory:
         changed) and byte compare -> both pages onto one new shared frame; otherwise record
         a hint.  Equal hashes with different bytes never share.
 
-        Done in three passes so the per-page Python work is only hashing (the same loop as
-        raw xxh3) and dictionary look-ups: (1) classify every page against the index,
-        sequentially, as if earlier pages of the batch had already been applied; (2)
-        verify the proposals -- old hints re-hashed, every pair byte-compared; (3) apply
-        the verified ones with array operations.  A proposal that fails verification is
-        simply not applied; the page is seen again on the scanner's next pass.
+        Hashing, classification (sequential, as if earlier pages of the batch had already
+        been applied), verification (hints from the index re-hashed, every pair
+        byte-compared) and the index updates run in one compiled kernel,
+        :func:`hosts.page_sharing.scan_batch`; here its verified pairs are applied to the
+        maps with array operations.  A proposal that fails verification is simply not
+        applied; the page is seen again on the scanner's next pass.
         """
         slot = self.vms[vm]
         pmap = slot.pmap
@@ -222,140 +222,46 @@ class HostMemory:
         stats.scanned = len(cand)
         if not len(cand) or not slot.sharing:
             return stats
-        cb = self.content_bytes
-        mv = memoryview(self.frames.content.reshape(-1))
+        fr, idx = self.frames, self.index
         frames = pmap.loc[cand].astype(np.int64)
-        flist = frames.tolist()
-        hashes = [hash_page(mv[o : o + cb]) for o in (frames * cb).tolist()]
-        shared_tab, hint_tab = self.index.tables(slot.group)
-        shared_get, hint_get = shared_tab.get, hint_tab.get
-
-        # (1) classify.  pair_i/pair_t: page index -> frame it should share.
-        batch_shared: dict[int, int] = {}  # hash -> frame about to become shared
-        old_hint: dict[int, int] = {}  # frame -> hash, hints from earlier batches used
-        new_hints: dict[int, int] = {}  # hash -> frame, hints made by this batch
-        pair_i: list[int] = []
-        pair_t: list[int] = []
-        batch_get, new_get = batch_shared.get, new_hints.get
-        for i, (f, h) in enumerate(zip(flist, hashes, strict=True)):
-            t = shared_get(h)
-            if t is None:
-                t = batch_get(h)
-            if t is None:
-                t = new_get(h)
-                if t is None:
-                    t = hint_get(h)
-                    if t is None or t == f:
-                        new_hints[h] = f
-                        continue
-                    old_hint[t] = h
-                batch_shared[h] = t
-            if t != f:
-                pair_i.append(i)
-                pair_t.append(t)
-        promoted_h = set(batch_shared)
-
-        # (2) verify: old hints must still be private, indexed and hash to the key.
-        fr = self.frames
-        stale = {
-            t
-            for t, h in old_hint.items()
-            if fr.refcount[t] != 1
-            or fr.shared[t]
-            or self.index.kind[t] != sh.HINT
-            or int(self.index.key[t]) != h
-            or hash_page(mv[t * cb : t * cb + cb]) != h
-        }
-        stats.hint_stale = len(stale)
-        ok_i: list[int] = []
-        ok_t: list[int] = []
-        target_bytes: dict[int, bytes] = {}  # many pages pair with one target (zero page)
-        for i, t in zip(pair_i, pair_t, strict=True):
-            if t in stale:
-                continue
-            f = flist[i]
-            tb = target_bytes.get(t)
-            if tb is None:
-                tb = target_bytes[t] = mv[t * cb : t * cb + cb].tobytes()
-            # Full byte compare (memoryview == compares element-wise: far slower).
-            if mv[f * cb : f * cb + cb].tobytes() == tb:
-                ok_i.append(i)
-                ok_t.append(t)
-            else:
-                stats.collisions += 1
-        # A stale hint is replaced by the first page that hit it (a fresh hint).
-        for t in stale:
-            h = old_hint[t]
-            if h not in new_hints:
-                first = next(flist[i] for i, tt in zip(pair_i, pair_t, strict=True) if tt == t)
-                new_hints[h] = first
-
-        # (3) apply.  Targets that are not shared yet become shared frames (promotion).
-        targets = np.asarray(ok_t, dtype=np.int64)
+        mask = idx.mask
+        ok_i, targets, promote, n_stale, n_coll, err = sh.scan_batch(
+            fr.content,
+            frames,
+            np.int32(slot.group),
+            *idx.table_args(),
+            idx.counts,
+            fr.refcount,
+            fr.shared,
+            self.zero,
+            mask,
+            np.uint64(self.zero_hash) & mask,
+        )
+        if err >= 0:
+            raise InvariantError(f"scan: index entry of frame {err} missing or doubly shared")
+        stats.hint_stale, stats.collisions = int(n_stale), int(n_coll)
         if len(targets):
-            tgt_u = _unique(targets)
-            promote = tgt_u[~fr.shared[tgt_u]]
-            stats.hint_hits = len(promote)
             # As if sequential: the first page onto each promoted hint is a hint hit,
             # every other page merged onto a frame that was shared by then.
+            stats.hint_hits = len(promote)
             stats.merged = len(targets) - len(promote)
-            if len(promote):
-                t2h = {t: h for h, t in batch_shared.items()}
-                self._promote(slot.group, promote, [t2h[t] for t in promote.tolist()])
-            pages = cand[np.asarray(ok_i, dtype=np.int64)]
-            old = pmap.loc[pages].copy()
-            pmap.set_state(pages, ps.SHARED, targets)
-            np.add.at(fr.refcount, targets, np.int32(1))
+            self._promote(promote)
+            pmap.set_state(cand[ok_i], ps.SHARED, targets)
             pmap.n_zero_shared += int(self.zero[targets].sum())
-            stats.frames_freed = self._decref(old)
-            promoted_done = {int(h) for h in self.index.key[promote].tolist()}
-        else:
-            promoted_done = set()
-        for h in promoted_h & promoted_done:
-            new_hints.pop(h, None)
-        self._record_hints(slot.group, new_hints)
+            stats.frames_freed = self._decref(frames[ok_i])
         return stats
 
-    def _promote(self, group: int, frames: np.ndarray, hashes_of: list[int]) -> None:
-        """Turn private frames into shared COW frames (their owner pages too)."""
-        fr, idx = self.frames, self.index
-        fr.shared[frames] = True
-        shared_tab, hint_tab = idx.tables(group)
-        hinted = frames[idx.kind[frames] == sh.HINT]  # their hint entries give way
-        for f, h in zip(hinted.tolist(), idx.key[hinted].tolist(), strict=True):
-            if hint_tab.get(h) == f:
-                del hint_tab[h]
-        keys = np.asarray(hashes_of, dtype=np.uint64)
-        idx.kind[frames], idx.key[frames], idx.group[frames] = sh.SHARED, keys, group
-        shared_tab.update(zip(hashes_of, frames.tolist(), strict=True))
-        zero = keys == np.uint64(self.zero_hash)
-        if zero.any():
-            zf = frames[zero]
-            self.zero[zf] = ~fr.content[zf].any(axis=1)
+    def _promote(self, frames: np.ndarray) -> None:
+        """Owner pages of frames the scan just made shared become SHARED pages too.
+
+        (The frames' flags, references and index entries are the kernel's work.)"""
+        fr = self.frames
         owners = fr.owner_vm[frames]
         for owner in _unique(owners).tolist():
             of = frames[owners == owner]
             opmap = self.vms[owner].pmap
             opmap.set_state(fr.owner_ppn[of].astype(np.int64), ps.SHARED, of)
             opmap.n_zero_shared += int(self.zero[of].sum())
-
-    def _record_hints(self, group: int, new_hints: dict[int, int]) -> None:
-        """Record hint entries for pages that matched nothing (vectorised records)."""
-        if not new_hints:
-            return
-        frames = np.fromiter(new_hints.values(), dtype=np.int64, count=len(new_hints))
-        idx = self.index
-        for f in frames[idx.kind[frames] != sh.NONE].tolist():
-            idx.drop_entry(f)  # the page changed since it was last hinted
-        _, hint_tab = idx.tables(group)
-        for h in new_hints:
-            old = hint_tab.get(h)
-            if old is not None and idx.kind[old] == sh.HINT and int(idx.key[old]) == h:
-                idx.kind[old] = sh.NONE  # displaced stale hint
-        idx.kind[frames] = sh.HINT
-        idx.key[frames] = np.fromiter(new_hints.keys(), dtype=np.uint64, count=len(new_hints))
-        idx.group[frames] = group
-        hint_tab.update(new_hints)
 
     # ------------------------------------------------------------------ migration
     def install(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> None:

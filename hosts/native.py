@@ -5,8 +5,8 @@ C extension that exports the reference library's symbols (``XXH3_64bits`` ...); 
 that very shared object into LLVM's symbol table and declare the functions as numba
 externals, so a kernel hashes a page with the *same* C code ``xxhash.xxh3_64_intdigest``
 runs -- no re-implementation, no per-page Python call.  Kernels elsewhere in ``hosts/`` use
-:data:`xxh3_64` and :data:`xxh3_64_seeded` and compile with :data:`JIT` (cached on disk, so
-each process loads machine code instead of compiling).
+:data:`xxh3_64`, :data:`xxh3_64_seeded` and the C library's :data:`memcmp`, and compile with
+:data:`JIT` (cached on disk, so each process loads machine code instead of compiling).
 
 Not covered: the kernels themselves (they live beside the state they change).
 """
@@ -28,6 +28,10 @@ xxh3_64 = types.ExternalFunction("XXH3_64bits", types.uint64(types.voidptr, type
 xxh3_64_seeded = types.ExternalFunction(
     "XXH3_64bits_withSeed", types.uint64(types.voidptr, types.uintp, types.uint64)
 )
+
+#: ``int memcmp(const void *a, const void *b, size_t n)`` from the C library (already in the
+#: process): the byte-exact compare of two pages that decides whether they may share.
+memcmp = types.ExternalFunction("memcmp", types.intc(types.voidptr, types.voidptr, types.uintp))
 
 #: Options every kernel compiles with: no Python objects, cached machine code, GIL released.
 JIT = {"cache": True, "nogil": True}

@@ -1,95 +1,504 @@
 """Content-based page sharing as in ESX (Waldspurger 2002, fig. 3): the sharing index.
 
-Scope: the index itself -- per sharing group, xxh3-64 hash -> shared frame, and hash ->
-*hint* frame (an unshared page seen earlier, ESX's hint entries) -- and the per-frame
-record of what the index holds for each frame, so freed frames leave the index at once.
-The scan step that uses it (hash, look up, byte compare, remap) is
-:meth:`hosts.host_memory.HostMemory.scan`, since it needs the VMs' maps.
+Scope: the index itself and the compiled kernels that run the scan step against it.
+
+The index holds, per sharing group, xxh3-64 hash -> *shared* frame and hash -> *hint*
+frame (an unshared page seen earlier, ESX's hint entries).  It is one numpy
+open-addressing hash table per host: ``slots`` (``int32``, -1 empty, capacity a power of
+two >= 1.5 x frames, fixed since a frame is in at most one entry) holds frame numbers,
+and the key of a slot is read from the per-frame records ``kind`` (NONE/HINT/SHARED),
+``key`` (the hash) and ``group`` -- so an entry costs 4 bytes and a record and its entry
+can never disagree.  Linear probing; deletion shifts later entries back (no tombstones).
+A look-up names the kind it wants: shared entries and hint entries of one hash are
+distinct, and the scan asks for a shared frame first, then a hint.
+
+:func:`scan_batch` is the ESX scan of one batch (hash, classify, verify, update the
+index); :meth:`hosts.host_memory.HostMemory.scan` applies its result to the VMs' maps.
 
 Sharing groups: pages are only ever shared within one group (``sharing_group`` in the
-config); each group has its own dictionaries.  The zero page is nothing special: a page of
+config); the group is part of every key.  The zero page is nothing special: a page of
 zeros hashes like any other and merges with the group's zero frame.
 
-Not covered: scan rates and order (:mod:`hosts.host_manager`).
+Not covered: scan rates and order (:mod:`hosts.host_manager`), the VMs' maps.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import xxhash
 
 from hosts.errors import InvariantError
+from hosts.native import JIT, memcmp, xxh3_64
 
 NONE, HINT, SHARED = 0, 1, 2
+EMPTY = -1
 
+#: xxh3-64 of a page's bytes, in Python (what the compiled kernels compute with ``mask``
+#: all ones).
 hash_page = xxhash.xxh3_64_intdigest
+
+ALL_BITS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+_MIX_G = np.uint64(0x9E37_79B9_7F4A_7C15)
+_MIX = np.uint64(0xBF58_476D_1CE4_E5B9)
+
+
+# ---------------------------------------------------------------------------- table kernels
+@numba.njit(**JIT)
+def _home(h: np.uint64, g: np.int32, shift: np.uint64) -> int:
+    """Home slot of key (group, hash): the top bits of a multiplicative mix."""
+    x = (h ^ (np.uint64(g) * _MIX_G)) * _MIX
+    return np.int64(x >> shift)
+
+
+@numba.njit(**JIT)
+def _lookup(slots, kind, key, grp, shift, g, h, k) -> int:
+    """Frame of the entry (group ``g``, hash ``h``, kind ``k``), or -1."""
+    m = slots.shape[0] - 1
+    i = _home(h, g, shift)
+    while True:
+        f = slots[i]
+        if f < 0:
+            return -1
+        if key[f] == h and grp[f] == g and kind[f] == k:
+            return f
+        i = (i + 1) & m
+
+
+@numba.njit(**JIT)
+def _insert(slots, kind, key, grp, shift, f) -> int:
+    """Enter frame ``f`` under its record; return the frame it displaced (same key), or -1.
+
+    ``f`` must not be in the table already.  The displaced frame's record is untouched:
+    the caller decides what it becomes."""
+    m = slots.shape[0] - 1
+    h, g, k = key[f], grp[f], kind[f]
+    i = _home(h, g, shift)
+    while True:
+        o = slots[i]
+        if o < 0:
+            slots[i] = f
+            return -1
+        if key[o] == h and grp[o] == g and kind[o] == k:
+            slots[i] = f
+            return o
+        i = (i + 1) & m
+
+
+@numba.njit(**JIT)
+def _delete(slots, kind, key, grp, shift, f) -> bool:
+    """Remove frame ``f``'s entry (found through its record); False if it has none.
+
+    Backward-shift deletion: later entries of the probe run move up so every remaining
+    entry stays reachable from its home slot without tombstones."""
+    m = slots.shape[0] - 1
+    i = _home(key[f], grp[f], shift)
+    while slots[i] != f:
+        if slots[i] < 0:
+            return False
+        i = (i + 1) & m
+    j = i
+    while True:
+        j = (j + 1) & m
+        o = slots[j]
+        if o < 0:
+            break
+        k = _home(key[o], grp[o], shift)
+        # The entry at j may move to the hole at i unless its home lies in (i, j].
+        if i <= j:
+            if i < k <= j:
+                continue
+        elif k > i or k <= j:
+            continue
+        slots[i] = o
+        i = j
+    slots[i] = EMPTY
+    return True
+
+
+@numba.njit(**JIT)
+def _forget(slots, kind, key, grp, shift, counts, frames) -> int:
+    """Drop the entries of ``frames`` (records become NONE); -1, or a frame not found."""
+    for x in range(frames.shape[0]):
+        f = frames[x]
+        k = kind[f]
+        if k == NONE:
+            continue
+        if not _delete(slots, kind, key, grp, shift, f):
+            return f
+        counts[k] -= 1
+        kind[f] = NONE
+    return -1
+
+
+@numba.njit(**JIT)
+def _find(slots, kind, key, grp, shift, g, hashes, want_hint, out) -> None:
+    """``out[i]``: shared frame under ``hashes[i]``, else (if asked) hint frame, else -1."""
+    for i in range(hashes.shape[0]):
+        f = _lookup(slots, kind, key, grp, shift, g, hashes[i], SHARED)
+        if f < 0 and want_hint:
+            f = _lookup(slots, kind, key, grp, shift, g, hashes[i], HINT)
+        out[i] = f
+
+
+@numba.njit(**JIT)
+def _rebuild(slots, kind, key, grp, shift, counts) -> None:
+    """Refill the table from the per-frame records (a later duplicate key wins)."""
+    slots[:] = EMPTY
+    counts[:] = 0
+    for f in range(kind.shape[0]):
+        k = kind[f]
+        if k == NONE:
+            continue
+        d = _insert(slots, kind, key, grp, shift, f)
+        if d >= 0:
+            kind[d] = NONE
+            counts[k] -= 1
+        counts[k] += 1
+
+
+# Codes check_invariants' kernel returns (with the frame concerned).
+_CHECKS = {
+    1: "index slot holds an out-of-range frame",
+    2: "index slot holds a frame whose record has no entry",
+    3: "frame appears twice in the index",
+    4: "index entry not reachable from its home slot, or a duplicate key",
+    5: "index entry is shared but its frame is not",
+    6: "shared frame no longer hashes to its key",
+    7: "frame record has an entry kind but no index entry",
+    8: "a shared frame is missing from the sharing index",
+    9: "unknown entry kind in a frame record",
+    10: "entry counters disagree with the table",
+}
+
+
+@numba.njit(**JIT)
+def _check(slots, kind, key, grp, shift, counts, content, shared_flag, mask):
+    """Every slot <-> every record, both ways; (code, frame), code 0 if all hold."""
+    n = kind.shape[0]
+    cb = content.shape[1]
+    seen = np.zeros(n, dtype=np.bool_)
+    got = np.zeros(3, dtype=np.int64)
+    for i in range(slots.shape[0]):
+        f = slots[i]
+        if f < 0:
+            continue
+        if f >= n:
+            return 1, f
+        k = kind[f]
+        if k != HINT and k != SHARED:
+            return 2, f
+        if seen[f]:
+            return 3, f
+        seen[f] = True
+        got[k] += 1
+        if _lookup(slots, kind, key, grp, shift, grp[f], key[f], k) != f:
+            return 4, f
+        if k == SHARED:
+            if not shared_flag[f]:
+                return 5, f
+            if (xxh3_64(content[f].ctypes.data, cb) & mask) != key[f]:
+                return 6, f
+    for f in range(n):
+        k = kind[f]
+        if k < NONE or k > SHARED:
+            return 9, f
+        if k != NONE and not seen[f]:
+            return 7, f
+        if shared_flag[f] and k != SHARED:
+            return 8, f
+    if got[HINT] != counts[HINT] or got[SHARED] != counts[SHARED]:
+        return 10, -1
+    return 0, -1
+
+
+# ---------------------------------------------------------------------------- the scan
+@numba.njit(**JIT)
+def scan_batch(
+    content, frames, g, slots, kind, key, grp, shift, counts, refcount, shared, zero, mask, zh
+):
+    """The ESX scan of one batch of private frames (one VM, sharing group ``g``).
+
+    Exactly as if the pages were handled one after another, in three passes:
+
+    1. classify: hash each page; a shared entry of its hash (index, or promoted earlier in
+       this batch) -> pair the page with that frame; else a hint (made earlier in this
+       batch, else in the index; not the page's own frame) -> pair with the hinted frame,
+       which the batch then treats as shared under that hash; else the page becomes the
+       batch's hint for its hash.
+    2. verify: a hint from the index must still be a private frame that hashes to its key
+       (else it is *stale*: every pair onto it is dropped and the first page that hit it
+       becomes the hint for that hash instead); every other pair must be byte-equal --
+       different bytes under equal hashes are a *collision* and never share.  (The
+       compare itself runs in pass 1, right after hashing, while the page is in cache.)
+    3. update the index: each hinted frame some page verified against becomes a shared
+       frame (its hint entry gives way; ``shared``/``zero`` flags set); the batch's hints
+       replace older hint entries (of the same frame, or the same hash).  References are
+       added to the targets (``refcount``).  The caller moves the pages onto the targets,
+       promotes the owner pages of promoted frames and frees the duplicates.
+
+    Returns ``(ok_i, ok_t, promoted, n_stale, n_collisions, err)``: batch positions and
+    target frames of verified pairs (batch order), promoted frames (ascending), counts,
+    and ``err`` (-1, else a frame whose index entry was missing or doubly shared).
+    """
+    n = frames.shape[0]
+    cb = content.shape[1]
+    hashes = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        hashes[i] = xxh3_64(content[frames[i]].ctypes.data, cb) & mask
+
+    # Batch-local map hash -> (frame the batch treats as shared, the batch's hint frame).
+    lbits = 1
+    while (1 << lbits) < 2 * n:
+        lbits += 1
+    lm = (1 << lbits) - 1
+    lshift = np.uint64(64 - lbits)
+    lh = np.zeros(lm + 1, dtype=np.uint64)
+    lused = np.zeros(lm + 1, dtype=np.bool_)
+    lbs = np.full(lm + 1, -1, dtype=np.int64)
+    lnh = np.full(lm + 1, -1, dtype=np.int64)
+    page_j = np.full(n, -1, dtype=np.int64)
+
+    # (1) classify.
+    pair_i = np.empty(n, dtype=np.int64)
+    pair_t = np.empty(n, dtype=np.int64)
+    same = np.empty(n, dtype=np.bool_)
+    npair = 0
+    old_t = np.empty(n, dtype=np.int64)  # hints from the index that pages hit
+    old_j = np.empty(n, dtype=np.int64)
+    nold = 0
+    for i in range(n):
+        f = frames[i]
+        h = hashes[i]
+        t = _lookup(slots, kind, key, grp, shift, g, h, SHARED)
+        if t < 0:
+            j = np.int64((h * _MIX) >> lshift)
+            while lused[j] and lh[j] != h:
+                j = (j + 1) & lm
+            if not lused[j]:
+                lused[j] = True
+                lh[j] = h
+            page_j[i] = j
+            t = lbs[j]
+            if t < 0:
+                t = lnh[j]
+                if t < 0:
+                    t = _lookup(slots, kind, key, grp, shift, g, h, HINT)
+                    if t < 0 or t == f:
+                        lnh[j] = f
+                        continue
+                    old_t[nold] = t
+                    old_j[nold] = j
+                    nold += 1
+                lbs[j] = t
+        if t != f:
+            pair_i[npair] = i
+            pair_t[npair] = t
+            # Byte compare now, while the page is in cache; used unless t turns out stale.
+            same[npair] = memcmp(content[f].ctypes.data, content[t].ctypes.data, cb) == 0
+            npair += 1
+
+    # (2) verify.  Stale index hints, sorted by frame for membership tests.
+    st_t = np.empty(nold, dtype=np.int64)
+    st_j = np.empty(nold, dtype=np.int64)
+    nst = 0
+    for x in range(nold):
+        t = old_t[x]
+        h = lh[old_j[x]]
+        if (
+            refcount[t] != 1
+            or shared[t]
+            or kind[t] != HINT
+            or key[t] != h
+            or (xxh3_64(content[t].ctypes.data, cb) & mask) != h
+        ):
+            st_t[nst] = t
+            st_j[nst] = old_j[x]
+            nst += 1
+    order = np.argsort(st_t[:nst])
+    st_t = st_t[:nst][order]
+    st_j = st_j[:nst][order]
+    st_first = np.full(nst, -1, dtype=np.int64)
+    ok = np.zeros(npair, dtype=np.bool_)
+    nok = 0
+    ncoll = 0
+    for p in range(npair):
+        t = pair_t[p]
+        if nst:
+            s = np.searchsorted(st_t, t)
+            if s < nst and st_t[s] == t:
+                if st_first[s] < 0:
+                    st_first[s] = p
+                continue
+        if same[p]:
+            ok[p] = True
+            nok += 1
+        else:
+            ncoll += 1
+    # A stale hint is replaced by the first page that hit it (a fresh hint).
+    for s in range(nst):
+        j = st_j[s]
+        if lnh[j] < 0:
+            lnh[j] = frames[pair_i[st_first[s]]]
+
+    # (3) update.  Verified targets not yet shared are promoted under the pair's hash.
+    ok_i = np.empty(nok, dtype=np.int64)
+    ok_t = np.empty(nok, dtype=np.int64)
+    pro = np.empty(nok, dtype=np.int64)
+    pro_h = np.empty(nok, dtype=np.uint64)
+    npro = 0
+    x = 0
+    for p in range(npair):
+        if not ok[p]:
+            continue
+        i = pair_i[p]
+        t = pair_t[p]
+        ok_i[x] = i
+        ok_t[x] = t
+        x += 1
+        refcount[t] += 1
+        if not shared[t]:
+            shared[t] = True  # marks it seen: later pairs onto t are merges
+            pro[npro] = t
+            pro_h[npro] = hashes[i]
+            npro += 1
+            lnh[page_j[i]] = -1  # the hash is shared now: no hint for it
+    for x in range(npro):
+        t = pro[x]
+        k = kind[t]
+        if k != NONE:
+            if not _delete(slots, kind, key, grp, shift, t):
+                return ok_i, ok_t, pro[:0], nst, ncoll, t
+            counts[k] -= 1
+        kind[t] = SHARED
+        key[t] = pro_h[x]
+        grp[t] = g
+        if _insert(slots, kind, key, grp, shift, t) >= 0:
+            return ok_i, ok_t, pro[:0], nst, ncoll, t
+        counts[SHARED] += 1
+        if pro_h[x] == zh:
+            z = True
+            row = content[t]
+            for b in range(cb):
+                if row[b] != 0:
+                    z = False
+                    break
+            zero[t] = z
+    # The batch's hints: first drop what their frames held, then enter them (an older
+    # hint entry under the same hash is displaced: its record goes back to NONE).
+    for j in range(lm + 1):
+        f = lnh[j]
+        if f >= 0 and kind[f] != NONE:
+            k = kind[f]
+            if not _delete(slots, kind, key, grp, shift, f):
+                return ok_i, ok_t, pro[:npro], nst, ncoll, f
+            counts[k] -= 1
+            kind[f] = NONE
+    for j in range(lm + 1):
+        f = lnh[j]
+        if f < 0:
+            continue
+        kind[f] = HINT
+        key[f] = lh[j]
+        grp[f] = g
+        d = _insert(slots, kind, key, grp, shift, f)
+        if d >= 0:
+            kind[d] = NONE
+        else:
+            counts[HINT] += 1
+    pro = np.sort(pro[:npro])
+    return ok_i, ok_t, pro, nst, ncoll, -1
+
+
+# ---------------------------------------------------------------------------- the index
+def _capacity(n_frames: int) -> int:
+    """Slots for ``n_frames`` frames: a power of two >= 1.5 x frames (load <= 2/3)."""
+    need = max(2, -(-3 * n_frames // 2))
+    return 1 << (need - 1).bit_length()
 
 
 class SharingIndex:
-    """hash -> frame maps per sharing group, plus per-frame ``kind``/``key``/``group``."""
+    """(group, hash) -> frame, shared and hint entries, over per-frame ``kind``/``key``/``group``.
+
+    ``hash_mask`` is and-ed into every hash the kernels compute (all ones; tests set 0 so
+    every page collides and only byte compares keep contents apart).
+    """
+
+    hash_mask: np.uint64 = ALL_BITS
 
     def __init__(self, n_frames: int) -> None:
-        self.shared: dict[int, dict[int, int]] = {}
-        self.hints: dict[int, dict[int, int]] = {}
         self.kind = np.zeros(n_frames, dtype=np.int8)
         self.key = np.zeros(n_frames, dtype=np.uint64)
         self.group = np.zeros(n_frames, dtype=np.int32)
+        cap = _capacity(n_frames)
+        self.slots = np.full(cap, EMPTY, dtype=np.int32)
+        self.shift = np.uint64(64 - (cap.bit_length() - 1))
+        self.counts = np.zeros(3, dtype=np.int64)  # entries by kind (NONE unused)
 
-    def tables(self, group: int) -> tuple[dict[int, int], dict[int, int]]:
-        if group not in self.shared:
-            self.shared[group] = {}
-            self.hints[group] = {}
-        return self.shared[group], self.hints[group]
+    @property
+    def mask(self) -> np.uint64:
+        return np.uint64(self.hash_mask)
+
+    def table_args(self) -> tuple:
+        """The arrays the table kernels take, in their order."""
+        return self.slots, self.kind, self.key, self.group, self.shift
 
     def find_shared(self, group: int, hashes: np.ndarray) -> np.ndarray:
         """Shared frame indexed under each hash in ``group`` (int64, -1 where none)."""
-        shared, _ = self.tables(group)
-        return np.array([shared.get(h, -1) for h in hashes.tolist()], dtype=np.int64)
+        return self._find(group, hashes, want_hint=False)
 
     def find(self, group: int, hashes: np.ndarray) -> np.ndarray:
         """Shared frame, else hint frame, under each hash (int64, -1 where none).
 
         A hint frame may have changed since it was indexed: callers compare bytes."""
-        shared, hints = self.tables(group)
-        return np.array([shared.get(h, hints.get(h, -1)) for h in hashes.tolist()], dtype=np.int64)
+        return self._find(group, hashes, want_hint=True)
 
-    def drop_entry(self, frame: int) -> None:
-        """Remove whatever the index holds for ``frame``."""
-        kind = self.kind[frame]
-        if kind == NONE:
-            return
-        shared, hints = self.tables(int(self.group[frame]))
-        table = shared if kind == SHARED else hints
-        h = int(self.key[frame])
-        if table.get(h) == frame:
-            del table[h]
-        self.kind[frame] = NONE
+    def _find(self, group: int, hashes: np.ndarray, *, want_hint: bool) -> np.ndarray:
+        h = np.ascontiguousarray(hashes, dtype=np.uint64)
+        out = np.empty(len(h), dtype=np.int64)
+        if len(h):
+            _find(*self.table_args(), np.int32(group), h, want_hint, out)
+        return out
 
     def forget(self, frames: np.ndarray) -> None:
-        """Frames just freed: drop their entries (a short loop over indexed frames only)."""
+        """Frames just freed: drop their entries."""
         if len(frames) == 0:
             return
-        for f in frames[self.kind[frames] != NONE].tolist():
-            self.drop_entry(f)
+        f = np.ascontiguousarray(frames, dtype=np.int64)
+        bad = _forget(*self.table_args(), self.counts, f)
+        if bad >= 0:
+            raise InvariantError(f"frame {bad}: record has an entry the index does not hold")
+
+    def rebuild(self) -> None:
+        """Refill the table from ``kind``/``key``/``group`` (after a restore)."""
+        n = len(self.kind)
+        if len(self.slots) != _capacity(n):
+            cap = _capacity(n)
+            self.slots = np.full(cap, EMPTY, dtype=np.int32)
+            self.shift = np.uint64(64 - (cap.bit_length() - 1))
+        _rebuild(*self.table_args(), self.counts)
 
     def n_shared_frames(self) -> int:
-        return sum(len(t) for t in self.shared.values())
+        """Shared frames in the index (a counter: O(1))."""
+        return int(self.counts[SHARED])
+
+    def n_hints(self) -> int:
+        """Hint entries in the index (a counter: O(1))."""
+        return int(self.counts[HINT])
+
+    def nbytes(self) -> int:
+        """Bytes the index takes (table plus per-frame records)."""
+        return self.slots.nbytes + self.kind.nbytes + self.key.nbytes + self.group.nbytes
 
     def check_invariants(self, content: np.ndarray, shared_flag: np.ndarray) -> None:
-        """Every shared entry points at a live shared frame whose bytes hash to its key."""
-        seen = np.zeros(len(self.kind), dtype=bool)
-        for group, table in self.shared.items():
-            for h, f in table.items():
-                if not shared_flag[f]:
-                    raise InvariantError(f"index entry {h:#x} -> frame {f} is not shared")
-                if self.kind[f] != SHARED or int(self.key[f]) != h or self.group[f] != group:
-                    raise InvariantError(f"frame {f}: per-frame record disagrees with index")
-                if hash_page(content[f]) != h:
-                    raise InvariantError(f"shared frame {f} no longer hashes to its key")
-                seen[f] = True
-        if not np.array_equal(seen, shared_flag):
-            raise InvariantError("a shared frame is missing from the sharing index")
-        for group, table in self.hints.items():
-            for h, f in table.items():
-                if self.kind[f] != HINT or int(self.key[f]) != h or self.group[f] != group:
-                    raise InvariantError(f"hint {h:#x} -> frame {f}: record disagrees")
+        """Every entry <-> its frame's record, both ways; shared frames hash to their key.
+
+        Checks each slot (a frame with an entry kind, reachable from its home slot, the
+        only one under its key, shared entries on shared frames that still hash to their
+        key), then each record (an entry kind implies a slot; a shared frame has a shared
+        entry), then the counters."""
+        code, f = _check(
+            *self.table_args(), self.counts, content, shared_flag, np.uint64(self.mask)
+        )
+        if code:
+            raise InvariantError(f"{_CHECKS[int(code)]} (frame {int(f)})")

@@ -21,7 +21,7 @@ import numpy as np
 from hosts.free_memory import MemState
 from hosts.host_manager import HostMemoryManager
 from hosts.host_memory import VMSlot
-from hosts.page_sharing import HINT, SHARED
+from hosts.page_sharing import SharingIndex
 from hosts.page_state import N_STATES
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from hosts.vm import VirtualMachine, VMStats
@@ -193,13 +193,6 @@ def restore_host(
     return host
 
 
-def _rebuild_index(index: Any) -> None:
-    """The hash -> frame dictionaries follow from the per-frame records."""
-    index.shared, index.hints = {}, {}
-    for kind, tables in ((SHARED, index.shared), (HINT, index.hints)):
-        frames = np.flatnonzero(index.kind == kind)
-        for f, h, grp in zip(
-            frames.tolist(), index.key[frames].tolist(), index.group[frames].tolist(), strict=True
-        ):
-            index.tables(grp)
-            tables[grp][h] = f
+def _rebuild_index(index: SharingIndex) -> None:
+    """The (group, hash) -> frame table follows from the per-frame records."""
+    index.rebuild()

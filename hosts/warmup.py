@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from hosts import native
 from hosts.host_manager import HostMemoryManager
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
@@ -36,5 +38,7 @@ def warm_kernels() -> float:
             )
         )
     host.run_ticks(0, 40, self_allocate_every=5)
+    host.mem.index.find(0, np.zeros(1, dtype=np.uint64))  # migration's look-up
+    host.mem.index.rebuild()  # a restore from a checkpoint
     host.check_invariants()
     return time.perf_counter() - t0
