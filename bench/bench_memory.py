@@ -1,9 +1,11 @@
 """Simulator memory per resident guest page, against the page's own ``content_bytes``.
 
 Builds one host whose VMs have touched every page (no sharing, so every guest page has its
-own frame), then counts the bytes of every numpy array the host holds -- frames, maps,
-guest OS, sampler, sharing index, swap -- and, as a physical cross-check, the growth of
-the process's resident set while building it.  Prints bytes per resident page, the
+own frame) and lets the sharing scanner visit every page once (so each holds a hint entry,
+as on a host that has run for a while), then counts the bytes of every numpy array the
+host holds -- frames, maps, guest OS, sampler, sharing index, swap -- and, as a physical
+cross-check, the growth of the process's resident set while building it.  ``--breakdown``
+lists the bytes per page of each component.  Prints bytes per resident page, the
 overhead on top of ``content_bytes`` (target: <= 32 bytes), and the ratio to the
 content itself.
 
@@ -62,6 +64,7 @@ def measure(content_bytes: int, n_vms: int = 4, vm_pages: int = 1 << 16) -> dict
         pages = np.arange(vm_pages, dtype=np.int64)
         keys = rng.integers(1, 1 << 62, vm_pages).astype(np.uint64)  # all distinct
         vm.apply(host.mem, host._make_room, Accesses(writes=pages, write_keys=keys))
+        host.mem.scan(vm.vm_id, pages)
     resident = sum(v.resident for v in host.vms.values())
     arrays = array_bytes(host)
     rss = rss_bytes() - rss0
@@ -76,13 +79,42 @@ def measure(content_bytes: int, n_vms: int = 4, vm_pages: int = 1 << 16) -> dict
         "overhead_bytes": per_page - content_bytes,
         "rss_per_page": rss / resident,
         "target": "overhead <= 32 bytes",
+        "breakdown": breakdown(host, resident),
     }
+
+
+def breakdown(host: HostMemoryManager, resident: int) -> dict[str, float]:
+    """Bytes per resident page of each array, keyed by its attribute path (VMs summed)."""
+    out: dict[str, float] = {}
+
+    def walk(obj: object, path: str, seen: set[int], depth: int) -> None:
+        if id(obj) in seen or depth > 6:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, np.ndarray):
+            if obj.base is None and obj.nbytes:
+                out[path] = out.get(path, 0.0) + obj.nbytes / resident
+            return
+        if isinstance(obj, dict):
+            items = [("*", v) for v in obj.values()]  # VMs: one key for all of them
+        elif isinstance(obj, (list, tuple)):
+            items = [("*", v) for v in obj]
+        elif hasattr(obj, "__dict__"):
+            items = list(vars(obj).items())
+        else:
+            return
+        for k, v in items:
+            walk(v, f"{path}.{k}" if path else k, seen, depth + 1)
+
+    walk(host, "", set(), 0)
+    return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--content-bytes", type=int, nargs="*", default=[64, 4096])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="bytes per page of each array")
     a = ap.parse_args()
     for cb in a.content_bytes:
         r = measure(cb)
@@ -93,6 +125,9 @@ def main() -> None:
                 f"{r['name']:<46} {r['value']:>8.1f} B/page (overhead {r['overhead_bytes']:.1f} B, "
                 f"RSS {r['rss_per_page']:.1f} B/page)  target {r['target']}"
             )
+            if a.breakdown:
+                for k, v in r["breakdown"].items():
+                    print(f"    {k:<40} {v:6.2f} B/page")
 
 
 if __name__ == "__main__":
