@@ -4,10 +4,11 @@ Measures, in one run on one local Ray instance:
 
 * migration: a pre-copy round 0 of a VM whose pages hold distinct random content (so
   nothing is sent as a reference), between two host actors (the destination runs a VM of
-  the same sharing group, so every hash is looked up) -- the source hashes every
-  page (xxh3-64 + xxh3-128) and reads it out, the destination looks every hash up and
-  stages the bytes, in pipelined page ranges (:func:`cluster.migration_transfer.
-  precopy_round`); GB/s of page bytes (``content_bytes`` per page, 4096 here);
+  the same sharing group, so every hash is looked up) -- the source reads every page out
+  and hashes it (xxh3-64; the strong digest only for pages the destination offers), the
+  destination looks every hash up and stages the bytes, in pipelined page ranges
+  (:func:`cluster.migration_transfer.precopy_round`); GB/s of page bytes
+  (``content_bytes`` per page, 4096 here);
 * reference: the same number of bytes as one numpy array from one plain actor to
   another through the object store, the receiver copying it into its own buffer (as the
   destination host's staging does), and the same cut into the migration's ranges.

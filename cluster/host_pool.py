@@ -119,21 +119,28 @@ class HostRuntime:
             mh.begin_incoming(self.host, spec, allocated)
         return reason
 
+    #: Whether a call's result is copied before this host's next call runs (Ray: into the
+    #: object store), so that the source may reuse its page buffers (in process: no).
+    reuse_send_buffers = False
+    _send_buffers: mh.SendBuffers | None = None
+
+    def _buffers(self) -> mh.SendBuffers | None:
+        if self.reuse_send_buffers and self._send_buffers is None:
+            self._send_buffers = mh.SendBuffers()
+        return self._send_buffers
+
     def mig_collect(self, vm: str, first_round: bool, lo: int, hi: int) -> mh.PageBatch:
-        return mh.collect_pages(self.host, vm, first_round, lo, hi)
+        return mh.collect_pages(self.host, vm, first_round, lo, hi, self._buffers())
 
-    def mig_known(self, vm: str, batch: mh.PageBatch) -> np.ndarray:
-        return mh.known_pages(self.host, vm, batch.h64, batch.h128, batch.ppns)
+    def mig_known(self, vm: str, batch: mh.PageBatch) -> mh.Offer:
+        return mh.known_pages(self.host, vm, batch)
 
-    def mig_page_bytes(self, vm: str, batch: mh.PageBatch, known: np.ndarray) -> np.ndarray:
-        return mh.batch_bytes(self.host, vm, batch, known)
+    def mig_page_bytes(self, vm: str, batch: mh.PageBatch, offer: mh.Offer) -> mh.Shipment:
+        return mh.ship_pages(self.host, vm, batch, offer, self._buffers())
 
-    def mig_stage(
-        self, vm: str, batch: mh.PageBatch, known: np.ndarray, data: np.ndarray
-    ) -> tuple[int, int]:
-        """Stage sent bytes; return (pages sent as bytes, pages sent as references)."""
-        mh.stage(self.host, vm, batch.ppns[~known], data)
-        return len(data), int(known.sum())
+    def mig_stage(self, vm: str, batch: mh.PageBatch, shipment: mh.Shipment) -> tuple[int, int]:
+        """Stage a range; return (pages sent as bytes, pages sent as references)."""
+        return mh.stage(self.host, vm, batch, shipment)
 
     def mig_final_check(self, vm: str, allocated: int) -> str | None:
         return mh.final_check(self.host, vm, allocated)
@@ -142,6 +149,7 @@ class HostRuntime:
         mh.abort_incoming(self.host, vm)
 
     def mig_detach(self, vm: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        self._send_buffers = None
         return mh.detach_for_migration(self.host, vm)
 
     def mig_attach(

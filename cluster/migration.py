@@ -57,7 +57,7 @@ from cluster.specs import host_policy, host_specs, vm_spec
 from hosts.free_memory import reclaim_goal_pages
 from workloads.images import BootLayout
 
-REF_BYTES = 16  # a reference on the wire: the page's xxh3-128 digest
+REF_BYTES = 16  # a reference on the wire: the page's 128-bit strong digest
 NOT_SHRINKING = 0.9  # stop when the remainder is >= this fraction of the last round
 _EPS = 1e-9
 

@@ -16,7 +16,7 @@ import math
 from cluster.host_pool import HostPool
 from hosts.specs import VMSpec
 
-CHUNK_BYTES = 64 * 2**20  # page content per pipelined range of a round
+CHUNK_BYTES = 128 * 2**20  # page content per pipelined range of a round (fewer, larger calls)
 MAX_CHUNKS = 64
 
 
@@ -40,19 +40,29 @@ def precopy_round(
 ) -> tuple[int, int]:
     """One pre-copy round, as page ranges pipelined source -> destination; returns
     (pages sent as bytes, pages sent as references).  Per range: the source hashes its
-    pages, the destination marks those it holds, the source reads the others' bytes and
-    the destination stages them.  Calls are submitted stage by stage so that each host
-    works through its queue while the other works on the previous range."""
+    pages, the destination offers those it holds, the source ships the others' bytes and
+    the destination stages them.  Calls are submitted so that each host's queue
+    interleaves ranges (source: collect 1, ship 0, collect 2, ship 1, ...): the
+    destination's offer for a range is ready by the time the source ships it, and the
+    source holds at most two ranges' bytes."""
     k = max(1, min(MAX_CHUNKS, math.ceil(expect_pages * content_bytes / CHUNK_BYTES)))
     bounds = [n_pages * i // k for i in range(k + 1)]
     sub = pool.submit
-    ranges = list(zip(bounds, bounds[1:], strict=False))
-    batches = [sub(source, "mig_collect", vm, first, lo, hi) for lo, hi in ranges]
-    known = [sub(dest, "mig_known", vm, b) for b in batches]
-    data = [sub(source, "mig_page_bytes", vm, b, kn) for b, kn in zip(batches, known, strict=True)]
-    acks = [
-        sub(dest, "mig_stage", vm, b, kn, d) for b, kn, d in zip(batches, known, data, strict=True)
-    ]
+    offered: list[tuple] = []  # per range: (batch, offer) handles
+    acks: list = []
+
+    def ship(i: int) -> None:
+        batch, offer = offered[i]
+        acks.append(
+            sub(dest, "mig_stage", vm, batch, sub(source, "mig_page_bytes", vm, batch, offer))
+        )
+
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        batch = sub(source, "mig_collect", vm, first, lo, hi)
+        offered.append((batch, sub(dest, "mig_known", vm, batch)))
+        if i:
+            ship(i - 1)
+    ship(k - 1)
     counts = pool.gather(acks)
     return sum(c[0] for c in counts), sum(c[1] for c in counts)
 

@@ -39,6 +39,9 @@ from hosts.warmup import warm_kernels  # noqa: E402
 class _HostActorImpl(HostRuntime):
     """A host as a Ray actor: HostRuntime plus where it runs (translation only)."""
 
+    # A sync actor's result is copied into the object store before its next call runs.
+    reuse_send_buffers = True
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 

@@ -4,21 +4,26 @@ Scope: plain functions over a :class:`hosts.host_manager.HostMemoryManager` (no 
 time).  The coordinator (``cluster/migration.py``) decides when each is called; page
 bytes and hashes travel between hosts as numpy arrays.
 
-Protocol of one pre-copy round, per range of guest pages (content-aware transfer):
+Protocol of one pre-copy round, per range of guest pages (content-aware transfer; four
+calls, alternating source and destination):
 
 1. source :func:`collect_pages` -> :class:`PageBatch`: the pages to send (round 0: every
    *allocated* page -- mapped, shared or VMM-swapped, the latter read from the host swap
    store without swapping in; later rounds: pages written, or newly allocated, since the
-   last collect) with their xxh3-64 hash and xxh3-128 digest.  Ballooned and untouched
-   pages are never sent: the guest knows they hold nothing.  Guest-swapped pages live on
-   the guest's swap disk, which travels with the VM state.
-2. destination :func:`known_pages` -> mask of pages whose content it already holds: a
-   frame in its sharing index (a shared frame, or a hint frame that still hashes to its
-   key) in the VM's sharing group whose xxh3-64 *and* xxh3-128 both match.  Their bytes
-   are copied into the staging buffer at once, so later changes on the destination
-   cannot lose them: they cost a reference on the wire, not a page.
-3. source :func:`batch_bytes` for the rest (read ahead while hashing), destination
-   :func:`stage` keeps them (as received; gathered once, at attach).
+   last collect) with their xxh3-64 hash.  Ballooned and untouched pages are never sent:
+   the guest knows they hold nothing.  Guest-swapped pages live on the guest's swap disk,
+   which travels with the VM state.  One compiled pass reads the pages into one
+   contiguous array, kept for step 3, and hashes each from its copy.
+2. destination :func:`known_pages` -> :class:`Offer`: the pages whose hash finds a frame
+   in its sharing index (a shared frame, or a hint frame that still hashes to its key) in
+   the VM's sharing group, with the *strong digest* of those frames
+   (:mod:`hosts.migration_kernels`: two differently seeded xxh3-64, 128 bits).  Their
+   bytes are copied aside at once, so later changes on the destination cannot lose them.
+3. source :func:`ship_pages` -> :class:`Shipment`: the offered pages whose strong digest
+   equals its own (computed for offered pages only) go as references; the bytes of all
+   the others, as one array (no copy when nothing is a reference).
+4. destination :func:`stage` keeps the referenced pages' copies and the bytes as
+   received (gathered once, at attach).
 
 Dirty tracking: a collect clears the ``dirty`` bits of the pages it takes and *sets*
 them on every page that is not allocated, so a page that becomes allocated later (a
@@ -44,17 +49,16 @@ Not covered: rounds, bandwidth, downtime and policy (``cluster/migration.py``).
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import xxhash
 
+from hosts import migration_kernels as mk
+from hosts import native
 from hosts import page_state as ps
 from hosts.free_memory import reclaim_goal_pages
 from hosts.host_manager import HostMemoryManager
-from hosts.page_sharing import hash_page
 from hosts.phys_map import PhysMap
 from hosts.snapshot import restore_vm, vm_state
 from hosts.specs import VMSpec
@@ -64,15 +68,32 @@ _MIG = "mig."  # array-name prefix of the migration payload (vs the VM state arr
 
 @dataclass(frozen=True)
 class PageBatch:
-    """Pages a source offers in one round: guest page numbers and content hashes."""
+    """Pages a source sends in one round's range: guest page numbers and xxh3-64 hashes."""
 
     ppns: np.ndarray  # int64[n]
     h64: np.ndarray  # uint64[n], xxh3-64
-    h128: np.ndarray  # uint64[n, 2], xxh3-128
     lo: int = 0  # first guest page of the range it was collected from
 
     def __len__(self) -> int:
         return len(self.ppns)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Destination -> source: positions in a :class:`PageBatch` of pages whose hash the
+    destination holds a frame for, and the strong digests of those frames."""
+
+    pos: np.ndarray  # int64[k], ascending
+    strong: np.ndarray  # uint64[k, 2]
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """Source -> destination: positions in the batch sent as references (a subset of the
+    offer's), and the bytes of every other page of the batch, in batch order."""
+
+    refs: np.ndarray  # int64[r], ascending
+    data: np.ndarray  # uint8[n - r, content_bytes]
 
 
 @dataclass
@@ -89,6 +110,8 @@ class Incoming:
     chunk: np.ndarray  # int32[n_pages]
     row: np.ndarray  # int32[n_pages]
     chunks: list[np.ndarray] = field(default_factory=list)
+    #: range start -> (offered batch positions, copies of the frames offered)
+    offered: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def put(self, ppns: np.ndarray, data: np.ndarray) -> None:
         if not len(ppns):
@@ -110,24 +133,45 @@ class Incoming:
         return out
 
 
-# ---------------------------------------------------------------------------- hashing
-def hashes(rows: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """xxh3-64 (uint64[n]) and xxh3-128 (uint64[n, 2]) of page rows: a contiguous
-    ``uint8[n, content_bytes]`` array or a list of row views (numpy row views are far
-    cheaper to make than memoryview slices, and ``map`` runs no bytecode per row)."""
-    views = list(rows)  # row views, made once for both hashes
-    h64 = np.fromiter(map(hash_page, views), dtype=np.uint64, count=len(views))
-    d = b"".join(map(_h128, views))
-    h128 = np.frombuffer(d, dtype="<u8").astype(np.uint64).reshape(len(views), 2)
-    return h64, h128
-
-
-_h128 = xxhash.xxh3_128_digest
-
-
 def _allocated(pmap: PhysMap, lo: int = 0, hi: int | None = None) -> np.ndarray:
     st = pmap.state[lo:hi]
     return (st == ps.MAPPED) | (st == ps.SHARED) | (st == ps.VMM_SWAPPED)
+
+
+class SendBuffers:
+    """Reusable arrays a source reads pages into (the page faults of a fresh array cost
+    about half as much as the gather into it).
+
+    Only for transports that copy a call's result before the host's next call runs (Ray:
+    into the object store): a buffer is given back when its shipment is returned, and
+    refilled by a later collect.  The in-process pool hands arrays over as they are and
+    must not use this.  Keeps at most ``keep`` free buffers.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self.free: list[np.ndarray] = []  # flat uint8 arrays
+
+    def take(self, n: int, width: int) -> np.ndarray:
+        """A C-contiguous ``uint8[n, width]`` (contents undefined).  New buffers get 1/8
+        spare room, as a round's ranges hold slightly different numbers of pages."""
+        need = n * width
+        fits = [b for b in self.free if len(b) >= need]
+        if fits:
+            base = min(fits, key=len)
+            self.free = [b for b in self.free if b is not base]
+        else:
+            base = np.empty(need + need // 8, dtype=np.uint8)
+        return base[:need].reshape(n, width)
+
+    def give(self, arr: np.ndarray) -> None:
+        """Take back an array from :meth:`take` (keeping the largest ``keep``)."""
+        base = arr.base if arr.base is not None else arr
+        if isinstance(base, np.ndarray) and base.ndim == 1 and base.dtype == np.uint8:
+            self.free = sorted([*self.free, base], key=len, reverse=True)[: self.keep]
+
+    def clear(self) -> None:
+        self.free.clear()
 
 
 # ---------------------------------------------------------------------------- source
@@ -151,13 +195,17 @@ def allocated_pages(host: HostMemoryManager, name: str) -> int:
 
 
 def collect_pages(
-    host: HostMemoryManager, name: str, first_round: bool, lo: int = 0, hi: int | None = None
+    host: HostMemoryManager,
+    name: str,
+    first_round: bool,
+    lo: int = 0,
+    hi: int | None = None,
+    buffers: SendBuffers | None = None,
 ) -> PageBatch:
     """Pages of guest-page range ``[lo, hi)`` to send this round (see module docstring).
 
-    Their bytes are read into one array by a helper thread (a numpy gather runs without
-    the GIL) while they are hashed from where they live; the array is kept for
-    :func:`batch_bytes` in the same round."""
+    Their bytes are read into one array (from ``buffers`` if given) and hashed in the
+    same compiled pass; the array is kept for :func:`ship_pages` in the same round."""
     vm = host.vms[name]
     pm = vm.pmap
     alloc = _allocated(pm, lo, hi)
@@ -166,65 +214,54 @@ def collect_pages(
     ppns = np.flatnonzero(sel).astype(np.int64) + lo
     dirty[sel] = False
     dirty[~alloc] = True
-    data = np.empty((len(ppns), host.sim.content_bytes), dtype=np.uint8)
-    ahead = _reader().submit(_read_into, host, vm.vm_id, ppns, data)
-    h64, h128 = hashes(_page_rows(host, pm, ppns))
-    ahead.result()
+    out = None if buffers is None else buffers.take(len(ppns), host.sim.content_bytes)
+    data, h64 = _gather(host, pm, ppns, out)
     host.outgoing[(name, lo)] = (ppns, data)
-    return PageBatch(ppns, h64, h128, lo)
+    return PageBatch(ppns, h64, lo)
 
 
-def _page_rows(host: HostMemoryManager, pm: PhysMap, ppns: np.ndarray) -> list[np.ndarray]:
-    """Row views of the current bytes of allocated pages (frames or host swap store)."""
-    st, loc = pm.state[ppns], pm.loc[ppns].tolist()
-    frames, swap = host.mem.frames.content, host.mem.swap.content
-    if not (st == ps.VMM_SWAPPED).any():
-        return list(map(frames.__getitem__, loc))
-    return [
-        (swap if s == ps.VMM_SWAPPED else frames)[x] for s, x in zip(st.tolist(), loc, strict=True)
-    ]
-
-
-def _read_into(host: HostMemoryManager, vm_id: int, ppns: np.ndarray, out: np.ndarray) -> None:
-    pm = host.mem.vms[vm_id].pmap
+def _gather(
+    host: HostMemoryManager, pm: PhysMap, ppns: np.ndarray, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes (one contiguous array, ``out`` if given) and xxh3-64 of allocated pages, from
+    the frame table or the host swap store."""
     st = pm.state[ppns]
-    if ((st == ps.MAPPED) | (st == ps.SHARED)).all():  # the usual case: one gather
-        # mode="clip": an unbuffered take (the indices are valid frame numbers)
-        np.take(host.mem.frames.content, pm.loc[ppns], axis=0, out=out, mode="clip")
-    else:
-        out[:] = host.mem.read_bytes(vm_id, ppns)
+    if ((st == ps.BALLOONED) | (st == ps.UNTOUCHED)).any():
+        raise ValueError("migration reads only allocated pages")
+    mem = host.mem
+    swapped = st == ps.VMM_SWAPPED
+    return mk.gather_hash(mem.frames.content, mem.swap.content, pm.loc[ppns], swapped, out)
 
 
 def page_bytes(host: HostMemoryManager, name: str, ppns: np.ndarray) -> np.ndarray:
     """``uint8[n, content_bytes]``: current bytes of allocated pages (no side effects)."""
-    vm = host.vms[name]
-    ppns = np.asarray(ppns, dtype=np.int64)
-    st = vm.pmap.state[ppns]
-    if ((st == ps.MAPPED) | (st == ps.SHARED)).all():  # the usual case: one gather
-        return np.take(host.mem.frames.content, vm.pmap.loc[ppns], axis=0)
-    return host.mem.read_bytes(vm.vm_id, ppns)
+    return _gather(host, host.vms[name].pmap, np.asarray(ppns, dtype=np.int64))[0]
 
 
-def batch_bytes(
-    host: HostMemoryManager, name: str, batch: PageBatch, known: np.ndarray
-) -> np.ndarray:
-    """Bytes of the pages of ``batch`` the destination does not hold: those read ahead by
-    :func:`collect_pages` (the VM has not run since -- a round's calls all come before
-    its ticks), else read now."""
+def ship_pages(
+    host: HostMemoryManager,
+    name: str,
+    batch: PageBatch,
+    offer: Offer,
+    buffers: SendBuffers | None = None,
+) -> Shipment:
+    """The pages of ``batch`` the destination offered and whose strong digests equal ours
+    go as references, the others' bytes as one array: those read by :func:`collect_pages`
+    (the VM has not run since -- a round's calls all come before its ticks), else read
+    now.  The array read goes back to ``buffers`` (the caller copies the result before
+    the next collect)."""
     got = host.outgoing.pop((name, batch.lo), None)
-    if got is not None and np.array_equal(got[0], batch.ppns):
-        return got[1][~known] if known.any() else got[1]
-    return page_bytes(host, name, batch.ppns[~known])
-
-
-_READER: list[ThreadPoolExecutor] = []
-
-
-def _reader() -> ThreadPoolExecutor:
-    """One helper thread per process, for numpy gathers (they release the GIL)."""
-    if not _READER:
-        _READER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-reader"))
-    return _READER[0]
+    if got is None or not np.array_equal(got[0], batch.ppns):
+        got = (batch.ppns, page_bytes(host, name, batch.ppns))
+    data = got[1]
+    if buffers is not None:
+        buffers.give(data)
+    refs = offer.pos[(mk.strong_digest(data, offer.pos) == offer.strong).all(axis=1)]
+    if not len(refs):
+        return Shipment(refs, data)  # the usual case: the array as read, no copy
+    send = np.ones(len(data), dtype=bool)
+    send[refs] = False
+    return Shipment(refs, data[send])
 
 
 def detach_for_migration(
@@ -317,31 +354,47 @@ def abort_incoming(host: HostMemoryManager, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------- destination
-def known_pages(
-    host: HostMemoryManager, name: str, h64: np.ndarray, h128: np.ndarray, ppns: np.ndarray
-) -> np.ndarray:
-    """Mask: pages whose content this host holds already; their bytes are staged now."""
+def known_pages(host: HostMemoryManager, name: str, batch: PageBatch) -> Offer:
+    """Pages of ``batch`` whose hash finds a frame of the VM's group here that still hashes
+    to it, with those frames' strong digests; copies of the frames are kept for
+    :func:`stage`."""
     inc = host.incoming[name]
-    mask = np.zeros(len(h64), dtype=bool)
     gid = host.groups.get(inc.spec.sharing_group)
-    if not len(h64) or gid is None:
-        return mask
-    cand = host.mem.index.find(gid, np.asarray(h64, dtype=np.uint64))
-    idx = np.flatnonzero(cand >= 0)
-    if not len(idx):
-        return mask
-    frames = cand[idx]
-    rows = host.mem.frames.content[frames]  # a copy: the frames may change later
-    f64, f128 = hashes(rows)  # (hints may be stale: their frames are re-hashed)
-    good = (f64 == h64[idx]) & (f128 == h128[idx]).all(axis=1)
-    mask[idx[good]] = True
-    inc.put(ppns[idx[good]], rows[good] if not good.all() else rows)
-    return mask
+    pos = frames = np.zeros(0, dtype=np.int64)
+    if len(batch) and gid is not None:
+        cand = host.mem.index.find(gid, np.ascontiguousarray(batch.h64, dtype=np.uint64))
+        pos = np.flatnonzero(cand >= 0).astype(np.int64)
+        frames = cand[pos]
+    # a copy: the frames may change later; hints may be stale, so the copies are re-hashed
+    rows, h64, strong = mk.gather_hash_strong(host.mem.frames.content, frames)
+    good = h64 == batch.h64[pos]
+    if not good.all():
+        pos, rows, strong = pos[good], rows[good], strong[good]
+    inc.offered[batch.lo] = (pos, rows)
+    return Offer(pos, strong)
 
 
-def stage(host: HostMemoryManager, name: str, ppns: np.ndarray, data: np.ndarray) -> None:
-    """Store sent page bytes in the staging buffer (later rounds overwrite earlier ones)."""
-    host.incoming[name].put(np.asarray(ppns, dtype=np.int64), data)
+def stage(
+    host: HostMemoryManager, name: str, batch: PageBatch, shipment: Shipment
+) -> tuple[int, int]:
+    """Keep a range's pages: the copies of the referenced frames and the bytes sent (as
+    received; later rounds overwrite earlier ones).  Returns (pages sent as bytes, pages
+    sent as references)."""
+    inc = host.incoming[name]
+    pos, rows = inc.offered.pop(batch.lo, (np.zeros(0, dtype=np.int64), None))
+    refs = shipment.refs
+    sent = np.ones(len(batch), dtype=bool)
+    if len(refs):
+        at = np.searchsorted(pos, refs)
+        if not ((at < len(pos)).all() and np.array_equal(pos[at], refs)):
+            raise RuntimeError(f"{name}: a reference to a page that was not offered")
+        inc.put(batch.ppns[refs], rows[at])
+        sent[refs] = False
+    ppns = batch.ppns[sent] if len(refs) else batch.ppns
+    if len(ppns) != len(shipment.data):
+        raise RuntimeError(f"{name}: {len(shipment.data)} pages of bytes for {len(ppns)} pages")
+    inc.put(ppns, shipment.data)
+    return len(ppns), len(refs)
 
 
 def attach_migrated(
@@ -381,10 +434,10 @@ def _install(
     frames = np.zeros(0, dtype=np.int64)
     if sharing and len(ppns):
         if mem.index.n_shared_frames():
-            h = np.array([hash_page(r) for r in data], dtype=np.uint64)
+            h = native.hash_pages(data, np.arange(len(data), dtype=np.int64))
             cand = mem.index.find_shared(group, h)
             hit = np.flatnonzero(cand >= 0)
-            same = (mem.frames.content[cand[hit]] == data[hit]).all(axis=1)  # byte compare
+            same = mk.rows_equal(mem.frames.content, cand[hit], data, hit)  # byte compare
             share[hit[same]] = True
             frames = cand[hit[same]]
     mem.install_shared(vm_id, ppns[share], frames)

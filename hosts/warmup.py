@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from hosts import native
+from hosts import migration_kernels, native
 from hosts.host_manager import HostMemoryManager
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from workloads.images import ImageSpec
@@ -26,6 +26,7 @@ def warm_kernels() -> float:
     """Run the tiny host; return the seconds it took (compiling, or loading the cache)."""
     t0 = time.perf_counter()
     native.warm()
+    migration_kernels.warm()
     sim = SimParams(seed=1, tick_s=1.0, page_size=4096, content_bytes=64)
     policy = HostPolicy(sample_period_s=5.0, scan_vm_pages_per_s=400.0)
     host = HostMemoryManager(HostSpec("warmup", n_frames=700, n_swap_slots=2048), sim, policy)

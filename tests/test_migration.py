@@ -109,6 +109,73 @@ def test_pages_read_back_after_migration_with_writes_during_precopy():
     b.check_invariants()
 
 
+@pytest.mark.parametrize("width", [CB, 4096])
+def test_kernels_equal_the_xxhash_package_whatever_the_split(monkeypatch, width):
+    import xxhash
+
+    from hosts import migration_kernels as mk
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (40, width), dtype=np.uint8)
+    swap = rng.integers(0, 256, (9, width), dtype=np.uint8)
+    loc = np.array([5, 0, 8, 39, 5, 2], dtype=np.int32)
+    in_swap = np.array([0, 1, 1, 0, 0, 0], dtype=bool)
+    want = np.stack([(swap if s else frames)[x] for x, s in zip(loc, in_swap, strict=True)])
+    h_want = [xxhash.xxh3_64_intdigest(r.tobytes()) for r in want]
+    s_want = [
+        [xxhash.xxh3_64_intdigest(r.tobytes(), seed=x) for x in mk.STRONG_SEEDS] for r in want
+    ]
+    for parallel in (2**40, 0):  # one thread; rows split across threads
+        monkeypatch.setattr(mk, "PARALLEL_BYTES", parallel)
+        data, h64 = mk.gather_hash(frames, swap, loc, in_swap)
+        assert np.array_equal(data, want) and h64.tolist() == h_want
+    rows, h2, strong = mk.gather_hash_strong(frames, loc[~in_swap])
+    assert np.array_equal(rows, want[~in_swap]) and h2.tolist() == list(np.array(h_want)[~in_swap])
+    assert strong.tolist() == [s for s, sw in zip(s_want, in_swap, strict=True) if not sw]
+    assert mk.strong_digest(want, np.array([3, 1])).tolist() == [s_want[3], s_want[1]]
+    eq = mk.rows_equal(frames, np.array([5, 5, 0]), want, np.array([0, 4, 0]))
+    assert eq.tolist() == [True, True, False]
+
+
+def test_send_buffers_are_reused_only_when_given_back():
+    buf = mh.SendBuffers(keep=1)
+    a = buf.take(10, CB)
+    assert a.shape == (10, CB) and a.flags.c_contiguous
+    b = buf.take(10, CB)
+    assert not np.shares_memory(a, b)
+    buf.give(a)
+    buf.give(b)  # only the largest `keep` are kept
+    c = buf.take(11, CB)  # fits in the spare room
+    assert np.shares_memory(c, a) or np.shares_memory(c, b)
+    assert buf.take(12, CB).shape == (12, CB) and not buf.free
+
+
+def test_offered_pages_go_as_references_only_if_strong_digests_match():
+    pool = make_pair()
+    spec = boot_scene(pool)
+    a, b = host(pool, "a"), host(pool, "b")
+    write(pool, range(30, 40), range(100, 110))
+    admit(pool, spec, "a", "b")
+    ra, rb = pool.runtimes["a"], pool.runtimes["b"]
+    batch = ra.mig_collect("mover", True, 0, N)
+    offer = rb.mig_known("mover", batch)
+    assert len(offer.pos) >= N // 2 - 4  # image pages b holds
+    bad = mh.Offer(offer.pos, offer.strong ^ np.uint64(1))  # as if a 64-bit hash collided
+    ship = ra.mig_page_bytes("mover", batch, bad)
+    assert not len(ship.refs) and np.array_equal(ship.data, mh.page_bytes(a, "mover", batch.ppns))
+    assert rb.mig_stage("mover", batch, ship) == (len(batch), 0)
+    batch = ra.mig_collect("mover", True, 0, N)
+    offer = rb.mig_known("mover", batch)
+    ship = ra.mig_page_bytes("mover", batch, offer)
+    assert np.array_equal(ship.refs, offer.pos) and len(ship.data) == len(batch) - len(offer.pos)
+    with pytest.raises(RuntimeError, match="not offered"):
+        rb.mig_stage("mover", batch, mh.Shipment(np.array([N + 7]), ship.data[:-1]))
+    rb.mig_known("mover", batch)
+    assert rb.mig_stage("mover", batch, ship) == (len(ship.data), len(ship.refs))
+    staged = b.incoming["mover"].get(batch.ppns, CB)
+    assert np.array_equal(staged, mh.page_bytes(a, "mover", batch.ppns))
+
+
 def test_refused_migration_moves_nothing_and_vm_keeps_running():
     pool = make_pair(frames=(256, 40))
     spec = boot_scene(pool)
