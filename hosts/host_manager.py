@@ -51,6 +51,9 @@ class HostMemoryManager:
         self.scan_credit = 0.0
         self.period_ticks = max(1, round(policy.sample_period_s / sim.tick_s))
         self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        # Free pages at the high threshold: the reclaim goal is max(0, this - free), so
+        # reclaim_goal_pages (exact decimal arithmetic, slow) runs once, not every tick.
+        self._free_target = reclaim_goal_pages(0, spec.n_frames, policy.thresholds)
         self.paused: dict[str, float] = {}
         self.blocked: set[str] = set()
         # Live migration (hosts.migration_host): staging of VMs arriving here, and page
@@ -183,8 +186,9 @@ class HostMemoryManager:
         self.shared_series.append(shared)
         self.tick_saved = shared - self.mem.index.n_shared_frames()
         self.tick = t + 1
+        host_part = rows.host_part(self, t)
         for name in self.order:
-            self._account(self.vms[name], t, rows)
+            self._account(self.vms[name], t, rows, host_part)
         if self.digest_every_tick:
             self.tick_digests.append(self.digest())
 
@@ -255,7 +259,7 @@ class HostMemoryManager:
         self.mstate = next_state(self.mstate, mem.n_free / total, p.thresholds)
         acts = ACTIONS[self.mstate]
         tick_s = self.sim.tick_s
-        goal = reclaim_goal_pages(mem.n_free, total, p.thresholds)
+        goal = max(0, self._free_target - mem.n_free)  # reclaim_goal_pages(n_free, ...)
         vms = [self.vms[n] for n in self.order]
         if self.mstate == MemState.HIGH:
             for vm in vms:  # give memory back to VMs below target
@@ -295,7 +299,7 @@ class HostMemoryManager:
         if "block" in acts:
             self.blocked = {vm.name for vm in vms if vm.resident > vm.target}
 
-    def _account(self, vm: VirtualMachine, t: int, rows: MetricRows) -> None:
+    def _account(self, vm: VirtualMachine, t: int, rows: MetricRows, host_part: tuple) -> None:
         c = vm.tick
         st = vm.stats
         st.first_touch += c.first_touch
@@ -307,7 +311,7 @@ class HostMemoryManager:
         tp = self.costs.throughput(self.sim.tick_s, c)
         st.work_done += tp
         st.ticks += 1
-        rows.add(self, vm, t, tp)
+        rows.add(self, vm, tp, host_part)
 
     # ------------------------------------------------------------------ reports
     def summary(self) -> dict:

@@ -45,40 +45,64 @@ COLUMNS: dict[str, str] = {
 
 
 class MetricRows:
-    def __init__(self) -> None:
-        self.cols: dict[str, list] = {k: [] for k in COLUMNS}
+    """Rows collected as tuples (one per tick and VM), turned into columns at the end."""
 
-    def add(self, host: HostMemoryManager, vm: VirtualMachine, t: int, throughput: float) -> None:
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+
+    @staticmethod
+    def host_part(host: HostMemoryManager, t: int) -> tuple:
+        """The values every row of host ``host`` at tick ``t`` shares (computed once)."""
         mb = host.sim.page_size / 2**20
-        counts = vm.pmap.counts
+        return (
+            t,
+            t * host.sim.tick_s,
+            host.name,
+            host.mstate.name.lower(),
+            host.mem.n_free * mb,
+            host.tick_saved * mb,
+            mb,
+        )
+
+    def add(
+        self, host: HostMemoryManager, vm: VirtualMachine, throughput: float, host_part: tuple
+    ) -> None:
+        """One row: VM ``vm`` of ``host`` in the tick of ``host_part`` (:meth:`host_part`)."""
+        t, time_s, host_name, state, free_mb, saved_mb, mb = host_part
+        counts = vm.pmap.counts.tolist()
         c = vm.tick
-        v = self.cols
-        v["tick"].append(t)
-        v["time_s"].append(t * host.sim.tick_s)
-        v["host"].append(host.name)
-        v["vm"].append(vm.name)
-        v["resident_mb"].append(vm.resident * mb)
-        v["shared_mb"].append(int(counts[ps.SHARED]) * mb)
-        v["zero_shared_mb"].append(vm.pmap.n_zero_shared * mb)
-        v["ballooned_mb"].append(int(counts[ps.BALLOONED]) * mb)
-        v["swapped_mb"].append(int(counts[ps.VMM_SWAPPED]) * mb)
-        v["guest_swapped_mb"].append(vm.guest.n_swapped * mb)
-        v["target_mb"].append(vm.target * mb)
-        v["active_est"].append(vm.sampler.estimate)
-        v["active_true"].append(vm.sampler.active_true)
-        v["throughput"].append(throughput)
-        v["accesses"].append(c.accesses)
-        v["cow_breaks"].append(c.cow)
-        v["scanned_pages"].append(c.scanned)
-        v["faults_guest_swap"].append(c.guest_swapins)
-        v["faults_vmm_swap"].append(c.vmm_swapins)
-        v["blocked"].append(c.blocked)
-        v["host_state"].append(host.mstate.name.lower())
-        v["host_free_mb"].append(host.mem.n_free * mb)
-        v["host_saved_mb"].append(host.tick_saved * mb)
+        sampler = vm.sampler
+        self.rows.append(
+            (
+                t,
+                time_s,
+                host_name,
+                vm.name,
+                (counts[ps.MAPPED] + counts[ps.SHARED]) * mb,  # vm.resident
+                counts[ps.SHARED] * mb,
+                vm.pmap.n_zero_shared * mb,
+                counts[ps.BALLOONED] * mb,
+                counts[ps.VMM_SWAPPED] * mb,
+                vm.guest.n_swapped * mb,
+                vm.target * mb,
+                sampler.estimate,
+                sampler.active_true,
+                throughput,
+                c.accesses,
+                c.cow,
+                c.scanned,
+                c.guest_swapins,
+                c.vmm_swapins,
+                c.blocked,
+                state,
+                free_mb,
+                saved_mb,
+            )
+        )
 
     def columns(self) -> dict[str, np.ndarray]:
-        out = {}
-        for k, dt in COLUMNS.items():
-            out[k] = np.array(self.cols[k], dtype=object if dt == "str" else dt)
-        return out
+        cols = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(COLUMNS)
+        return {
+            k: np.array(col, dtype=object if dt == "str" else dt)
+            for (k, dt), col in zip(COLUMNS.items(), cols, strict=True)
+        }

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hosts import access_kernel as ak
 from hosts import guest_os as gos
 from hosts import page_state as ps
 from hosts.guest_os import GuestOS
@@ -30,7 +31,7 @@ from hosts.phys_map import PhysMap
 from hosts.specs import SimParams, VMSpec
 from hosts.working_set import WorkingSetSampler
 from workloads import registry
-from workloads.content import page_bytes, stable_hash64
+from workloads.content import page_bytes, stable_hash64, word_table
 from workloads.images import BootLayout, image_keys
 from workloads.patterns import Accesses, WorkloadEnv
 
@@ -98,7 +99,15 @@ def vm_seed_sequence(seed: int, name: str, purpose: str) -> np.random.SeedSequen
 
 
 class VirtualMachine:
-    """A VM and all of its memory state; attached to one :class:`HostMemory` at a time."""
+    """A VM and all of its memory state; attached to one :class:`HostMemory` at a time.
+
+    ``fast_path`` (default on) applies each step with the compiled kernels of
+    :mod:`hosts.access_kernel` whenever their preconditions hold; off, every step takes the
+    general numpy path (the reference the tests compare the kernels with).  Both give the
+    same state, bit for bit.
+    """
+
+    fast_path: bool = True
 
     def __init__(
         self,
@@ -138,6 +147,9 @@ class VirtualMachine:
         self.scan_a, self.scan_b, self.scan_pos = 1, 0, n  # forces a new permutation
         self.vm_id = -1  # set when attached to a host
         self.group_id = 0
+        self._scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
+        self._img: tuple[np.uint64, np.uint64, int] | None = None  # image key parameters
+        self._fast: tuple | None = None  # fast path's per-host views and buffers
 
     # ------------------------------------------------------------------ attach
     @property
@@ -162,27 +174,15 @@ class VirtualMachine:
     def apply(self, mem: HostMemory, make_room: MakeRoom, acc: Accesses) -> None:
         """Apply one step's accesses, in chunks small enough for the guest's memory.
 
-        Deduplication uses boolean masks over the guest's pages (O(pages + accesses), no
-        sort): the last write to a page wins, a page read and written is a write.
+        Deduplication: the last write to a page wins, a page read and written is a write.
+        With ``fast_path`` the common step is one compiled call (deduplication and all,
+        :func:`hosts.access_kernel.step`); otherwise, or when it declines, the accesses are
+        deduplicated here and applied chunk by chunk.
         """
         n = self.spec.n_pages
         wr = np.asarray(acc.writes, dtype=np.int64)
         keys = np.asarray(acc.write_keys, dtype=np.uint64)
         reads = np.asarray(acc.reads, dtype=np.int64)
-        if acc.count * 8 < n:
-            rd, wr, keys = _dedup_sorted(reads, wr, keys)  # few accesses: sort them
-        else:  # many: masks over the guest's pages
-            wmask = np.zeros(n, dtype=bool)
-            if len(wr):
-                last = np.full(n, -1, dtype=np.int64)
-                np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
-                wr = np.flatnonzero(last >= 0)
-                keys = keys[last[wr]]
-                wmask[wr] = True
-            rmask = np.zeros(n, dtype=bool)
-            rmask[reads] = True
-            rmask &= ~wmask
-            rd = np.flatnonzero(rmask)
         self.tick.accesses += acc.count
         self.tick.disk += acc.disk_reads  # file I/O the workload could not cache
         g = self.guest
@@ -190,8 +190,22 @@ class VirtualMachine:
         # backed at once, so a chunk larger than the host's frames could never be served.
         guest_room = g.n_pages - g.n_ballooned - g.n_pinned
         cap = max(1, min(guest_room, mem.frames.n_frames) // 2)
+        try_fast, status = self.fast_path, ak.OK
+        if try_fast:
+            if self._scratch is None:
+                self._scratch = np.full(n, -1, dtype=np.int32)
+            status = self._apply_fast(mem, make_room, (reads, wr, keys, self._scratch, cap))
+            if status == ak.OK:
+                return
+            # CHUNK: chunk by chunk; EVICT: evict, then the kernel; BALLOON, RANGE: the
+            # general path, as is.
+            try_fast = status in (ak.CHUNK, ak.EVICT)
+        if self.fast_path and status != ak.RANGE:
+            rd, wr, keys = ak.dedup(reads, wr, keys, self._scratch)
+        else:  # (a page out of range: numpy's indexing raises, or wraps as it always did)
+            rd, wr, keys = _dedup_numpy(reads, wr, keys, n)
         if len(rd) + len(wr) <= cap:
-            self._apply_chunk(mem, make_room, rd, wr, keys)
+            self._apply_chunk(mem, make_room, rd, wr, keys, try_fast, status == ak.EVICT)
             return
         # More distinct pages than the guest can hold at once: page ranges of <= cap.
         touched = np.union1d(rd, wr)
@@ -199,7 +213,7 @@ class VirtualMachine:
             first, last_p = touched[lo], touched[min(lo + cap, len(touched)) - 1]
             r0, r1 = np.searchsorted(rd, [first, last_p + 1])
             w0, w1 = np.searchsorted(wr, [first, last_p + 1])
-            self._apply_chunk(mem, make_room, rd[r0:r1], wr[w0:w1], keys[w0:w1])
+            self._apply_chunk(mem, make_room, rd[r0:r1], wr[w0:w1], keys[w0:w1], try_fast)
 
     def _apply_chunk(
         self,
@@ -208,19 +222,131 @@ class VirtualMachine:
         rd: np.ndarray,
         wr: np.ndarray,
         keys: np.ndarray,
+        try_fast: bool,
+        must_evict: bool = False,
     ) -> None:
-        """Sorted, disjoint reads ``rd`` and writes ``wr`` (guest virtual pages)."""
+        """Sorted, disjoint reads ``rd`` and writes ``wr`` (guest virtual pages).
+
+        With ``try_fast``, a chunk that needs guest eviction gets it here (the general
+        path's own eviction step) and then goes through the kernel after all;
+        ``must_evict``: the kernel already said so for this chunk.
+        """
+        evicted = False
+        if try_fast:
+            status = ak.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
+            if status == ak.EVICT:
+                self._make_guest_room(mem, rd, wr)
+                evicted = True
+                status = self._apply_fast(mem, make_room, (rd, wr, keys))
+            if status == ak.OK:
+                return
+        self._apply_chunk_general(mem, make_room, rd, wr, keys, evicted)
+
+    def _make_guest_room(self, mem: HostMemory, rd: np.ndarray, wr: np.ndarray) -> None:
+        """Evict (clock) as many guest pages as the chunk's misses need beyond the free
+        ones, sparing the chunk's resident pages."""
+        g = self.guest
+        r_res = g.vstate[rd] == gos.RESIDENT
+        w_res = g.vstate[wr] == gos.RESIDENT
+        short = int(np.count_nonzero(~r_res)) + int(np.count_nonzero(~w_res)) - g.n_free
+        if short > 0:
+            protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
+            self._guest_evict(mem, g.choose_victims(short, protect))
+
+    def _image_params(self) -> tuple[np.uint64, np.uint64, int]:
+        """(own base, family base, family cut) of :func:`workloads.images.image_keys`."""
+        if self._img is None:
+            im, seed = self.spec.image, self.sim.seed
+            own = np.uint64(stable_hash64("image", seed, im.name))
+            fam, cut = np.uint64(0), 0
+            if im.family and im.family_overlap > 0.0:
+                fam = np.uint64(stable_hash64("family", seed, im.family))
+                cut = int(im.family_overlap * self.layout.n_image)
+            self._img = (own, fam, cut)
+        return self._img
+
+    def _apply_fast(self, mem: HostMemory, make_room: MakeRoom, head: tuple) -> int:
+        """One compiled call; return its status (nothing changed unless ``OK``).
+
+        ``head``: ``(reads, writes, keys, scratch, cap)`` -- raw accesses, for
+        :func:`hosts.access_kernel.step` -- or ``(rd, wr, keys)`` -- one deduplicated
+        chunk, for :func:`hosts.access_kernel.apply_chunk`.  When the host is short of
+        frames, ``make_room`` frees them and the kernel runs again, as the general path
+        does.
+        """
+        kernel = ak.step if len(head) == 5 else ak.apply_chunk
+        g, gs, pm, fr, sw = self.guest, self.guest.swap, self.pmap, mem.frames, mem.swap
+        own, fam, cut = self._img or self._image_params()
+        if self._fast is None or self._fast[0] is not fr.content:  # per host (migration)
+            n = self.spec.n_pages
+            self._fast = (
+                fr.content,
+                ak.word_view(fr.content),
+                word_table(-(-self.sim.content_bytes // 8)),
+                np.empty(ak.N_RES, dtype=np.int64),
+                np.empty(n, dtype=np.int64),  # at most one COW-freed frame per page
+            )
+        _, words, table, res, to_free = self._fast
+        while True:
+            kernel(
+                *head,
+                g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack, g.n_free,
+                gs.content, gs.free_stack, gs.n_free,
+                pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
+                fr.content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
+                fr.n_free,
+                sw.content, sw.used, sw.free_stack, sw.n_free,
+                mem.zero, self.sampler.marks, table, self.vm_id,
+                own, fam, cut, self.layout.n_image, to_free, res,
+            )  # fmt: skip
+            r = res.tolist()
+            if r[ak.ST] != ak.FRAMES:
+                break
+            # make_room may VMM-swap pages of this very chunk: the kernel counts again.
+            make_room(r[ak.NEED] - mem.n_free, self)
+        if r[ak.ST] != ak.OK:
+            return r[ak.ST]
+        c = self.tick
+        c.disk += r[ak.DISK]
+        c.guest_swapins += r[ak.GUEST_IN]
+        c.minor += r[ak.MINOR]
+        c.first_touch += r[ak.FIRST]
+        c.cow += r[ak.COW]
+        c.vmm_swapins += r[ak.VMM_IN]
+        c.sample += r[ak.SAMPLE]
+        self.sampler.touched += r[ak.SAMPLE]
+        g.n_free = r[ak.G_FREE]
+        gs.n_free = r[ak.GS_FREE]
+        gs.n_used -= r[ak.GS_TAKEN]
+        fr.n_free = r[ak.F_FREE]
+        sw.n_free = r[ak.S_FREE]
+        pm.n_zero_shared += r[ak.ZERO_D]
+        if r[ak.N_FREE]:
+            mem._decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
+        return ak.OK
+
+    def _apply_chunk_general(
+        self,
+        mem: HostMemory,
+        make_room: MakeRoom,
+        rd: np.ndarray,
+        wr: np.ndarray,
+        keys: np.ndarray,
+        evicted: bool = False,
+    ) -> None:
+        """The general path of :meth:`_apply_chunk` (numpy; any guest or host state).
+
+        ``evicted``: :meth:`_make_guest_room` already ran for this chunk (not again).
+        """
         g, c = self.guest, self.tick
         cb = self.sim.content_bytes
+        if not evicted:
+            self._make_guest_room(mem, rd, wr)
         r_res = g.vstate[rd] == gos.RESIDENT
         w_res = g.vstate[wr] == gos.RESIDENT
         miss_r, miss_w = rd[~r_res], wr[~w_res]
         restore_v, restore_d = _EMPTY, np.zeros((0, cb), np.uint8)
         if len(miss_r) or len(miss_w):
-            short = len(miss_r) + len(miss_w) - g.n_free
-            if short > 0:
-                protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
-                self._guest_evict(mem, g.choose_victims(short, protect))
             vr, vw = g.vstate[miss_r], g.vstate[miss_w]
             r_sw, r_dr, r_nv = (miss_r[vr == s] for s in (gos.SWAPPED, gos.DROPPED, gos.NEVER))
             w_sw = miss_w[vw == gos.SWAPPED]
@@ -400,6 +526,26 @@ def vm_page_contents(vm: VirtualMachine, mem: HostMemory) -> np.ndarray:
     dr = np.flatnonzero(g.vstate == gos.DROPPED)
     out[dr] = page_bytes(vm._image_keys(dr), vm.sim.content_bytes)
     return out
+
+
+def _dedup_numpy(
+    reads: np.ndarray, wr: np.ndarray, keys: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The general path's deduplication: sorting for a few accesses, else boolean masks
+    over the guest's ``n`` pages (O(pages + accesses))."""
+    if (len(reads) + len(wr)) * 8 < n:
+        return _dedup_sorted(reads, wr, keys)
+    wmask = np.zeros(n, dtype=bool)
+    if len(wr):
+        last = np.full(n, -1, dtype=np.int64)
+        np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
+        wr = np.flatnonzero(last >= 0)
+        keys = keys[last[wr]]
+        wmask[wr] = True
+    rmask = np.zeros(n, dtype=bool)
+    rmask[reads] = True
+    rmask &= ~wmask
+    return np.flatnonzero(rmask), wr, keys
 
 
 def _dedup_sorted(

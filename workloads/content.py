@@ -14,6 +14,8 @@ import hashlib
 
 import numpy as np
 
+from workloads import rng_kernels
+
 ZERO_KEY = 0
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -56,7 +58,7 @@ def page_bytes(keys: np.ndarray, content_bytes: int) -> np.ndarray:
     """
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
     n_words = -(-content_bytes // 8)
-    table = _word_table(n_words)
+    table = word_table(n_words)
     out = (mix64(keys)[:, None] ^ table[None, :]).astype("<u8", copy=False)
     out = out.view(np.uint8).reshape(len(keys), n_words * 8)
     if n_words * 8 != content_bytes:
@@ -68,7 +70,8 @@ def page_bytes(keys: np.ndarray, content_bytes: int) -> np.ndarray:
 _TABLES: dict[int, np.ndarray] = {}
 
 
-def _word_table(n_words: int) -> np.ndarray:
+def word_table(n_words: int) -> np.ndarray:
+    """The fixed words ``T`` of :func:`page_bytes` (``uint64[n_words]``, do not modify)."""
     t = _TABLES.get(n_words)
     if t is None:
         t = mix64(np.arange(1, n_words + 1, dtype=np.uint64) * _GOLDEN)
@@ -77,9 +80,12 @@ def _word_table(n_words: int) -> np.ndarray:
 
 
 def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` fresh random content keys, never the zero key."""
-    keys = rng.integers(1, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)
-    return keys
+    """``n`` fresh random content keys, never the zero key.
+
+    The stream of ``rng.integers(1, 2**64 - 1, size=n, dtype=uint64, endpoint=True)``,
+    drawn by a compiled kernel (:mod:`workloads.rng_kernels`).
+    """
+    return rng_kernels.nonzero_keys(rng, n)
 
 
 def derived_keys(base: int, index: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from workloads import rng_kernels
 from workloads.content import nonzero_keys
 from workloads.images import BootLayout, ImageSpec, boot_writes
 
@@ -102,15 +103,12 @@ class Workload:
         self.rng.bit_generator.state = state["rng"]
 
     def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
-        if n <= 0 or len(pool) == 0:
-            return _EMPTY_I
-        return pool[self.rng.integers(0, len(pool), size=n)]
+        """``pool[rng.integers(0, len(pool), size=n)]`` (compiled, same stream)."""
+        return rng_kernels.draw(self.rng, pool, n)
 
     def _split(self, pool: np.ndarray, n: int, write_fraction: float) -> Accesses:
         n_w = int(self.rng.binomial(n, write_fraction)) if n > 0 else 0
-        reads = self._draw(pool, n - n_w)
-        writes = self._draw(pool, n_w)
-        return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))
+        return Accesses(*rng_kernels.draw_split(self.rng, pool, n - n_w, pool, n_w))
 
 
 def _rate(n: int, per_s: float, tick_s: float, rng: np.random.Generator) -> int:
@@ -233,14 +231,14 @@ class Steady(Workload):
     def _accesses(self, step: int) -> Accesses:
         n = _rate(len(self.wss), self.rate, self.env.tick_s, self.rng)
         n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
-        if not self.skewed:
-            reads = self._draw(self.wss, n - n_w)
-            writes = self._draw(self.write_pool, n_w)
-        else:
-            reads = self._skewed(self.hot, self.cold, n - n_w)
-            writes = self._skewed(self.hot_w, self.cold_w, n_w)
-            if n_w and not len(writes):  # no data pages in the set: write anywhere in it
-                writes = self._skewed(self.hot, self.cold, n_w)
+        if not self.skewed:  # reads, writes and keys in one compiled call
+            return Accesses(
+                *rng_kernels.draw_split(self.rng, self.wss, n - n_w, self.write_pool, n_w)
+            )
+        reads = self._skewed(self.hot, self.cold, n - n_w)
+        writes = self._skewed(self.hot_w, self.cold_w, n_w)
+        if n_w and not len(writes):  # no data pages in the set: write anywhere in it
+            writes = self._skewed(self.hot, self.cold, n_w)
         return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))
 
     def _skewed(self, hot: np.ndarray, cold: np.ndarray, n: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from workloads.content import nonzero_keys
+from workloads import rng_kernels
 from workloads.patterns import Accesses, Workload, WorkloadEnv, check_range
 
 
@@ -95,6 +95,5 @@ class Phased(Workload):
             return Accesses()
         n_w = int(self.rng.binomial(n, self.params.write_fraction))
         ws = self.order[:wss]
-        reads = self._draw(ws, n - n_w)
-        writes = self._draw(self.order[: max(1, min(wss, self.n_data))], n_w)
-        return Accesses(reads, writes, nonzero_keys(self.rng, len(writes)))
+        w_pool = self.order[: max(1, min(wss, self.n_data))]
+        return Accesses(*rng_kernels.draw_split(self.rng, ws, n - n_w, w_pool, n_w))
