@@ -76,6 +76,10 @@ class HostRuntime:
     def alloc_report(self) -> dict[str, Any]:
         return alloc_report(self.host)
 
+    def phase_seconds(self) -> dict[str, float]:
+        """Wall seconds this host spent in each part of its ticks (timing.json only)."""
+        return dict(self.host.phase_s)
+
     def busy_rounds(self) -> list[float]:
         """Wall seconds this host spent in each run_round (for overhead measurements)."""
         return list(self.busy)

@@ -232,12 +232,16 @@ class _CoordinatorImpl:
         busiest host; everything above that is transport and scheduling overhead.
         """
         busy = self.pool.call("busy_rounds", [()] * len(self.pool.names))
+        phases = self.pool.call("phase_seconds", [()] * len(self.pool.names))
         walls = self.pool.round_walls
         n = min(len(walls), *(len(b) for b in busy)) if busy else 0
         slowest = [max(b[i] for b in busy) for i in range(n)]
         round_wall = sum(walls[:n])
         return {
             "rounds": n,
+            "host_busy_s": sum(sum(b) for b in busy),
+            # summed over hosts: where the hosts' compute went
+            "host_phase_s": {k: sum(p[k] for p in phases) for k in (phases[0] if phases else {})},
             "round_wall_s": round_wall,
             "slowest_host_s": sum(slowest),
             "ray_overhead_s": round_wall - sum(slowest),

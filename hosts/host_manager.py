@@ -19,6 +19,7 @@ Not covered: migration transfer and time across hosts (``cluster/``).
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,9 @@ from hosts.host_memory import HostMemory
 from hosts.metrics_rows import MetricRows
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from hosts.vm import FaultCosts, TickCounters, VirtualMachine
+
+#: Parts of a tick whose wall time ``HostMemoryManager.phase_s`` adds up.
+PHASES = ("sampling", "vm_steps", "sharing_scan", "reclaim", "accounting")
 
 
 class HostMemoryManager:
@@ -55,6 +59,8 @@ class HostMemoryManager:
         # reclaim_goal_pages (exact decimal arithmetic, slow) runs once, not every tick.
         self._free_target = reclaim_goal_pages(0, spec.n_frames, policy.thresholds)
         self.paused: dict[str, float] = {}
+        # Wall seconds per part of a tick (timing.json's profile; never in results).
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.blocked: set[str] = set()
         # Live migration (hosts.migration_host): staging of VMs arriving here, and page
         # bytes read ahead for VMs leaving (kept only within one pre-copy round).
@@ -157,8 +163,12 @@ class HostMemoryManager:
 
     def _tick(self, t: int, rows: MetricRows) -> None:
         mem = self.mem
+        ph = self.phase_s
+        t0 = perf_counter()
         if t % self.period_ticks == 0:
             self._sample_boundary(t)
+        t1 = perf_counter()
+        ph["sampling"] += t1 - t0
         for name in self.order:
             vm = self.vms[name]
             vm.tick = c = TickCounters()
@@ -179,8 +189,14 @@ class HostMemoryManager:
                 acc = vm.run_step(mem, self._make_room)
                 if self.access_log is not None:
                     self.access_log.append((name, vm.steps - 1, t, acc))
+        t2 = perf_counter()
+        ph["vm_steps"] += t2 - t1
         self._scan(t)
+        t3 = perf_counter()
+        ph["sharing_scan"] += t3 - t2
         self._reclaim()
+        t4 = perf_counter()
+        ph["reclaim"] += t4 - t3
         self.state_ticks[self.mstate] += 1
         shared = self.shared_pages()
         self.shared_series.append(shared)
@@ -191,6 +207,7 @@ class HostMemoryManager:
             self._account(self.vms[name], t, rows, host_part)
         if self.digest_every_tick:
             self.tick_digests.append(self.digest())
+        ph["accounting"] += perf_counter() - t4
 
     def _sample_boundary(self, t: int) -> None:
         for name in self.order:
