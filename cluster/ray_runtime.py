@@ -233,6 +233,7 @@ class _CoordinatorImpl:
         """
         busy = self.pool.call("busy_rounds", [()] * len(self.pool.names))
         phases = self.pool.call("phase_seconds", [()] * len(self.pool.names))
+        cpu = self.pool.call("cpu_seconds", [()] * len(self.pool.names))
         walls = self.pool.round_walls
         n = min(len(walls), *(len(b) for b in busy)) if busy else 0
         slowest = [max(b[i] for b in busy) for i in range(n)]
@@ -240,6 +241,9 @@ class _CoordinatorImpl:
         return {
             "rounds": n,
             "host_busy_s": sum(sum(b) for b in busy),
+            # CPU of the host actor processes in all (imports, boot, Ray's own threads
+            # and timers, serialisation) vs the CPU of their ticks' parts below
+            "host_process_cpu_s": sum(cpu),
             # summed over hosts: where the hosts' compute went
             "host_phase_s": {k: sum(p[k] for p in phases) for k in (phases[0] if phases else {})},
             "round_wall_s": round_wall,

@@ -19,7 +19,7 @@ Not covered: migration transfer and time across hosts (``cluster/``).
 
 from __future__ import annotations
 
-from time import perf_counter
+from time import thread_time
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,8 @@ class HostMemoryManager:
         # reclaim_goal_pages (exact decimal arithmetic, slow) runs once, not every tick.
         self._free_target = reclaim_goal_pages(0, spec.n_frames, policy.thresholds)
         self.paused: dict[str, float] = {}
-        # Wall seconds per part of a tick (timing.json's profile; never in results).
+        # CPU seconds of this thread per part of a tick: timing.json's profile (CPU, not
+        # wall time, so a host that waits for a core is not charged); never in results.
         self.phase_s = dict.fromkeys(PHASES, 0.0)
         self.blocked: set[str] = set()
         # Live migration (hosts.migration_host): staging of VMs arriving here, and page
@@ -164,10 +165,10 @@ class HostMemoryManager:
     def _tick(self, t: int, rows: MetricRows) -> None:
         mem = self.mem
         ph = self.phase_s
-        t0 = perf_counter()
+        t0 = thread_time()
         if t % self.period_ticks == 0:
             self._sample_boundary(t)
-        t1 = perf_counter()
+        t1 = thread_time()
         ph["sampling"] += t1 - t0
         for name in self.order:
             vm = self.vms[name]
@@ -189,13 +190,13 @@ class HostMemoryManager:
                 acc = vm.run_step(mem, self._make_room)
                 if self.access_log is not None:
                     self.access_log.append((name, vm.steps - 1, t, acc))
-        t2 = perf_counter()
+        t2 = thread_time()
         ph["vm_steps"] += t2 - t1
         self._scan(t)
-        t3 = perf_counter()
+        t3 = thread_time()
         ph["sharing_scan"] += t3 - t2
         self._reclaim()
-        t4 = perf_counter()
+        t4 = thread_time()
         ph["reclaim"] += t4 - t3
         self.state_ticks[self.mstate] += 1
         shared = self.shared_pages()
@@ -207,7 +208,7 @@ class HostMemoryManager:
             self._account(self.vms[name], t, rows, host_part)
         if self.digest_every_tick:
             self.tick_digests.append(self.digest())
-        ph["accounting"] += perf_counter() - t4
+        ph["accounting"] += thread_time() - t4
 
     def _sample_boundary(self, t: int) -> None:
         for name in self.order:
