@@ -208,7 +208,9 @@ class VirtualMachine:
             self._apply_chunk(mem, make_room, rd, wr, keys, try_fast, status == ak.EVICT)
             return
         # More distinct pages than the guest can hold at once: page ranges of <= cap.
-        touched = np.union1d(rd, wr)
+        # rd and wr are sorted and disjoint: their union is a merge (np.union1d goes
+        # through np.unique, pathologically slow on this numpy for large arrays).
+        touched = np.sort(np.concatenate([rd, wr]))
         for lo in range(0, len(touched), cap):
             first, last_p = touched[lo], touched[min(lo + cap, len(touched)) - 1]
             r0, r1 = np.searchsorted(rd, [first, last_p + 1])
