@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hosts import page_sharing as sh
 from hosts import page_state as ps
 from hosts.errors import InvariantError
 from hosts.machine_memory import MachineMemory
 from hosts.page_sharing import SharingIndex, hash_page
 from hosts.phys_map import PhysMap
+from hosts.sharing_scan import scan_batch
 from hosts.vmm_swap import SwapStore
 
 
@@ -211,7 +211,7 @@ class HostMemory:
         Hashing, classification (sequential, as if earlier pages of the batch had already
         been applied), verification (hints from the index re-hashed, every pair
         byte-compared) and the index updates run in one compiled kernel,
-        :func:`hosts.page_sharing.scan_batch`; here its verified pairs are applied to the
+        :func:`hosts.sharing_scan.scan_batch`; here its verified pairs are applied to the
         maps with array operations.  A proposal that fails verification is simply not
         applied; the page is seen again on the scanner's next pass.
         """
@@ -225,7 +225,7 @@ class HostMemory:
         fr, idx = self.frames, self.index
         frames = pmap.loc[cand].astype(np.int64)
         mask = idx.mask
-        ok_i, targets, promote, n_stale, n_coll, err = sh.scan_batch(
+        ok_i, targets, promote, n_stale, n_coll, err = scan_batch(
             fr.content,
             frames,
             np.int32(slot.group),

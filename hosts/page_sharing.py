@@ -1,6 +1,6 @@
 """Content-based page sharing as in ESX (Waldspurger 2002, fig. 3): the sharing index.
 
-Scope: the index itself and the compiled kernels that run the scan step against it.
+Scope: the index itself and its compiled table kernels (look-up, insert, delete, check).
 
 The index holds, per sharing group, xxh3-64 hash -> *shared* frame and hash -> *hint*
 frame (an unshared page seen earlier, ESX's hint entries).  It is one numpy
@@ -12,8 +12,9 @@ can never disagree.  Linear probing; deletion shifts later entries back (no tomb
 A look-up names the kind it wants: shared entries and hint entries of one hash are
 distinct, and the scan asks for a shared frame first, then a hint.
 
-:func:`scan_batch` is the ESX scan of one batch (hash, classify, verify, update the
-index); :meth:`hosts.host_memory.HostMemory.scan` applies its result to the VMs' maps.
+:func:`hosts.sharing_scan.scan_batch` is the ESX scan of one batch (hash, classify,
+verify, update the index); :meth:`hosts.host_memory.HostMemory.scan` applies its result to
+the VMs' maps.
 
 Sharing groups: pages are only ever shared within one group (``sharing_group`` in the
 config); the group is part of every key.  The zero page is nothing special: a page of
@@ -29,7 +30,7 @@ import numpy as np
 import xxhash
 
 from hosts.errors import InvariantError
-from hosts.native import JIT, memcmp, xxh3_64
+from hosts.native import JIT, xxh3_64
 
 NONE, HINT, SHARED = 0, 1, 2
 EMPTY = -1
@@ -210,204 +211,6 @@ def _check(slots, kind, key, grp, shift, counts, content, shared_flag, mask):
     if got[HINT] != counts[HINT] or got[SHARED] != counts[SHARED]:
         return 10, -1
     return 0, -1
-
-
-# ---------------------------------------------------------------------------- the scan
-@numba.njit(**JIT)
-def scan_batch(
-    content, frames, g, slots, kind, key, grp, shift, counts, refcount, shared, zero, mask, zh
-):
-    """The ESX scan of one batch of private frames (one VM, sharing group ``g``).
-
-    Exactly as if the pages were handled one after another, in three passes:
-
-    1. classify: hash each page; a shared entry of its hash (index, or promoted earlier in
-       this batch) -> pair the page with that frame; else a hint (made earlier in this
-       batch, else in the index; not the page's own frame) -> pair with the hinted frame,
-       which the batch then treats as shared under that hash; else the page becomes the
-       batch's hint for its hash.
-    2. verify: a hint from the index must still be a private frame that hashes to its key
-       (else it is *stale*: every pair onto it is dropped and the first page that hit it
-       becomes the hint for that hash instead); every other pair must be byte-equal --
-       different bytes under equal hashes are a *collision* and never share.  (The
-       compare itself runs in pass 1, right after hashing, while the page is in cache.)
-    3. update the index: each hinted frame some page verified against becomes a shared
-       frame (its hint entry gives way; ``shared``/``zero`` flags set); the batch's hints
-       replace older hint entries (of the same frame, or the same hash).  References are
-       added to the targets (``refcount``).  The caller moves the pages onto the targets,
-       promotes the owner pages of promoted frames and frees the duplicates.
-
-    Returns ``(ok_i, ok_t, promoted, n_stale, n_collisions, err)``: batch positions and
-    target frames of verified pairs (batch order), promoted frames (ascending), counts,
-    and ``err`` (-1, else a frame whose index entry was missing or doubly shared).
-    """
-    n = frames.shape[0]
-    cb = content.shape[1]
-    hashes = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        hashes[i] = xxh3_64(content[frames[i]].ctypes.data, cb) & mask
-
-    # Batch-local map hash -> (frame the batch treats as shared, the batch's hint frame).
-    lbits = 1
-    while (1 << lbits) < 2 * n:
-        lbits += 1
-    lm = (1 << lbits) - 1
-    lshift = np.uint64(64 - lbits)
-    lh = np.zeros(lm + 1, dtype=np.uint64)
-    lused = np.zeros(lm + 1, dtype=np.bool_)
-    lbs = np.full(lm + 1, -1, dtype=np.int64)
-    lnh = np.full(lm + 1, -1, dtype=np.int64)
-    page_j = np.full(n, -1, dtype=np.int64)
-
-    # (1) classify.
-    pair_i = np.empty(n, dtype=np.int64)
-    pair_t = np.empty(n, dtype=np.int64)
-    same = np.empty(n, dtype=np.bool_)
-    npair = 0
-    old_t = np.empty(n, dtype=np.int64)  # hints from the index that pages hit
-    old_j = np.empty(n, dtype=np.int64)
-    nold = 0
-    for i in range(n):
-        f = frames[i]
-        h = hashes[i]
-        t = _lookup(slots, kind, key, grp, shift, g, h, SHARED)
-        if t < 0:
-            j = np.int64((h * _MIX) >> lshift)
-            while lused[j] and lh[j] != h:
-                j = (j + 1) & lm
-            if not lused[j]:
-                lused[j] = True
-                lh[j] = h
-            page_j[i] = j
-            t = lbs[j]
-            if t < 0:
-                t = lnh[j]
-                if t < 0:
-                    t = _lookup(slots, kind, key, grp, shift, g, h, HINT)
-                    if t < 0 or t == f:
-                        lnh[j] = f
-                        continue
-                    old_t[nold] = t
-                    old_j[nold] = j
-                    nold += 1
-                lbs[j] = t
-        if t != f:
-            pair_i[npair] = i
-            pair_t[npair] = t
-            # Byte compare now, while the page is in cache; used unless t turns out stale.
-            same[npair] = memcmp(content[f].ctypes.data, content[t].ctypes.data, cb) == 0
-            npair += 1
-
-    # (2) verify.  Stale index hints, sorted by frame for membership tests.
-    st_t = np.empty(nold, dtype=np.int64)
-    st_j = np.empty(nold, dtype=np.int64)
-    nst = 0
-    for x in range(nold):
-        t = old_t[x]
-        h = lh[old_j[x]]
-        if (
-            refcount[t] != 1
-            or shared[t]
-            or kind[t] != HINT
-            or key[t] != h
-            or (xxh3_64(content[t].ctypes.data, cb) & mask) != h
-        ):
-            st_t[nst] = t
-            st_j[nst] = old_j[x]
-            nst += 1
-    order = np.argsort(st_t[:nst])
-    st_t = st_t[:nst][order]
-    st_j = st_j[:nst][order]
-    st_first = np.full(nst, -1, dtype=np.int64)
-    ok = np.zeros(npair, dtype=np.bool_)
-    nok = 0
-    ncoll = 0
-    for p in range(npair):
-        t = pair_t[p]
-        if nst:
-            s = np.searchsorted(st_t, t)
-            if s < nst and st_t[s] == t:
-                if st_first[s] < 0:
-                    st_first[s] = p
-                continue
-        if same[p]:
-            ok[p] = True
-            nok += 1
-        else:
-            ncoll += 1
-    # A stale hint is replaced by the first page that hit it (a fresh hint).
-    for s in range(nst):
-        j = st_j[s]
-        if lnh[j] < 0:
-            lnh[j] = frames[pair_i[st_first[s]]]
-
-    # (3) update.  Verified targets not yet shared are promoted under the pair's hash.
-    ok_i = np.empty(nok, dtype=np.int64)
-    ok_t = np.empty(nok, dtype=np.int64)
-    pro = np.empty(nok, dtype=np.int64)
-    pro_h = np.empty(nok, dtype=np.uint64)
-    npro = 0
-    x = 0
-    for p in range(npair):
-        if not ok[p]:
-            continue
-        i = pair_i[p]
-        t = pair_t[p]
-        ok_i[x] = i
-        ok_t[x] = t
-        x += 1
-        refcount[t] += 1
-        if not shared[t]:
-            shared[t] = True  # marks it seen: later pairs onto t are merges
-            pro[npro] = t
-            pro_h[npro] = hashes[i]
-            npro += 1
-            lnh[page_j[i]] = -1  # the hash is shared now: no hint for it
-    for x in range(npro):
-        t = pro[x]
-        k = kind[t]
-        if k != NONE:
-            if not _delete(slots, kind, key, grp, shift, t):
-                return ok_i, ok_t, pro[:0], nst, ncoll, t
-            counts[k] -= 1
-        kind[t] = SHARED
-        key[t] = pro_h[x]
-        grp[t] = g
-        if _insert(slots, kind, key, grp, shift, t) >= 0:
-            return ok_i, ok_t, pro[:0], nst, ncoll, t
-        counts[SHARED] += 1
-        if pro_h[x] == zh:
-            z = True
-            row = content[t]
-            for b in range(cb):
-                if row[b] != 0:
-                    z = False
-                    break
-            zero[t] = z
-    # The batch's hints: first drop what their frames held, then enter them (an older
-    # hint entry under the same hash is displaced: its record goes back to NONE).
-    for j in range(lm + 1):
-        f = lnh[j]
-        if f >= 0 and kind[f] != NONE:
-            k = kind[f]
-            if not _delete(slots, kind, key, grp, shift, f):
-                return ok_i, ok_t, pro[:npro], nst, ncoll, f
-            counts[k] -= 1
-            kind[f] = NONE
-    for j in range(lm + 1):
-        f = lnh[j]
-        if f < 0:
-            continue
-        kind[f] = HINT
-        key[f] = lh[j]
-        grp[f] = g
-        d = _insert(slots, kind, key, grp, shift, f)
-        if d >= 0:
-            kind[d] = NONE
-        else:
-            counts[HINT] += 1
-    pro = np.sort(pro[:npro])
-    return ok_i, ok_t, pro, nst, ncoll, -1
 
 
 # ---------------------------------------------------------------------------- the index
