@@ -15,7 +15,6 @@ Host actors declare a fractional CPU (the cluster's CPUs divided among the hosts
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -52,42 +51,8 @@ class _HostActorImpl(HostRuntime):
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def park(self, barrier: Any, gen: int, timeout_s: float) -> None:
-        """Wait, inside a task, until the pool's next call releases ``gen``.
-
-        An idle actor's main thread wakes every 10 ms to check for signals (measured: ~8 ms
-        of CPU per second per actor -- half a core for 64 idle hosts); a worker blocked in
-        ``ray.get`` checks once a second.  Queued right behind each ``run_round``, this
-        keeps a host blocked, not idle, while it waits for the other hosts and the next
-        round.  It never changes what the host computes.
-        """
-        try:
-            ray.get(barrier.wait.remote(gen), timeout=timeout_s)
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError):
-            pass  # a lost barrier only costs the waiting host its cheap wait
-
 
 HostActor = ray.remote(max_restarts=0, max_task_retries=0)(_HostActorImpl)
-
-
-@ray.remote(num_cpus=0)
-class _ParkingBarrier:
-    """Where parked host actors wait between rounds: ``release(gen)`` wakes ``wait(gen)``."""
-
-    def __init__(self) -> None:
-        self._events: dict[int, asyncio.Event] = {}
-
-    async def wait(self, gen: int) -> None:
-        await self._events.setdefault(gen, asyncio.Event()).wait()
-
-    async def release(self, gen: int) -> None:
-        self._events.setdefault(gen, asyncio.Event()).set()
-        for old in [g for g in self._events if g < gen]:
-            del self._events[old]  # already set: their waiters have woken
-
-
-#: Park idle host actors between rounds (``VMMSIM_PARK_HOSTS=0`` turns it off).
-PARK_HOSTS = os.environ.get("VMMSIM_PARK_HOSTS", "1") != "0"
 
 
 def init_ray(
@@ -137,8 +102,6 @@ class RayPool(HostPool):
         self.tick = 0
         self._submitted: dict[str, tuple[str, str]] = {}  # ref id -> (host, method)
         self.names = [s.name for s in host_specs(self.cfg)]
-        self._barrier: Any = None  # parking (see _park), made by _spawn
-        self._gen, self._parked = 0, False
         self._spawn()
 
     def _spawn(self) -> None:
@@ -155,25 +118,7 @@ class RayPool(HostPool):
             )
             for s in specs
         }
-        self._barrier = _ParkingBarrier.remote() if PARK_HOSTS else None
-        self._gen, self._parked = 0, False
         self.call("ping", [()] * len(self.names))
-
-    def _unpark(self) -> None:
-        """Release parked hosts before anything is asked of them."""
-        if self._parked:
-            self._barrier.release.remote(self._gen)
-            self._parked = False
-
-    def _park(self, names: list[str]) -> None:
-        """Queue a park behind each host's current call (see ``_HostActorImpl.park``)."""
-        if self._barrier is None:
-            return
-        self._gen += 1
-        wait = max(1.0, self.timeout_s / 2)
-        for n in names:
-            self.actors[n].park.remote(self._barrier, self._gen, wait)
-        self._parked = True
 
     def restart(self) -> None:
         """Fresh actors for every host (the old ones are killed; recovery)."""
@@ -183,13 +128,10 @@ class RayPool(HostPool):
 
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
         names = list(names if names is not None else self.names)
-        self._unpark()
         t0 = time.perf_counter()
         refs = [
             getattr(self.actors[n], method).remote(*a) for n, a in zip(names, args, strict=True)
         ]
-        if method == "run_round":
-            self._park(names)  # each host parks as soon as its round is done
         out = self._results(refs, [(n, method) for n in names])
         if method == "run_round":
             self.round_walls.append(time.perf_counter() - t0)
@@ -197,7 +139,6 @@ class RayPool(HostPool):
 
     def submit(self, name: str, method: str, *args: Any) -> Any:
         """An ObjectRef; refs among ``args`` are resolved by Ray on the receiving actor."""
-        self._unpark()
         ref = getattr(self.actors[name], method).remote(*args)
         # Labels for error messages, keyed by the ref's id so that refs never gathered
         # (intermediate data) are not kept alive here; the oldest labels are dropped.
@@ -236,15 +177,11 @@ class RayPool(HostPool):
         return dict(zip(self.names, self.call("pid", [()] * len(self.names)), strict=True))
 
     def kill(self, name: str) -> None:
-        self._unpark()
         ray.kill(self.actors[name], no_restart=True)
 
     def close(self) -> None:
-        self._unpark()
         for a in self.actors.values():
             ray.kill(a, no_restart=True)
-        if self._barrier is not None:
-            ray.kill(self._barrier, no_restart=True)
 
 
 class _CoordinatorImpl:

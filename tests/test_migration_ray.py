@@ -54,24 +54,3 @@ def test_gather_names_the_failing_host_even_upstream_in_a_chain(ray_session):
             pool.gather([pool.submit("h-1", "mig_known", "nope", bad)])
     finally:
         pool.close()
-
-
-def test_hosts_park_after_a_round_and_wake_for_any_call(ray_session):
-    """A host parked behind its round (blocked in ray.get, not idle) still answers every
-    kind of request at once: calls, host-to-host chains and another round."""
-    from cluster.ray_runtime import PARK_HOSTS, RayPool
-
-    assert PARK_HOSTS  # on by default
-    pool = RayPool(_cfg(SCHEDULED).to_dict(), timeout_s=60)
-    try:
-        pool.call("boot", [([],), ([],)])
-        pool.call("run_round", [(0, 2, None), (0, 2, None)])
-        assert pool._parked and pool._gen == 1
-        assert len(pool.call("ping", [(), ()])) == 2  # would time out if still parked
-        assert not pool._parked
-        pool.call("run_round", [(2, 2, None), (2, 2, None)])
-        assert pool._parked and pool._gen == 2
-        assert pool.gather([pool.submit("h-1", "ping")]) == pool.call("ping", [()], ["h-1"])
-        assert not pool._parked
-    finally:
-        pool.close()
