@@ -39,12 +39,6 @@ from hosts.warmup import warm_kernels  # noqa: E402
 class _HostActorImpl(HostRuntime):
     """A host as a Ray actor: HostRuntime plus where it runs (translation only)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Load the compiled kernels now (from numba's disk cache, warmed by the
-        # coordinator), so start-up pays for them and the first round does not.
-        warm_kernels()
-
     # A sync actor's result is copied into the object store before its next call runs.
     reuse_send_buffers = True
 
