@@ -34,18 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from numba import types
 
 from hosts import native
 
 #: Seeds of the strong digest's two xxh3-64 halves (fixed: part of the wire format).
 STRONG_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 _S0, _S1 = STRONG_SEEDS
-
-#: The C library's ``memcpy`` and ``memcmp`` (already in the process; numba's own slice
-#: copy and compare of ``uint8`` rows run byte loops, several times slower).
-_memcpy = types.ExternalFunction("memcpy", types.voidptr(types.voidptr, types.voidptr, types.uintp))
-_memcmp = types.ExternalFunction("memcmp", types.intc(types.voidptr, types.voidptr, types.uintp))
 
 
 @numba.njit(**native.JIT)
@@ -61,7 +55,7 @@ def _gather_hash(
     for i in range(loc.shape[0]):
         src = swap[loc[i]] if in_swap[i] else frames[loc[i]]
         dst = out[i].ctypes.data
-        _memcpy(dst, src.ctypes.data, width)
+        native.memcpy(dst, src.ctypes.data, width)
         h64[i] = native.xxh3_64(dst, width)
 
 
@@ -81,7 +75,7 @@ def _gather_hash_strong(
     width = out.shape[1]
     for i in range(rows.shape[0]):
         dst = out[i].ctypes.data
-        _memcpy(dst, content[rows[i]].ctypes.data, width)
+        native.memcpy(dst, content[rows[i]].ctypes.data, width)
         h64[i] = native.xxh3_64(dst, width)
         strong[i, 0] = native.xxh3_64_seeded(dst, width, _S0)
         strong[i, 1] = native.xxh3_64_seeded(dst, width, _S1)
@@ -91,7 +85,7 @@ def _gather_hash_strong(
 def _rows_equal(a: np.ndarray, ra: np.ndarray, b: np.ndarray, rb: np.ndarray, out: np.ndarray):
     width = a.shape[1]
     for i in range(ra.shape[0]):
-        out[i] = _memcmp(a[ra[i]].ctypes.data, b[rb[i]].ctypes.data, width) == 0
+        out[i] = native.memcmp(a[ra[i]].ctypes.data, b[rb[i]].ctypes.data, width) == 0
 
 
 #: Batches of at least this many bytes are gathered and hashed by several threads.

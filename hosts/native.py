@@ -5,7 +5,8 @@ C extension that exports the reference library's symbols (``XXH3_64bits`` ...); 
 that very shared object into LLVM's symbol table and declare the functions as numba
 externals, so a kernel hashes a page with the *same* C code ``xxhash.xxh3_64_intdigest``
 runs -- no re-implementation, no per-page Python call.  Kernels elsewhere in ``hosts/`` use
-:data:`xxh3_64`, :data:`xxh3_64_seeded` and the C library's :data:`memcmp`, and compile with
+:data:`xxh3_64`, :data:`xxh3_64_seeded` and the C library's :data:`memcmp` and
+:data:`memcpy`, and compile with
 :data:`JIT` (cached on disk, so each process loads machine code instead of compiling).
 
 Not covered: the kernels themselves (they live beside the state they change).
@@ -32,6 +33,9 @@ xxh3_64_seeded = types.ExternalFunction(
 #: ``int memcmp(const void *a, const void *b, size_t n)`` from the C library (already in the
 #: process): the byte-exact compare of two pages that decides whether they may share.
 memcmp = types.ExternalFunction("memcmp", types.intc(types.voidptr, types.voidptr, types.uintp))
+#: ``void *memcpy(void *dst, const void *src, size_t n)`` from the C library: a page copy
+#: (numba's own slice copy of ``uint8`` rows runs a byte loop, several times slower).
+memcpy = types.ExternalFunction("memcpy", types.voidptr(types.voidptr, types.voidptr, types.uintp))
 
 #: Options every kernel compiles with: no Python objects, cached machine code, GIL released.
 JIT = {"cache": True, "nogil": True}
