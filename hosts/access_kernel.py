@@ -38,6 +38,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from hosts import guest_os as gos
 from hosts import page_state as ps
 from hosts.native import JIT
+from workloads.content import GOLDEN, MIX_M1, MIX_M2
 
 #: Status codes (``res[ST]``): done; the guest must evict (general path); the host needs
 #: ``res[NEED]`` frames (make room, call again); a ballooned page was touched (general
@@ -70,18 +71,15 @@ _RESIDENT, _NEVER, _SWAPPED, _DROPPED = gos.RESIDENT, gos.NEVER, gos.SWAPPED, go
 _UNT, _MAP, _SHR, _BAL, _VSW = ps.UNTOUCHED, ps.MAPPED, ps.SHARED, ps.BALLOONED, ps.VMM_SWAPPED
 
 _LITTLE = sys.byteorder == "little"
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
 @numba.njit(**JIT)
 def mix64(x: np.uint64) -> np.uint64:
     """SplitMix64 finaliser of one word (as :func:`workloads.content.mix64`)."""
     x = x ^ (x >> np.uint64(30))
-    x = x * _M1
+    x = x * MIX_M1
     x = x ^ (x >> np.uint64(27))
-    x = x * _M2
+    x = x * MIX_M2
     return x ^ (x >> np.uint64(31))
 
 
@@ -89,7 +87,7 @@ def mix64(x: np.uint64) -> np.uint64:
 def image_key(v: int, own: np.uint64, fam: np.uint64, cut: int) -> np.uint64:
     """Content key of image page ``v`` (as :func:`workloads.images.image_keys`)."""
     base = fam if v < cut else own
-    k = mix64((np.uint64(v) * _GOLDEN) ^ base)
+    k = mix64((np.uint64(v) * GOLDEN) ^ base)
     return np.uint64(1) if k == 0 else k
 
 

@@ -18,9 +18,11 @@ from workloads import rng_kernels
 
 ZERO_KEY = 0
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+#: SplitMix64's constants: what a content key means (the compiled twin in
+#: :mod:`hosts.access_kernel` uses these same values).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:
@@ -29,9 +31,9 @@ def mix64(x: np.ndarray) -> np.ndarray:
     # the small arrays of one tick); atleast_1d keeps 0-d input an array.
     x = np.atleast_1d(np.asarray(x, dtype=np.uint64)).copy()
     x ^= x >> np.uint64(30)
-    x *= _M1
+    x *= MIX_M1
     x ^= x >> np.uint64(27)
-    x *= _M2
+    x *= MIX_M2
     x ^= x >> np.uint64(31)
     return x
 
@@ -74,7 +76,7 @@ def word_table(n_words: int) -> np.ndarray:
     """The fixed words ``T`` of :func:`page_bytes` (``uint64[n_words]``, do not modify)."""
     t = _TABLES.get(n_words)
     if t is None:
-        t = mix64(np.arange(1, n_words + 1, dtype=np.uint64) * _GOLDEN)
+        t = mix64(np.arange(1, n_words + 1, dtype=np.uint64) * GOLDEN)
         _TABLES[n_words] = t
     return t
 
@@ -91,6 +93,6 @@ def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
 def derived_keys(base: int, index: np.ndarray) -> np.ndarray:
     """Keys ``f(base, i)`` for an index array: deterministic, never zero."""
     index = np.atleast_1d(np.asarray(index, dtype=np.uint64))
-    k = mix64(index * _GOLDEN ^ np.uint64(base & 0xFFFFFFFFFFFFFFFF))
+    k = mix64(index * GOLDEN ^ np.uint64(base & 0xFFFFFFFFFFFFFFFF))
     k[k == 0] = 1
     return k
