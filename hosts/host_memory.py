@@ -23,7 +23,7 @@ from hosts.errors import InvariantError
 from hosts.machine_memory import MachineMemory
 from hosts.page_sharing import SharingIndex, hash_page
 from hosts.phys_map import PhysMap
-from hosts.sharing_scan import scan_batch
+from hosts.sharing_scan import merge_pages, scan_batch
 from hosts.vmm_swap import SwapStore
 
 
@@ -211,9 +211,11 @@ class HostMemory:
         Hashing, classification (sequential, as if earlier pages of the batch had already
         been applied), verification (hints from the index re-hashed, every pair
         byte-compared) and the index updates run in one compiled kernel,
-        :func:`hosts.sharing_scan.scan_batch`; here its verified pairs are applied to the
-        maps with array operations.  A proposal that fails verification is simply not
-        applied; the page is seen again on the scanner's next pass.
+        :func:`hosts.sharing_scan.scan_batch`; the verified pairs are applied by a second
+        one, :func:`hosts.sharing_scan.merge_pages` (after the owner pages of promoted
+        frames, which may belong to other VMs, are made shared here).  A proposal that
+        fails verification is simply not applied; the page is seen again on the scanner's
+        next pass.
         """
         slot = self.vms[vm]
         pmap = slot.pmap
@@ -245,10 +247,30 @@ class HostMemory:
             # every other page merged onto a frame that was shared by then.
             stats.hint_hits = len(promote)
             stats.merged = len(targets) - len(promote)
-            self._promote(promote)
-            pmap.set_state(cand[ok_i], ps.SHARED, targets)
-            pmap.n_zero_shared += int(self.zero[targets].sum())
-            stats.frames_freed = self._decref(frames[ok_i])
+            if len(promote):
+                self._promote(promote)
+            nz, n_freed, fr.n_free, err = merge_pages(
+                cand[ok_i].astype(np.int64, copy=False),
+                targets,
+                frames[ok_i],
+                pmap.state,
+                pmap.loc,
+                pmap.counts,
+                self.zero,
+                fr.refcount,
+                fr.shared,
+                fr.owner_vm,
+                fr.owner_ppn,
+                fr.free_stack,
+                fr.n_free,
+                *idx.table_args(),
+                idx.counts,
+            )
+            if err != -1:
+                what = "refcount went negative" if err < -1 else "index entry missing"
+                raise InvariantError(f"scan: frame {max(err, -2 - err)}: {what}")
+            pmap.n_zero_shared += nz
+            stats.frames_freed = n_freed
         return stats
 
     def _promote(self, frames: np.ndarray) -> None:

@@ -18,7 +18,8 @@ import numba
 import numpy as np
 
 from hosts.native import JIT, memcmp, xxh3_64
-from hosts.page_sharing import _MIX, HINT, NONE, SHARED, _delete, _insert, _lookup
+from hosts.page_sharing import _MIX, HINT, NONE, SHARED, _delete, _forget, _insert, _lookup
+from hosts.page_state import SHARED as PAGE_SHARED
 
 
 @numba.njit(**JIT)
@@ -216,3 +217,57 @@ def scan_batch(
             counts[HINT] += 1
     pro = np.sort(pro[:npro])
     return ok_i, ok_t, pro, nst, ncoll, -1
+
+
+@numba.njit(**JIT)
+def merge_pages(
+    pages, targets, dups, state, loc, pcounts, zero, refcount, shared, owner_vm, owner_ppn,
+    f_free, f_n_free, slots, kind, key, grp, shift, icounts,
+):  # fmt: skip
+    """Apply a batch's verified pairs to its VM (after the owners' promotion).
+
+    Moves guest pages ``pages`` (private, unique) onto their shared ``targets``
+    (``PhysMap.set_state(pages, SHARED, targets)``), then drops one reference of each
+    duplicate frame ``dups`` (their private frames): a frame left with none goes back on
+    the free stack (ascending frames pushed in descending order, owner and shared flags
+    cleared), leaves the sharing index and loses its zero flag -- exactly
+    :meth:`hosts.host_memory.HostMemory._decref`.
+
+    Returns ``(zero-shared pages added, frames freed, free frames after, err)``; ``err``
+    is -1, else a frame whose refcount went negative (-2 - frame) or whose record has an
+    entry the index does not hold (the frame).
+    """
+    nz = 0
+    for x in range(pages.shape[0]):
+        p = pages[x]
+        t = targets[x]
+        pcounts[state[p]] -= 1
+        pcounts[PAGE_SHARED] += 1
+        state[p] = PAGE_SHARED
+        loc[p] = t
+        if zero[t]:
+            nz += 1
+    freed = np.empty(dups.shape[0], dtype=np.int64)
+    n_fr = 0
+    for x in range(dups.shape[0]):
+        f = dups[x]
+        refcount[f] -= 1
+        if refcount[f] < 0:
+            return nz, n_fr, f_n_free, -2 - f
+        if refcount[f] == 0:
+            freed[n_fr] = f
+            n_fr += 1
+    freed = np.sort(freed[:n_fr])
+    for x in range(n_fr):
+        f = freed[x]
+        shared[f] = False
+        owner_vm[f] = -1
+        owner_ppn[f] = -1
+        f_free[f_n_free + x] = freed[n_fr - 1 - x]
+    f_n_free += n_fr
+    bad = _forget(slots, kind, key, grp, shift, icounts, freed)
+    if bad >= 0:
+        return nz, n_fr, f_n_free, bad
+    for x in range(n_fr):
+        zero[freed[x]] = False
+    return nz, n_fr, f_n_free, -1
