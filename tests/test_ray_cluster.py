@@ -42,14 +42,18 @@ def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
     ).read_bytes()
     timing = json.loads((tmp_path / "ray" / "timing.json").read_text())
     assert timing["backend"] == "ray" and len(timing["host_nodes"]) == 4
+    # Rounds ran with one host call per CPU at a time (2 here: the windowed path).
+    assert timing["round_window"] == 2
+    assert 0 < timing["round_bound_s"] <= timing["round_wall_s"]
     assert ray_session.is_initialized(), "a run must not shut down a Ray it did not start"
 
 
-def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path):
+@pytest.mark.parametrize("n_hosts", [2, 4], ids=["all-at-once", "windowed"])
+def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path, n_hosts):
     from cluster.host_pool import HostFailure
     from cluster.ray_runtime import start_coordinator
 
-    cfg = load_config(write_config(tmp_path, small_config(n_hosts=2, duration_s=20)))
+    cfg = load_config(write_config(tmp_path, small_config(n_hosts=n_hosts, duration_s=20)))
     coord = start_coordinator(cfg.to_dict(), timeout_s=60)
     try:
         ray_session.get(coord.start.remote(), timeout=60)
@@ -65,6 +69,17 @@ def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path):
         assert "h-1" in str(err.value) and "tick 5" in str(err.value)
     finally:
         ray_session.kill(coord)
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "two"])
+def test_round_window_override_must_be_a_positive_integer(monkeypatch, bad):
+    from cluster.ray_runtime import _round_window
+
+    monkeypatch.setenv("VMMSIM_ROUND_WINDOW", bad)
+    with pytest.raises(ValueError, match="VMMSIM_ROUND_WINDOW must be a positive integer"):
+        _round_window()
+    monkeypatch.setenv("VMMSIM_ROUND_WINDOW", "3")
+    assert _round_window() == 3
 
 
 def _free_port() -> int:
