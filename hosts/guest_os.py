@@ -21,9 +21,11 @@ see it (that is what the balloon is for).  Not covered: VMM state (:mod:`hosts.p
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from hosts.errors import InvariantError
+from hosts.native import JIT
 
 NEVER, RESIDENT, SWAPPED, DROPPED = 0, 1, 2, 3
 FREE, BALLOON = -1, -2
@@ -38,10 +40,14 @@ class GuestSwap:
         self.n_free = capacity
         self.n_used = 0
 
-    def put(self, data: np.ndarray) -> np.ndarray:
-        n = len(data)
+    def reserve(self, n: int) -> None:
+        """Make sure ``n`` slots are free (the disk grows: at least doubles)."""
         if n > self.n_free:
             self._grow(n - self.n_free)
+
+    def put(self, data: np.ndarray) -> np.ndarray:
+        n = len(data)
+        self.reserve(n)
         slots = self.free_stack[self.n_free - n : self.n_free][::-1].copy()
         self.n_free -= n
         self.n_used += n
@@ -120,37 +126,19 @@ class GuestOS:
     def choose_victims(self, k: int, protect: np.ndarray | None = None) -> np.ndarray:
         """Up to ``k`` physical pages to evict, coldest first by the clock algorithm.
 
-        Vectorised clock: sweep from the hand over evictable pages (in use, not pinned,
-        not protected); pages with a clear reference bit are taken in sweep order; the
-        bits of pages passed over are cleared, and if a full sweep finds too few, a second
-        sweep takes pages in order.  The hand stops just after the last victim.
+        Clock: sweep from the hand over evictable pages (in use, not pinned, not
+        protected); pages with a clear reference bit are taken in sweep order; the bits of
+        pages passed over are cleared, and if a full sweep finds too few, a second sweep
+        takes pages in order.  The hand stops just after the last victim.  One compiled
+        sweep that stops at the ``k``-th victim (:func:`_clock`); :func:`clock_reference`
+        is the vectorised numpy version it replaced, kept for the tests.
         """
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
-        order = (self.hand + np.arange(self.n_pages)) % self.n_pages
-        ok = (self.p2v[order] >= 0) & ~self.pinned[order]
-        if protect is not None and len(protect):
-            prot = np.zeros(self.n_pages, dtype=bool)
-            prot[protect] = True
-            ok &= ~prot[order]
-        cand = order[ok]
-        if len(cand) == 0:
-            return np.zeros(0, dtype=np.int64)
-        cold = np.flatnonzero(~self.pref[cand])
-        if len(cold) >= k:
-            last = cold[k - 1]
-            victims = cand[cold[:k]]
-            self.pref[cand[: last + 1]] = False  # passed over: second chance used
-        else:
-            self.pref[cand] = False
-            taken = np.zeros(len(cand), dtype=bool)
-            taken[cold] = True
-            extra = np.flatnonzero(~taken)[: k - len(cold)]
-            sel = np.sort(np.concatenate([cold, extra]))
-            victims = cand[sel]
-            last = sel[-1] if len(sel) else 0
-        self.hand = int((cand[last] + 1) % self.n_pages)
-        return victims.astype(np.int64)
+        prot = _NO_PAGES if protect is None else np.asarray(protect, dtype=np.int64)
+        out = np.empty(min(k, self.n_pages), dtype=np.int64)
+        n, self.hand = _clock(self.p2v, self.pinned, self.pref, prot, self.hand, k, out)
+        return out[:n]
 
     # ------------------------------------------------------------------ eviction
     def evict(self, ppns: np.ndarray, data: np.ndarray | None) -> tuple[int, int]:
@@ -217,3 +205,91 @@ class GuestOS:
             raise InvariantError("guest swap slots in use != swapped pages")
         if (self.p2v[self.pinned] < 0).any():
             raise InvariantError("a pinned page is not resident")
+
+
+def clock_reference(g: GuestOS, k: int, protect: np.ndarray | None = None) -> np.ndarray:
+    """:meth:`GuestOS.choose_victims` in vectorised numpy (O(pages) per call): the
+    reference the compiled sweep is tested against.  Changes ``g`` the same way."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    order = (g.hand + np.arange(g.n_pages)) % g.n_pages
+    ok = (g.p2v[order] >= 0) & ~g.pinned[order]
+    if protect is not None and len(protect):
+        prot = np.zeros(g.n_pages, dtype=bool)
+        prot[protect] = True
+        ok &= ~prot[order]
+    cand = order[ok]
+    if len(cand) == 0:
+        return np.zeros(0, dtype=np.int64)
+    cold = np.flatnonzero(~g.pref[cand])
+    if len(cold) >= k:
+        last = cold[k - 1]
+        victims = cand[cold[:k]]
+        g.pref[cand[: last + 1]] = False  # passed over: second chance used
+    else:
+        g.pref[cand] = False
+        taken = np.zeros(len(cand), dtype=bool)
+        taken[cold] = True
+        extra = np.flatnonzero(~taken)[: k - len(cold)]
+        sel = np.sort(np.concatenate([cold, extra]))
+        victims = cand[sel]
+        last = sel[-1] if len(sel) else 0
+    g.hand = int((cand[last] + 1) % g.n_pages)
+    return victims.astype(np.int64)
+
+
+_NO_PAGES = np.zeros(0, dtype=np.int64)
+
+
+@numba.njit(**JIT)
+def _clock(p2v, pinned, pref, protect, hand, k, out):  # noqa: ANN001, ANN201
+    """The clock sweep of :meth:`GuestOS.choose_victims`; return (victims in ``out``,
+    new hand)."""
+    n = p2v.shape[0]
+    prot = np.zeros(n, dtype=np.bool_)
+    for x in range(protect.shape[0]):
+        prot[protect[x]] = True
+    nv = 0
+    last = -1
+    any_ok = False
+    for j in range(n):  # first sweep: cold pages, up to k
+        p = hand + j
+        if p >= n:
+            p -= n
+        if p2v[p] < 0 or pinned[p] or prot[p]:
+            continue
+        any_ok = True
+        if not pref[p]:
+            out[nv] = p
+            nv += 1
+            if nv == k:
+                last = p
+                break
+    if not any_ok:
+        return 0, hand
+    if nv == k:  # the bits of pages passed over are cleared (second chance used)
+        for j in range(n):
+            p = hand + j
+            if p >= n:
+                p -= n
+            if p2v[p] >= 0 and not pinned[p] and not prot[p]:
+                pref[p] = False
+            if p == last:
+                break
+    else:  # too few cold pages: every cold page, then the first others, in sweep order
+        extra = k - nv
+        nv = 0
+        for j in range(n):
+            p = hand + j
+            if p >= n:
+                p -= n
+            if p2v[p] < 0 or pinned[p] or prot[p]:
+                continue
+            if not pref[p] or extra > 0:
+                if pref[p]:
+                    extra -= 1
+                out[nv] = p
+                nv += 1
+                last = p
+            pref[p] = False
+    return nv, (last + 1) % n
