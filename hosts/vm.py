@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from hosts import access_kernel as ak
+from hosts import eviction_kernel as ek
 from hosts import guest_os as gos
 from hosts import page_state as ps
+from hosts.errors import InvariantError
 from hosts.guest_os import GuestOS
 from hosts.host_memory import HostMemory
 from hosts.phys_map import PhysMap
@@ -148,6 +150,7 @@ class VirtualMachine:
         self.vm_id = -1  # set when attached to a host
         self.group_id = 0
         self._scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
+        self._evict_res = np.zeros(ek.N_RES, dtype=np.int64)
         self._img: tuple[np.uint64, np.uint64, int] | None = None  # image key parameters
         self._fast: tuple | None = None  # fast path's per-host views and buffers
 
@@ -406,10 +409,33 @@ class VirtualMachine:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
 
     def _guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
-        """The guest pages out ``victims`` (physical pages): dirty ones to its swap."""
+        """The guest pages out ``victims`` (physical pages): dirty ones to its swap.
+
+        With ``fast_path``, one compiled call (:func:`hosts.eviction_kernel.evict`);
+        the numpy path below is its reference."""
         if not len(victims):
             return
         g = self.guest
+        if self.fast_path:
+            gs, res = g.swap, self._evict_res
+            while True:
+                ek.evict(
+                    victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
+                    g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
+                    self.pmap.loc, mem.frames.content, mem.swap.content, res,
+                )  # fmt: skip
+                r = res.tolist()
+                if r[ek.R_ST] != ek.SWAP_SLOTS:
+                    break
+                gs.reserve(r[ek.R_NEED])
+            if r[ek.R_ST] == ek.BALLOONED:
+                raise InvariantError("reading a ballooned page")
+            g.n_free, gs.n_free = r[ek.R_G_FREE], r[ek.R_GS_FREE]
+            gs.n_used += r[ek.R_SWAPPED]
+            self.tick.disk += r[ek.R_VMM_IN] + r[ek.R_SWAPPED]
+            self.tick.vmm_swapins += r[ek.R_VMM_IN]
+            self.stats.guest_swapouts += r[ek.R_SWAPPED]
+            return
         need = g.needs_bytes(victims)
         data = np.zeros((len(victims), self.sim.content_bytes), dtype=np.uint8)
         if need.any():

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hosts import access_kernel as ak
+from hosts import eviction_kernel as ek
 from hosts import page_state as ps
 from hosts.vm import VirtualMachine, _dedup_numpy, vm_page_contents
 from workloads import rng_kernels
@@ -168,6 +169,13 @@ def statuses(monkeypatch):
             seen[("status", int(a[-1][ak.ST]))] += 1
 
         monkeypatch.setattr(ak, name, kernel_spy)
+    real_evict = ek.evict
+
+    def evict_spy(*a):
+        real_evict(*a)
+        seen[("evict", int(a[-1][ek.R_ST]))] += 1
+
+    monkeypatch.setattr(ek, "evict", evict_spy)
     return seen
 
 
@@ -234,7 +242,9 @@ def test_tick_loop_fast_and_general_paths_agree_under_pressure(statuses):
     for vm in fast.vms.values():
         s = vm.stats
         counts.update(cow=s.cow_breaks, vmm_in=s.vmm_swapins, guest_in=s.guest_swapins)
-    assert all(counts[k] > 0 for k in ("cow", "vmm_in", "guest_in")), counts
+        counts.update(guest_out=s.guest_swapouts)
+    assert all(counts[k] > 0 for k in ("cow", "vmm_in", "guest_in", "guest_out")), counts
+    assert statuses[("evict", ek.OK)] > 0, statuses  # the compiled guest eviction ran
 
 
 host_op = st.one_of(

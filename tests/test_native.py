@@ -29,4 +29,19 @@ def test_hash_pages_of_no_rows_is_empty() -> None:
 
 
 def test_warm_up_runs_a_host_through_its_kernels() -> None:
+    from hosts import access_kernel, eviction_kernel, guest_os, sharing_scan
+    from workloads import rng_kernels
+
     assert warm_kernels() > 0.0
+    # Each hot kernel met its arguments (compiled, or loaded from the disk cache): an
+    # actor started after the warm-up loads machine code instead of compiling it.
+    for k in (
+        access_kernel.step,
+        access_kernel.dedup_kernel,
+        sharing_scan.scan_batch,
+        sharing_scan.merge_pages,
+        guest_os._clock,
+        eviction_kernel.evict,
+        rng_kernels._split,
+    ):
+        assert k.signatures, k.__name__
