@@ -26,6 +26,7 @@ from hosts import access_kernel as ak
 from hosts import eviction_kernel as ek
 from hosts import guest_os as gos
 from hosts import page_state as ps
+from hosts import vm_general
 from hosts.errors import InvariantError
 from hosts.guest_os import GuestOS
 from hosts.host_memory import HostMemory
@@ -206,7 +207,7 @@ class VirtualMachine:
         if self.fast_path and status != ak.RANGE:
             rd, wr, keys = ak.dedup(reads, wr, keys, self._scratch)
         else:  # (a page out of range: numpy's indexing raises, or wraps as it always did)
-            rd, wr, keys = _dedup_numpy(reads, wr, keys, n)
+            rd, wr, keys = vm_general.dedup(reads, wr, keys, n)
         if len(rd) + len(wr) <= cap:
             self._apply_chunk(mem, make_room, rd, wr, keys, try_fast, status == ak.EVICT)
             return
@@ -339,71 +340,9 @@ class VirtualMachine:
         keys: np.ndarray,
         evicted: bool = False,
     ) -> None:
-        """The general path of :meth:`_apply_chunk` (numpy; any guest or host state).
-
-        ``evicted``: :meth:`_make_guest_room` already ran for this chunk (not again).
-        """
-        g, c = self.guest, self.tick
-        cb = self.sim.content_bytes
-        if not evicted:
-            self._make_guest_room(mem, rd, wr)
-        r_res = g.vstate[rd] == gos.RESIDENT
-        w_res = g.vstate[wr] == gos.RESIDENT
-        miss_r, miss_w = rd[~r_res], wr[~w_res]
-        restore_v, restore_d = _EMPTY, np.zeros((0, cb), np.uint8)
-        if len(miss_r) or len(miss_w):
-            vr, vw = g.vstate[miss_r], g.vstate[miss_w]
-            r_sw, r_dr, r_nv = (miss_r[vr == s] for s in (gos.SWAPPED, gos.DROPPED, gos.NEVER))
-            w_sw = miss_w[vw == gos.SWAPPED]
-            w_disk = int(np.count_nonzero((vw == gos.SWAPPED) | (vw == gos.DROPPED)))
-            sw_data = g.swap.take(g.vslot[r_sw])
-            g.swap.take(g.vslot[w_sw])  # overwritten whole: the slot is just freed
-            g.vslot[r_sw] = -1
-            g.vslot[w_sw] = -1
-            g.clean[r_nv] = False
-            g.clean[r_sw] = False
-            g.clean[r_dr] = True
-            disk = len(r_sw) + len(r_dr) + w_disk
-            c.disk += disk
-            c.guest_swapins += disk
-            c.minor += len(r_nv) + int(np.count_nonzero(vw == gos.NEVER))
-            miss = np.concatenate([miss_r, miss_w])
-            g.map(miss, g.alloc(len(miss)))
-            # Contents the guest puts into the new physical pages before a read: its
-            # swap/disk copy, or zeros for a first touch.  Pages the step writes need no
-            # restore (writes replace whole pages).
-            restore_v = np.concatenate([r_sw, r_dr, r_nv])
-            dr_data = page_bytes(self._image_keys(r_dr), cb)
-            restore_d = np.concatenate([sw_data, dr_data, np.zeros((len(r_nv), cb), np.uint8)])
-            rd = rd[r_res]
-        wv = np.concatenate([restore_v, wr])
-        data = np.concatenate([restore_d, page_bytes(keys, cb)])
-        r_ppn = g.v2p[rd].astype(np.int64)
-        w_ppn = g.v2p[wv].astype(np.int64)
-        need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
-        while need > mem.n_free:
-            # make_room may VMM-swap pages of this very batch, which then need a frame
-            # back: count again (each such page is swapped at most once, so this ends).
-            make_room(need - mem.n_free, self)
-            need = mem.frames_needed(self.vm_id, r_ppn, w_ppn)
-        fr = mem.read(self.vm_id, r_ppn)
-        fw = mem.write(self.vm_id, w_ppn, data)
-        c.minor += fr.first_touch + fw.first_touch + fw.cow
-        c.cow += fw.cow
-        c.vmm_swapins += fr.vmm_swapin + fw.vmm_swapin
-        c.disk += fr.vmm_swapin + fw.vmm_swapin
-        all_ppn = np.concatenate([r_ppn, w_ppn])
-        hits = self.sampler.on_access(all_ppn)
-        c.minor += hits
-        c.sample += hits
-        c.first_touch += fr.first_touch + fw.first_touch
-        g.pref[all_ppn] = True
-        if len(wr):
-            img = wr < self.layout.n_image
-            cl = np.zeros(len(wr), dtype=bool)
-            if img.any():
-                cl[img] = self._image_keys(wr[img]) == keys[img]
-            g.clean[wr] = cl
+        """The general path of :meth:`_apply_chunk` (numpy; any guest or host state):
+        :func:`hosts.vm_general.apply_chunk`."""
+        vm_general.apply_chunk(self, mem, make_room, rd, wr, keys, evicted)
 
     def _image_keys(self, vpns: np.ndarray) -> np.ndarray:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
@@ -412,7 +351,7 @@ class VirtualMachine:
         """The guest pages out ``victims`` (physical pages): dirty ones to its swap.
 
         With ``fast_path``, one compiled call (:func:`hosts.eviction_kernel.evict`);
-        the numpy path below is its reference."""
+        else its numpy reference, :func:`hosts.vm_general.guest_evict`."""
         if not len(victims):
             return
         g = self.guest
@@ -436,18 +375,7 @@ class VirtualMachine:
             self.tick.vmm_swapins += r[ek.R_VMM_IN]
             self.stats.guest_swapouts += r[ek.R_SWAPPED]
             return
-        need = g.needs_bytes(victims)
-        data = np.zeros((len(victims), self.sim.content_bytes), dtype=np.uint8)
-        if need.any():
-            vp = victims[need]
-            # Double paging: a victim the VMM had swapped out is read back from disk.
-            vmm_sw = int((self.pmap.state[vp] == ps.VMM_SWAPPED).sum())
-            self.tick.disk += vmm_sw
-            self.tick.vmm_swapins += vmm_sw
-            data[need] = mem.read_bytes(self.vm_id, vp)
-        dropped, swapped = g.evict(victims, data)
-        self.tick.disk += swapped
-        self.stats.guest_swapouts += swapped
+        vm_general.guest_evict(self, mem, victims)
 
     # ------------------------------------------------------------------ reclamation
     def inflate_balloon(self, mem: HostMemory, k: int) -> int:
@@ -554,45 +482,3 @@ def vm_page_contents(vm: VirtualMachine, mem: HostMemory) -> np.ndarray:
     dr = np.flatnonzero(g.vstate == gos.DROPPED)
     out[dr] = page_bytes(vm._image_keys(dr), vm.sim.content_bytes)
     return out
-
-
-def _dedup_numpy(
-    reads: np.ndarray, wr: np.ndarray, keys: np.ndarray, n: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The general path's deduplication: sorting for a few accesses, else boolean masks
-    over the guest's ``n`` pages (O(pages + accesses))."""
-    if (len(reads) + len(wr)) * 8 < n:
-        return _dedup_sorted(reads, wr, keys)
-    wmask = np.zeros(n, dtype=bool)
-    if len(wr):
-        last = np.full(n, -1, dtype=np.int64)
-        np.maximum.at(last, wr, np.arange(len(wr), dtype=np.int64))
-        wr = np.flatnonzero(last >= 0)
-        keys = keys[last[wr]]
-        wmask[wr] = True
-    rmask = np.zeros(n, dtype=bool)
-    rmask[reads] = True
-    rmask &= ~wmask
-    return np.flatnonzero(rmask), wr, keys
-
-
-def _dedup_sorted(
-    reads: np.ndarray, writes: np.ndarray, keys: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted unique reads and writes (the last write to a page wins; a page both read
-    and written is a write) by sorting -- cheaper than page masks for a few accesses."""
-    if len(writes):
-        order = np.argsort(writes, kind="stable")
-        ws = writes[order]
-        last = np.ones(len(ws), dtype=bool)
-        last[:-1] = ws[1:] != ws[:-1]  # the last of each run of equal pages
-        writes, keys = ws[last], keys[order][last]
-    rs = np.sort(reads)
-    if len(rs):
-        first = np.ones(len(rs), dtype=bool)
-        first[1:] = rs[1:] != rs[:-1]
-        rs = rs[first]
-        if len(writes):
-            at = np.minimum(np.searchsorted(writes, rs), len(writes) - 1)
-            rs = rs[writes[at] != rs]
-    return rs, writes, keys

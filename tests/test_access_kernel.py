@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hosts import access_kernel as ak
 from hosts import eviction_kernel as ek
 from hosts import page_state as ps
-from hosts.vm import VirtualMachine, _dedup_numpy, vm_page_contents
+from hosts.vm import VirtualMachine, vm_page_contents
+from hosts.vm_general import dedup as dedup_numpy
 from workloads import rng_kernels
 from workloads.content import page_bytes
 from workloads.images import image_keys
@@ -85,7 +86,7 @@ def test_dedup_matches_the_numpy_dedup(n, reads, writes, data):
     )
     scratch = np.full(n, -1, dtype=np.int32)
     got = ak.dedup(rd, wr, keys, scratch)
-    want = _dedup_numpy(rd, wr, keys, n)
+    want = dedup_numpy(rd, wr, keys, n)
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
     assert (scratch == -1).all()
