@@ -77,9 +77,19 @@ def test_round_window_override_must_be_a_positive_integer(monkeypatch, bad):
 
     monkeypatch.setenv("VMMSIM_ROUND_WINDOW", bad)
     with pytest.raises(ValueError, match="VMMSIM_ROUND_WINDOW must be a positive integer"):
-        _round_window()
+        _round_window(8, 2.0)
     monkeypatch.setenv("VMMSIM_ROUND_WINDOW", "3")
-    assert _round_window() == 3
+    assert _round_window(8, 2.0) == 3
+
+
+def test_round_window_is_one_call_per_cpu_unless_hosts_crowd_the_cpus(monkeypatch):
+    from cluster.ray_runtime import WINDOW_MAX_HOSTS_PER_CPU, _round_window
+
+    monkeypatch.delenv("VMMSIM_ROUND_WINDOW", raising=False)
+    assert _round_window(16, 2.0) == 2  # 8 hosts per CPU: one call per CPU
+    assert _round_window(2 * WINDOW_MAX_HOSTS_PER_CPU, 2.0) == 2
+    assert _round_window(64, 2.0) == 64  # 32 hosts per CPU: every call at once
+    assert _round_window(64, 8.0) == 8
 
 
 def _free_port() -> int:
