@@ -2,7 +2,7 @@
 
 Scope: the work of :meth:`hosts.vm.VirtualMachine.apply` in the common case, with the exact
 semantics (and the exact order of free-list pops and pushes) of the general path in
-``hosts/vm.py`` and ``hosts/host_memory.py``:
+``hosts/vm_general.py`` and ``hosts/host_memory.py``:
 
 * :func:`dedup` -- sorted unique reads and writes; the last write to a page wins, a page both
   read and written is a write;
@@ -24,7 +24,8 @@ sharing index -- exactly what the general path does, in the same order (after al
 allocations of the chunk).
 
 Not covered: guest eviction (clock, guest swap-out), chunking of oversized steps, balloon
-errors -- those stay on the general path in ``hosts/vm.py``.
+errors -- those stay with the caller (``hosts/vm.py``: guest eviction through
+:mod:`hosts.eviction_kernel`) or on the general path (``hosts/vm_general.py``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Compiled guest eviction: the guest pages out its clock's victims in one call.
 
-Scope: the work of :meth:`hosts.vm.VirtualMachine._guest_evict` with
+Scope: the work of :func:`hosts.vm_general.guest_evict` with
 :meth:`hosts.guest_os.GuestOS.evict` -- dirty victims' bytes read from the VMM (a frame,
 or the host's swap store: double paging) and written to the guest's swap disk, clean ones
 dropped, the pages' table entries cleared and the physical pages pushed on the guest's
