@@ -246,7 +246,7 @@ class VirtualMachine:
                 status = self._apply_fast(mem, make_room, (rd, wr, keys))
             if status == ak.OK:
                 return
-        self._apply_chunk_general(mem, make_room, rd, wr, keys, evicted)
+        vm_general.apply_chunk(self, mem, make_room, rd, wr, keys, evicted)
 
     def _make_guest_room(self, mem: HostMemory, rd: np.ndarray, wr: np.ndarray) -> None:
         """Evict (clock) as many guest pages as the chunk's misses need beyond the free
@@ -330,19 +330,6 @@ class VirtualMachine:
         if r[ak.N_FREE]:
             mem._decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
         return ak.OK
-
-    def _apply_chunk_general(
-        self,
-        mem: HostMemory,
-        make_room: MakeRoom,
-        rd: np.ndarray,
-        wr: np.ndarray,
-        keys: np.ndarray,
-        evicted: bool = False,
-    ) -> None:
-        """The general path of :meth:`_apply_chunk` (numpy; any guest or host state):
-        :func:`hosts.vm_general.apply_chunk`."""
-        vm_general.apply_chunk(self, mem, make_room, rd, wr, keys, evicted)
 
     def _image_keys(self, vpns: np.ndarray) -> np.ndarray:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
