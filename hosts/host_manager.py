@@ -32,6 +32,7 @@ from hosts.free_memory import ACTIONS, MemState, next_state, reclaim_goal_pages
 from hosts.host_memory import HostMemory
 from hosts.metrics_rows import MetricRows
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from hosts.tick_steps import TickSteps
 from hosts.vm import FaultCosts, TickCounters, VirtualMachine
 
 #: Parts of a tick whose wall time ``HostMemoryManager.phase_s`` adds up.
@@ -39,7 +40,14 @@ PHASES = ("sampling", "vm_steps", "sharing_scan", "reclaim", "accounting")
 
 
 class HostMemoryManager:
-    """The memory manager of one physical host."""
+    """The memory manager of one physical host.
+
+    ``batch_steps`` (default on) runs a tick's planned VM steps through
+    :mod:`hosts.tick_steps` (many VMs per compiled call); off, every VM steps on its own
+    (the reference the tests compare with).  Both give the same state, bit for bit.
+    """
+
+    batch_steps: bool = True
 
     def __init__(self, spec: HostSpec, sim: SimParams, policy: HostPolicy) -> None:
         self.spec = spec
@@ -75,6 +83,7 @@ class HostMemoryManager:
         self.digest_every_tick = False  # append digest() to tick_digests after each tick
         self.tick_digests: list[str] = []
         self.access_log: list[tuple[str, int, int, Any]] | None = None  # (vm, step, tick, acc)
+        self.tick_steps = TickSteps()  # the tick's VM steps, batched (hosts.tick_steps)
 
     # ------------------------------------------------------------------ VMs
     def boot_vm(self, spec: VMSpec, workload: Any = None) -> VirtualMachine:
@@ -170,6 +179,7 @@ class HostMemoryManager:
             self._sample_boundary(t)
         t1 = thread_time()
         ph["sampling"] += t1 - t0
+        stepping: list[VirtualMachine] = []  # in the host's order
         for name in self.order:
             vm = self.vms[name]
             vm.tick = c = TickCounters()
@@ -187,9 +197,14 @@ class HostMemoryManager:
                     self.paused[name] = pause - 1.0  # longer pauses carry over
             else:
                 c.paused = pause
+                stepping.append(vm)
+        if self.access_log is None and self.batch_steps:  # planned steps batched
+            self.tick_steps.run(mem, stepping, self._make_room)
+        else:  # one VM at a time (recording: every step's accesses are logged)
+            for vm in stepping:
                 acc = vm.run_step(mem, self._make_room)
                 if self.access_log is not None:
-                    self.access_log.append((name, vm.steps - 1, t, acc))
+                    self.access_log.append((vm.name, vm.steps - 1, t, acc))
         t2 = thread_time()
         ph["vm_steps"] += t2 - t1
         self._scan(t)

@@ -36,7 +36,7 @@ from hosts.working_set import WorkingSetSampler
 from workloads import registry
 from workloads.content import page_bytes, stable_hash64, word_table
 from workloads.images import BootLayout, image_keys
-from workloads.patterns import Accesses, WorkloadEnv
+from workloads.patterns import Accesses, SplitPlan, WorkloadEnv
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -168,6 +168,17 @@ class VirtualMachine:
         return max(0, min(cap, self.spec.n_pages - self.spec.pinned_pages))
 
     # ------------------------------------------------------------------ one tick
+    def plan_step(self) -> SplitPlan | None:
+        """The next step as a plan for :mod:`hosts.tick_steps` (its counts drawn now), or
+        None: take :meth:`run_step`.  Only on the fast path, after boot, for workloads that
+        plan (:meth:`workloads.patterns.Workload.plan`)."""
+        if not self.fast_path:
+            return None
+        plan = self.workload.plan(self.steps)
+        if plan is not None and self._scratch is None:
+            self._scratch = np.full(self.spec.n_pages, -1, dtype=np.int32)
+        return plan
+
     def run_step(self, mem: HostMemory, make_room: MakeRoom) -> Accesses:
         """Run the workload's next step through guest and VMM; return its accesses."""
         acc = self.workload.step(self.steps)
@@ -312,6 +323,13 @@ class VirtualMachine:
             make_room(r[ak.NEED] - mem.n_free, self)
         if r[ak.ST] != ak.OK:
             return r[ak.ST]
+        self.absorb(mem, r, to_free)
+        return ak.OK
+
+    def absorb(self, mem: HostMemory, r: list[int], to_free: np.ndarray) -> None:
+        """Take in a kernel's results ``r`` (an applied chunk or step, ``res.tolist()``):
+        this tick's counters, the free counts it changed, and the frames whose last
+        reference it left in ``to_free`` (freed here, updating the sharing index)."""
         c = self.tick
         c.disk += r[ak.DISK]
         c.guest_swapins += r[ak.GUEST_IN]
@@ -321,15 +339,15 @@ class VirtualMachine:
         c.vmm_swapins += r[ak.VMM_IN]
         c.sample += r[ak.SAMPLE]
         self.sampler.touched += r[ak.SAMPLE]
+        g, gs = self.guest, self.guest.swap
         g.n_free = r[ak.G_FREE]
         gs.n_free = r[ak.GS_FREE]
         gs.n_used -= r[ak.GS_TAKEN]
-        fr.n_free = r[ak.F_FREE]
-        sw.n_free = r[ak.S_FREE]
-        pm.n_zero_shared += r[ak.ZERO_D]
+        mem.frames.n_free = r[ak.F_FREE]
+        mem.swap.n_free = r[ak.S_FREE]
+        self.pmap.n_zero_shared += r[ak.ZERO_D]
         if r[ak.N_FREE]:
             mem._decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
-        return ak.OK
 
     def _image_keys(self, vpns: np.ndarray) -> np.ndarray:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)

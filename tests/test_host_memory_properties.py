@@ -190,15 +190,26 @@ class VMShadow:
 
 
 def wrap_workload(vm, shadow: VMShadow) -> None:
-    """Record what the VM's own workload writes (the steps run_ticks makes)."""
-    step = vm.workload.step
+    """Record what the VM's own workload writes (the steps run_ticks makes): its steps,
+    and its planned steps, whose pages a compiled batch draws (hosts.tick_steps) -- the
+    same draws, made here from a copy of the generator."""
+    step, plan = vm.workload.step, vm.workload.plan
 
     def recorded(i):
         acc = step(i)
         shadow.record(acc)
         return acc
 
+    def planned(i):
+        p = plan(i)
+        if p is not None:
+            twin = np.random.Generator(np.random.PCG64())
+            twin.bit_generator.state = vm.workload.rng.bit_generator.state
+            shadow.record(p.draw(twin))
+        return p
+
     vm.workload.step = recorded
+    vm.workload.plan = planned
 
 
 host_op = st.one_of(

@@ -29,7 +29,7 @@ def test_hash_pages_of_no_rows_is_empty() -> None:
 
 
 def test_warm_up_runs_a_host_through_its_kernels() -> None:
-    from hosts import access_kernel, eviction_kernel, guest_os, sharing_scan
+    from hosts import access_kernel, eviction_kernel, guest_os, sharing_scan, tick_kernel
     from workloads import rng_kernels
 
     assert warm_kernels() > 0.0
@@ -43,5 +43,6 @@ def test_warm_up_runs_a_host_through_its_kernels() -> None:
         guest_os._clock,
         eviction_kernel.evict,
         rng_kernels._split,
+        tick_kernel.run_steps,
     ):
         assert k.signatures, k.__name__

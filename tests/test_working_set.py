@@ -30,6 +30,7 @@ class Activity:
         self.order = np.random.default_rng(seed).permutation(self.n).astype(np.int64)
         self.p = 0.0
         vm.workload.step = self.step
+        vm.workload.plan = lambda i: None  # this step is not the idle workload's plan
 
     def step(self, i: int) -> Accesses:
         if i == 0:

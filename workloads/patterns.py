@@ -15,7 +15,7 @@ Not covered: guest page tables, faults and costs (``hosts/guest_os.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,27 @@ class Accesses:
         )
 
 
+class SplitPlan(NamedTuple):
+    """A step whose counts are drawn and whose pages and keys are not yet: ``n_r`` reads
+    from ``pool_r[:len_r]``, then ``n_w`` writes from ``pool_w[:len_w]`` and their keys --
+    exactly :func:`workloads.rng_kernels.draw_split` of those pools, left to the caller
+    (:mod:`hosts.tick_steps` draws them inside one compiled call for many VMs).  The pools
+    are whole arrays the workload keeps (prefixes by length), so a caller may keep
+    references to them across steps."""
+
+    pool_r: np.ndarray
+    len_r: int
+    n_r: int
+    pool_w: np.ndarray
+    len_w: int
+    n_w: int
+
+    def draw(self, rng: np.random.Generator) -> Accesses:
+        """The accesses this plan stands for (numpy's stream, as if never split)."""
+        pr, pw = self.pool_r[: self.len_r], self.pool_w[: self.len_w]
+        return Accesses(*rng_kernels.draw_split(rng, pr, self.n_r, pw, self.n_w))
+
+
 @dataclass(frozen=True)
 class WorkloadEnv:
     """What a pattern may know about its VM."""
@@ -92,6 +113,16 @@ class Workload:
             acc = Accesses.concat(Accesses(writes=pages, write_keys=keys), acc)
         return acc
 
+    def plan(self, step: int) -> SplitPlan | None:
+        """Step ``step`` as a :class:`SplitPlan` (its counts drawn now, its pages and keys
+        by the caller, from this generator), or None: the pattern's step is not one split
+        draw (or it is the boot), so the caller must use :meth:`step`.  Either way the
+        generator's stream is the same."""
+        return None if step == 0 else self._plan(step)
+
+    def _plan(self, step: int) -> SplitPlan | None:
+        return None
+
     def _accesses(self, step: int) -> Accesses:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -106,9 +137,10 @@ class Workload:
         """``pool[rng.integers(0, len(pool), size=n)]`` (compiled, same stream)."""
         return rng_kernels.draw(self.rng, pool, n)
 
-    def _split(self, pool: np.ndarray, n: int, write_fraction: float) -> Accesses:
+    def _split_plan(self, pool: np.ndarray, n: int, write_fraction: float) -> SplitPlan:
+        """``n`` accesses to ``pool``, each a write with probability ``write_fraction``."""
         n_w = int(self.rng.binomial(n, write_fraction)) if n > 0 else 0
-        return Accesses(*rng_kernels.draw_split(self.rng, pool, n - n_w, pool, n_w))
+        return SplitPlan(pool, len(pool), n - n_w, pool, len(pool), n_w)
 
 
 def _rate(n: int, per_s: float, tick_s: float, rng: np.random.Generator) -> int:
@@ -163,9 +195,12 @@ class Idle(Workload):
         hi = max(env.layout.data_start, n)
         self.background = np.arange(lo, min(hi, env.n_pages), dtype=np.int64)[:n]
 
-    def _accesses(self, step: int) -> Accesses:
+    def _plan(self, step: int) -> SplitPlan:
         n = _rate(len(self.background), self.params.accesses_per_s, self.env.tick_s, self.rng)
-        return self._split(self.background, n, self.params.write_fraction)
+        return self._split_plan(self.background, n, self.params.write_fraction)
+
+    def _accesses(self, step: int) -> Accesses:
+        return self._plan(step).draw(self.rng)
 
 
 @dataclass(frozen=True)
@@ -228,13 +263,21 @@ class Steady(Workload):
             self.hot_w = self.hot[self.hot >= start]
             self.cold_w = self.cold[self.cold >= start]
 
-    def _accesses(self, step: int) -> Accesses:
+    def _plan(self, step: int) -> SplitPlan | None:
+        if self.skewed:
+            return None
         n = _rate(len(self.wss), self.rate, self.env.tick_s, self.rng)
         n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
+        wp = self.write_pool
+        return SplitPlan(self.wss, len(self.wss), n - n_w, wp, len(wp), n_w)
+
+    def _accesses(self, step: int) -> Accesses:
         if not self.skewed:  # reads, writes and keys in one compiled call
-            return Accesses(
-                *rng_kernels.draw_split(self.rng, self.wss, n - n_w, self.write_pool, n_w)
-            )
+            plan = self._plan(step)
+            assert plan is not None
+            return plan.draw(self.rng)
+        n = _rate(len(self.wss), self.rate, self.env.tick_s, self.rng)
+        n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
         reads = self._skewed(self.hot, self.cold, n - n_w)
         writes = self._skewed(self.hot_w, self.cold_w, n_w)
         if n_w and not len(writes):  # no data pages in the set: write anywhere in it

@@ -23,8 +23,7 @@ from itertools import accumulate
 
 import numpy as np
 
-from workloads import rng_kernels
-from workloads.patterns import Accesses, Workload, WorkloadEnv, check_range
+from workloads.patterns import Accesses, SplitPlan, Workload, WorkloadEnv, check_range
 
 
 @dataclass(frozen=True)
@@ -87,13 +86,13 @@ class Phased(Workload):
         """Working-set size, in pages, at step ``step``."""
         return self.sizes[self.phase_at(step)]
 
-    def _accesses(self, step: int) -> Accesses:
+    def _plan(self, step: int) -> SplitPlan:
         wss = self.wss_pages(step)
         rate = self.params.touch_rate * wss * self.env.tick_s
         n = int(self.rng.poisson(rate)) if rate > 0 else 0
-        if n == 0:
-            return Accesses()
-        n_w = int(self.rng.binomial(n, self.params.write_fraction))
-        ws = self.order[:wss]
-        w_pool = self.order[: max(1, min(wss, self.n_data))]
-        return Accesses(*rng_kernels.draw_split(self.rng, ws, n - n_w, w_pool, n_w))
+        n_w = int(self.rng.binomial(n, self.params.write_fraction)) if n else 0
+        # reads from the first wss pages of the order, writes from its data pages among them
+        return SplitPlan(self.order, wss, n - n_w, self.order, max(1, min(wss, self.n_data)), n_w)
+
+    def _accesses(self, step: int) -> Accesses:
+        return self._plan(step).draw(self.rng)

@@ -131,10 +131,10 @@ class AccessRows:
 class ReplayWorkload:
     """A VM's workload during a replay: the recorded :class:`Accesses` of each step.
 
-    Same interface as :class:`workloads.patterns.Workload` (``step``, ``get_state``,
-    ``set_state``) but no generator.  A step with no recorded input -- a VM that runs more
-    steps under a counterfactual policy than it did in the recorded run -- makes no
-    accesses; :attr:`missing` counts such steps.
+    Same interface as :class:`workloads.patterns.Workload` (``step``, ``plan``,
+    ``get_state``, ``set_state``) but no generator.  A step with no recorded input -- a VM
+    that runs more steps under a counterfactual policy than it did in the recorded run --
+    makes no accesses; :attr:`missing` counts such steps.
     """
 
     kind = "replay"
@@ -153,6 +153,10 @@ class ReplayWorkload:
             self.missing += 1
             return Accesses()
         return acc
+
+    def plan(self, step: int) -> None:
+        """Never a plan: recorded accesses are applied as they are (:meth:`step`)."""
+        del step
 
     def get_state(self) -> dict:
         return {"kind": self.kind}  # the input comes anew each round: nothing to carry

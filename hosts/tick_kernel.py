@@ -1,0 +1,158 @@
+"""Compiled: the planned VM steps of one host tick, many VMs in one call.
+
+Scope: for each VM of a run of planned steps (:class:`workloads.patterns.SplitPlan`: counts
+already drawn by numpy), draw its pages and content keys from the VM's own generator
+(:func:`workloads.rng_kernels._split`), deduplicate them and apply them
+(:func:`hosts.access_kernel.step`'s two parts) -- what ``vm.run_step`` does on its fast
+path, VM after VM, in the host's order, without returning to Python in between.
+
+The call stops at the first VM that needs Python:
+
+* ``DECLINED`` -- its accesses are drawn (in ``reads``/``writes``/``wkeys``) but not
+  applied: the guest must evict, the host is short of frames, a balloon page was touched
+  or the step is too large for one chunk.  Nothing of that VM changed, so the caller
+  applies the drawn accesses with ``vm.apply`` (which handles all of those) and resumes;
+* ``DECREF`` -- it was applied, and a copy-on-write break dropped the last reference of a
+  shared frame: the caller frees it (``HostMemory._decref``, which updates the sharing
+  index) before the next VM allocates frames, as the one-VM path does.
+
+Per-VM arrays come as a table of data addresses and lengths, viewed here as numpy arrays
+(``numba.carray``): a table is an ordinary int64 array, so the call's types -- and its
+compiled code in numba's disk cache -- do not depend on how many VMs a host runs.  The
+caller keeps the arrays alive (:class:`hosts.tick_steps.TickSteps`).  Per-VM scalars come
+in two small matrices.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from hosts import access_kernel as ak
+from hosts.native import JIT
+from workloads.rng_kernels import _split
+
+#: How a call ended: every VM done; VM ``q`` drawn, not applied; VM ``q`` applied, its
+#: ``to_free`` frames left for the caller.
+END, DECLINED, DECREF = 0, 1, 2
+
+#: Columns of ``vin`` (int64, one row per planned step).
+(
+    V_G_FREE,  # guest free pages
+    V_GS_FREE,  # guest swap free slots
+    V_ID,  # vm_id (frame owner)
+    V_CUT,  # image family cut
+    V_N_IMAGE,  # image pages
+    V_CAP,  # the most distinct pages one chunk may hold
+    V_LEN_R,  # read pool prefix
+    V_N_R,  # reads to draw
+    V_LEN_W,  # write pool prefix
+    V_N_W,  # writes to draw
+    N_VIN,
+) = range(11)
+
+#: Columns of ``vkey`` (uint64): image key bases and the generator's C entry points.
+K_OWN, K_FAM, K_F32, K_F64, K_STATE, N_VKEY = range(6)
+
+#: Columns of ``addr`` / ``alen``: a VM's arrays (their data addresses / lengths), in the
+#: order of :func:`hosts.tick_steps.vm_arrays`.
+(
+    A_VSTATE, A_V2P, A_P2V, A_VSLOT, A_CLEAN, A_PREF, A_GFREE, A_GS_CONTENT, A_GS_FREE,
+    A_STATE, A_LOC, A_COUNTS, A_ACCESSED, A_DIRTY, A_MARKS, A_SCRATCH, A_POOL_R, A_POOL_W,
+    N_ARR,
+) = range(19)  # fmt: skip
+
+
+@intrinsic
+def _voidptr(typingctx, addr):  # type: ignore[no-untyped-def]
+    """An integer address as ``void *`` (for ``numba.carray``)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(types.int64), codegen
+
+
+@numba.njit(**JIT)
+def _view(a: np.ndarray, n: np.ndarray, i: int, dtype):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """Array ``i`` of a VM (address ``a[i]``, ``n[i]`` items) as a numpy view."""
+    return numba.carray(_voidptr(a[i]), (n[i],), dtype)
+
+
+@numba.njit(**JIT)
+def run_steps(
+    lo: int,
+    hi: int,
+    vin: np.ndarray,
+    vkey: np.ndarray,
+    addr: np.ndarray,
+    alen: np.ndarray,
+    content: np.ndarray,
+    words: np.ndarray,
+    refcount: np.ndarray,
+    owner_vm: np.ndarray,
+    owner_ppn: np.ndarray,
+    f_free: np.ndarray,
+    f_n_free: int,
+    s_content: np.ndarray,
+    s_used: np.ndarray,
+    s_free: np.ndarray,
+    s_n_free: int,
+    zero: np.ndarray,
+    table: np.ndarray,
+    reads: np.ndarray,
+    writes: np.ndarray,
+    wkeys: np.ndarray,
+    to_free: np.ndarray,
+    res: np.ndarray,
+) -> tuple[int, int]:
+    """Planned steps ``lo .. hi-1`` (rows of ``vin``/``vkey``/``addr``/``res``); return
+    ``(q, how)``: steps ``lo .. q-1`` are applied (their results in ``res``), and ``how``
+    says what became of step ``q`` (``END``: ``q == hi``).  The buffers ``reads``,
+    ``writes``, ``wkeys`` and ``to_free`` must hold the largest step; the arrays behind
+    ``addr`` must be alive and have the lengths in ``alen``."""
+    cb = s_content.shape[1]
+    for q in range(lo, hi):
+        v, k, a, n = vin[q], vkey[q], addr[q], alen[q]
+        n_r = v[V_N_R] if v[V_N_R] > 0 and v[V_LEN_R] > 0 else 0
+        n_w = v[V_N_W] if v[V_N_W] > 0 and v[V_LEN_W] > 0 else 0
+        rd_in, wr_in, k_in = reads[:n_r], writes[:n_w], wkeys[:n_w]
+        if n_r or n_w:  # (draw_split makes no draw at all for an empty step)
+            pool_r = _view(a, n, A_POOL_R, np.int64)[: v[V_LEN_R]]
+            pool_w = _view(a, n, A_POOL_W, np.int64)[: v[V_LEN_W]]
+            _split(k[K_F32], k[K_F64], k[K_STATE], pool_r, pool_w, rd_in, wr_in, k_in)
+        row = res[q]
+        rd = np.empty(n_r, dtype=np.int64)
+        wr = np.empty(n_w, dtype=np.int64)
+        keys = np.empty(n_w, dtype=np.uint64)
+        scratch = _view(a, n, A_SCRATCH, np.int32)
+        m, j = ak.dedup_kernel(rd_in, wr_in, k_in, scratch, rd, wr, keys)
+        if m < 0 or m + j > v[V_CAP]:
+            row[ak.ST] = ak.RANGE if m < 0 else ak.CHUNK
+            return q, DECLINED
+        gs_content = numba.carray(_voidptr(a[A_GS_CONTENT]), (n[A_GS_CONTENT], cb), np.uint8)
+        ak._apply_chunk(
+            rd[:m], wr[:j], keys[:j],
+            _view(a, n, A_VSTATE, np.int8), _view(a, n, A_V2P, np.int32),
+            _view(a, n, A_P2V, np.int32), _view(a, n, A_VSLOT, np.int32),
+            _view(a, n, A_CLEAN, np.bool_), _view(a, n, A_PREF, np.bool_),
+            _view(a, n, A_GFREE, np.int32), v[V_G_FREE],
+            gs_content, _view(a, n, A_GS_FREE, np.int32), v[V_GS_FREE],
+            _view(a, n, A_STATE, np.int8), _view(a, n, A_LOC, np.int32),
+            _view(a, n, A_COUNTS, np.int64), _view(a, n, A_ACCESSED, np.bool_),
+            _view(a, n, A_DIRTY, np.bool_),
+            content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
+            s_content, s_used, s_free, s_n_free,
+            zero, _view(a, n, A_MARKS, np.bool_), table, v[V_ID],
+            k[K_OWN], k[K_FAM], v[V_CUT], v[V_N_IMAGE], to_free, row,
+        )  # fmt: skip
+        if row[ak.ST] != ak.OK:
+            return q, DECLINED
+        f_n_free = row[ak.F_FREE]
+        s_n_free = row[ak.S_FREE]
+        if row[ak.N_FREE]:
+            return q, DECREF
+    return hi, END
