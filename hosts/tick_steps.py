@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,7 @@ class TickSteps:
         fr = mem.frames
         arrays = [vm_arrays(vm, p) for vm, p in zip(vms, plans, strict=True)]
         if len(arrays) != len(self._arrays) or not all(
-            map(operator.is_, (a for t in arrays for a in t), (a for t in self._arrays for a in t))
+            map(operator.is_, chain.from_iterable(arrays), chain.from_iterable(self._arrays))
         ):
             self._table(vms, arrays)
         if not self._host or self._host[0] is not fr.content:
