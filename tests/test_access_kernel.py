@@ -180,6 +180,22 @@ def statuses(monkeypatch):
     return seen
 
 
+def tick_twins(a, b, start: int, stop: int, allocate_every: int = 0) -> None:
+    """Ticks ``start .. stop-1`` on twin hosts ``a`` and ``b`` (each self-allocating every
+    ``allocate_every`` ticks, if set): after every tick the metrics and every array of the
+    two are equal, and ``a`` holds its invariants."""
+    for t in range(start, stop):
+        if allocate_every and t % allocate_every == 0:
+            a.self_allocate()
+            b.self_allocate()
+        cols_a = a.run_ticks(t, 1)
+        cols_b = b.run_ticks(t, 1)
+        for k in cols_a:
+            assert np.array_equal(cols_a[k], cols_b[k]), f"tick {t}: metric {k}"
+        assert_same(host_state(a), host_state(b), f"tick {t}")
+        a.check_invariants()
+
+
 def twin_hosts(specs, n_frames: int, swap: int = 2048, seed: int = 3):
     hosts = []
     for fast in (True, False):
@@ -225,16 +241,7 @@ def test_tick_loop_fast_and_general_paths_agree_under_pressure(statuses):
     """Overcommitted host (sharing, ballooning, VMM swapping, guest swapping, make_room):
     every array equal after every tick, with the fast path taken and declined."""
     fast, slow = twin_hosts(_specs(), n_frames=150)
-    for t in range(60):
-        if t % 5 == 0:
-            fast.self_allocate()
-            slow.self_allocate()
-        cols_f = fast.run_ticks(t, 1)
-        cols_s = slow.run_ticks(t, 1)
-        for k in cols_f:
-            assert np.array_equal(cols_f[k], cols_s[k]), f"tick {t}: metric {k}"
-        assert_same(host_state(fast), host_state(slow), f"tick {t}")
-    fast.check_invariants()
+    tick_twins(fast, slow, 0, 60, allocate_every=5)
     assert statuses[True] > 50 and statuses[False] > 0, statuses
     assert statuses[("status", ak.FRAMES)] > 0, statuses  # make_room from the fast path
     assert statuses[("status", ak.EVICT)] > 0, statuses  # guest eviction: general path

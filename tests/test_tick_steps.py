@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hostkit import TEST_IMAGE, make_host, vm_spec
-from test_access_kernel import assert_same, host_state
+from test_access_kernel import tick_twins
 
 from hosts import tick_kernel as tk
 from hosts.errors import InvariantError
@@ -93,16 +93,7 @@ def twins(n_frames: int, seed: int = 3):
 @pytest.mark.parametrize("seed", [3, 11])
 def test_batched_and_one_vm_at_a_time_ticks_agree_under_pressure(seed):
     batched, single = twins(n_frames=330, seed=seed)
-    for t in range(80):
-        if t % 5 == 0:
-            batched.self_allocate()
-            single.self_allocate()
-        cols_b = batched.run_ticks(t, 1)
-        cols_s = single.run_ticks(t, 1)
-        for k in cols_b:
-            assert np.array_equal(cols_b[k], cols_s[k]), f"tick {t}: metric {k}"
-        assert_same(host_state(batched), host_state(single), f"tick {t}")
-        batched.check_invariants()
+    tick_twins(batched, single, 0, 80, allocate_every=5)
     ts = batched.tick_steps
     end, declined, decref = ts.stops
     assert ts.batched > ts.stops[tk.END] * 2, ts.stops  # several VMs per compiled call
@@ -117,27 +108,28 @@ def test_the_address_table_follows_replaced_arrays():
     """A guest swap disk that grows replaces its arrays: the next tick's table must
     point at the new ones (else the kernel would write freed memory)."""
     batched, single = twins(n_frames=330)
-    for t in range(3):
-        batched.run_ticks(t, 1)
-        single.run_ticks(t, 1)
+    tick_twins(batched, single, 0, 3)
     vm_b, vm_s = batched.vms["s0"], single.vms["s0"]
     old = vm_b.guest.swap.content
     for vm in (vm_b, vm_s):
         vm.guest.swap.reserve(vm.guest.swap.n_free + 500)  # grows: new arrays
     assert vm_b.guest.swap.content is not old
-    for t in range(3, 30):
-        batched.run_ticks(t, 1)
-        single.run_ticks(t, 1)
-        assert_same(host_state(batched), host_state(single), f"tick {t}")
+    tick_twins(batched, single, 3, 30)
     addr = batched.tick_steps._addr
     assert vm_b.guest.swap.content.ctypes.data in addr[:, tk.A_GS_CONTENT]
 
 
-def test_an_array_of_another_dtype_is_refused_not_misread():
+def one_host():
+    """A host of the steady VM ``s0`` and the other patterns, two ticks in."""
     host = make_host(330, 2048)
     for spec in _specs(1):
         host.boot_vm(spec)
     host.run_ticks(0, 2)
+    return host
+
+
+def test_an_array_of_another_dtype_is_refused_not_misread():
+    host = one_host()
     vm = host.vms["s0"]
     vm.pmap.loc = vm.pmap.loc.astype(np.int64)  # what the kernel would misread as int32
     with pytest.raises(InvariantError, match="s0"):
@@ -145,11 +137,7 @@ def test_an_array_of_another_dtype_is_refused_not_misread():
 
 
 def test_dtypes_cover_every_array_the_kernel_views():
-    host = make_host(330, 2048)
-    for spec in _specs(1):
-        host.boot_vm(spec)
-    host.run_ticks(0, 2)
-    vm = host.vms["s0"]
+    vm = one_host().vms["s0"]
     arrays = vm_arrays(vm, vm.workload._plan(vm.steps))
     assert len(DTYPES) == tk.N_ARR == len(arrays) - 1
     assert [a.dtype for a in arrays[: tk.N_ARR]] == list(DTYPES)
