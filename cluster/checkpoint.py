@@ -33,7 +33,7 @@ from typing import Any
 
 from cluster import checkpoint_format as cf
 from cluster.config import ConfigError, SimConfig, config_from_dict
-from cluster.outputs import write_json
+from cluster.outputs import OutputWriteError, write_json, writing
 from cluster.sealed_stream import LogError
 from cluster.specs import vm_spec
 
@@ -66,29 +66,49 @@ def write_checkpoint(
     hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
     checksum: str = cf.DEFAULT_CHECKSUM,
 ) -> Path:
-    """Write ``root/t<tick>/`` (via a temporary directory renamed at the end)."""
+    """Write ``root/t<tick>/`` (via a temporary directory renamed at the end).  A failed
+    write (disk full) raises :class:`cluster.outputs.OutputWriteError` naming the file;
+    the temporary directory is removed."""
     tick = int(coord_state["tick"])
     final = Path(root) / checkpoint_name(cfg, tick)
     tmp = final.with_name(f".{final.name}.partial")
+    try:
+        return _write_checkpoint(tmp, final, tick, cfg, coord_state, hosts, checksum)
+    except OutputWriteError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_checkpoint(
+    tmp: Path,
+    final: Path,
+    tick: int,
+    cfg: SimConfig,
+    coord_state: dict[str, Any],
+    hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
+    checksum: str,
+) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with writing(tmp):
+        tmp.mkdir(parents=True)
     files = {"config.json": "config"}
     write_json(tmp / "config.json", cfg.to_dict())
     host_files = {}
     for i, (name, (arrays, meta)) in enumerate(hosts.items()):
         fname = f"host{i:04d}.arrow"
-        cf.write_arrays_file(
-            tmp / fname,
-            arrays,
-            {
-                "vmmsim.format": cf.FORMAT,
-                "vmmsim.host": name,
-                "vmmsim.tick": str(tick),
-                "vmmsim.config_hash": cfg.config_hash(),
-                "vmmsim.host_meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
-            },
-        )
+        with writing(tmp / fname):
+            cf.write_arrays_file(
+                tmp / fname,
+                arrays,
+                {
+                    "vmmsim.format": cf.FORMAT,
+                    "vmmsim.host": name,
+                    "vmmsim.tick": str(tick),
+                    "vmmsim.config_hash": cfg.config_hash(),
+                    "vmmsim.host_meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
+                },
+            )
         host_files[name] = fname
         files[fname] = name
     with cf.hash_pool() as pool:
@@ -108,10 +128,12 @@ def write_checkpoint(
         "hosts": host_files,
         "coordinator": coord_state,
     }
-    (tmp / "manifest.json").write_text(cf.manifest_text(body))
+    with writing(tmp / "manifest.json"):
+        (tmp / "manifest.json").write_text(cf.manifest_text(body))
     if final.exists():
         shutil.rmtree(final)
-    tmp.rename(final)
+    with writing(final):
+        tmp.rename(final)
     return final
 
 

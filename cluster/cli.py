@@ -15,16 +15,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.config import ConfigError, describe_schema, load_config
+from cluster.config import (
+    ConfigError,
+    SimConfig,
+    config_warnings,
+    describe_schema,
+    host_commitments,
+    load_config,
+    page_state_bytes,
+)
 from cluster.host_pool import HostFailure
-from cluster.outputs import RunDirError
+from cluster.outputs import OutputWriteError, RunDirError
 from cluster.placement import PlacementError, place
 from cluster.replay import ReplayDiverged
 from cluster.report import ReportError
+from cluster.runner import Terminated, signals_as_exceptions
 from cluster.sealed_stream import LogError
 from cluster.session import RecoveryFailed
 from workloads.bitbrains import ConvertError
@@ -33,12 +45,44 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line ``vmmsim: error: ...``, exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        where = self.prog.removeprefix("vmmsim").strip()
+        text = f"{where}: {message}" if where else message
+        print(f"vmmsim: error: {text}".replace("\n", " "), file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _seconds(lo_open: bool) -> typing.Callable[[str], float]:
+    """An argparse type: a finite number of seconds, ``> 0`` or ``>= 0``."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            msg = f"expected a number of seconds (got {text!r})"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not math.isfinite(v) or (v <= 0 if lo_open else v < 0):
+            want = "> 0" if lo_open else ">= 0 (0: off)"
+            raise argparse.ArgumentTypeError(f"must be a finite number {want} (got {text!r})")
+        return v
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+_TIMEOUT = _seconds(lo_open=True)
+_EVERY = _seconds(lo_open=False)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="vmmsim",
         description="Simulate VMM memory management (ESX-style) on a cluster of hosts.",
     )
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a simulation", description="Run a simulation.")
     r.add_argument("config", type=Path, help="experiment TOML file")
@@ -70,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument(
         "--timeout",
-        type=float,
+        type=_TIMEOUT,
         default=600.0,
         help="seconds to wait for any host call before declaring it failed",
     )
@@ -97,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("checkpoint", type=Path, help="a checkpoint directory (…/checkpoints/tNNN)")
     rs.add_argument("--out", type=Path, required=True, help="run directory to write")
-    rs.add_argument("--checkpoint-every", type=float, default=0.0, metavar="SECONDS")
+    rs.add_argument("--checkpoint-every", type=_EVERY, default=0.0, metavar="SECONDS")
     _add_backend_args(rs)
 
     v = sub.add_parser("validate", help="check a config and print the placement")
@@ -131,7 +175,13 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="join an existing Ray cluster")
     p.add_argument("--inprocess", action="store_true", help="run without Ray")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--timeout", type=float, default=600.0, help="host call timeout, seconds")
+    p.add_argument("--timeout", type=_TIMEOUT, default=600.0, help="host call timeout, seconds")
+    p.add_argument(
+        "--check-invariants",
+        action="store_true",
+        help="check all invariants and every guest page's bytes after every round "
+        "(in-process only; slow)",
+    )
 
 
 def _add_journal_args(r: argparse.ArgumentParser) -> None:
@@ -142,7 +192,7 @@ def _add_journal_args(r: argparse.ArgumentParser) -> None:
     )
     r.add_argument(
         "--checkpoint-every",
-        type=float,
+        type=_EVERY,
         default=0.0,
         metavar="SECONDS",
         help="write DIR/checkpoints/t<tick>/ every SECONDS of simulated time, rounded up "
@@ -152,27 +202,74 @@ def _add_journal_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--kill-host-at", default=None, metavar="NAME:TICK", help=argparse.SUPPRESS)
 
 
-def _kill_at(text: str | None, hosts: Sequence[str]) -> tuple[str, int] | None:
+def _kill_at(text: str | None, hosts: Sequence[str], n_ticks: int) -> tuple[str, int] | None:
+    """``NAME:TICK`` with NAME a host and TICK a tick of the run (``0 .. n_ticks - 1``)."""
     if text is None:
         return None
     name, _, tick = text.rpartition(":")
     if name not in hosts or not tick.isdigit():
         raise ConfigError("--kill-host-at", "must be NAME:TICK with NAME a host", text)
+    if int(tick) >= n_ticks:
+        raise ConfigError(
+            "--kill-host-at", f"tick must be < the run's {n_ticks} ticks (0..{n_ticks - 1})", text
+        )
     return name, int(tick)
 
 
+def _machine_memory() -> int | None:
+    """Physical memory of this machine, bytes (None if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_machine(cfg: SimConfig, joined: bool) -> None:
+    """Refuse a run whose page state cannot fit this machine's memory, before simulating:
+    all hosts' for an in-process or embedded-Ray run, the largest host's when joining an
+    existing Ray cluster (hosts may then run on other machines)."""
+    ram = _machine_memory()
+    per_host = page_state_bytes(cfg)
+    need = max(per_host.values()) if joined else sum(per_host.values())
+    if ram is None or need <= ram:
+        return
+    what = "the largest host's" if joined else "the hosts'"
+    raise ConfigError(
+        "simulation.content_bytes",
+        f"{what} page state needs about {need / 2**30:.1f} GiB ((memory + swap) pages x "
+        f"(content_bytes + 16 bytes)); this machine has {ram / 2**30:.1f} GiB: lower "
+        "content_bytes or host sizes",
+        cfg.simulation.content_bytes,
+        source=cfg.source,
+    )
+
+
+def _warn(cfg: SimConfig) -> None:
+    """The config's warnings on stderr, one line each, before anything runs."""
+    for w in config_warnings(cfg):
+        print(f"vmmsim: warning: {w}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done; 2 bad input (config, placement, ``--out``, logs); 1 the run
+    failed (a host, a replay difference, a write that failed: disk full); 143 SIGTERM,
+    130 SIGINT (partial output removed, embedded Ray shut down).  One line, no traceback."""
     args = _parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with signals_as_exceptions():
+            return _dispatch(args)
     except (ConfigError, PlacementError, RunDirError, ReportError, ConvertError, LogError) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (HostFailure, ReplayDiverged, RecoveryFailed) as e:
+    except (HostFailure, ReplayDiverged, RecoveryFailed, OutputWriteError) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated as e:
+        what = "terminated" if e.signum != 2 else "interrupted"
+        print(f"vmmsim: {what} ({e}); nothing was written to --out", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("vmmsim: interrupted; nothing was written to --out", file=sys.stderr)
+        print("vmmsim: interrupted (SIGINT); nothing was written to --out", file=sys.stderr)
         return 130
 
 
@@ -210,8 +307,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.cmd == "validate":
         placement = place(cfg)
-        print(json.dumps({"config_hash": cfg.config_hash(), "placement": placement}, indent=2))
+        out = {
+            "config_hash": cfg.config_hash(),
+            "placement": placement,
+            "hosts": host_commitments(cfg, placement),
+            "warnings": config_warnings(cfg),
+        }
+        print(json.dumps(out, indent=2))
+        _warn(cfg)
         return 0
+    _warn(cfg)
+    joined = not args.inprocess and bool(args.address or os.environ.get("RAY_ADDRESS"))
+    _check_fits_machine(cfg, joined)
     backend = "inprocess" if args.inprocess else "ray"
     if cfg.sweep and (args.record or args.checkpoint_every or args.kill_host_at):
         raise ConfigError("--record/--checkpoint-every", "not supported with [sweep]")
@@ -238,7 +345,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     opts = RunOptions(
         record=args.record,
         checkpoint_every_s=args.checkpoint_every,
-        kill_host_at=_kill_at(args.kill_host_at, cfg.host_names()),
+        kill_host_at=_kill_at(args.kill_host_at, cfg.host_names(), cfg.simulation.n_ticks),
     )
     summary = run(
         cfg,
@@ -270,6 +377,7 @@ def _rerun(args: argparse.Namespace) -> int:
         "force": args.force,
         "quiet": args.quiet,
         "timeout_s": args.timeout,
+        "check_invariants": args.check_invariants,
     }
     if args.cmd == "resume":
         s = rerun.resume(args.checkpoint, args.out, checkpoint_every_s=args.checkpoint_every, **kw)

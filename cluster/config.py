@@ -29,6 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config_schema import (
+    MAX_ACCESSES_PER_TICK,
+    MAX_FILE_PAGES,
+    MAX_HOSTS,
+    MAX_PAGES,
+    MAX_PAGES_PER_TICK,
+    MAX_STATE_BYTES,
+    MAX_VMS,
     PLACEMENTS,
     ConfigError,
     HostConfig,
@@ -45,6 +52,7 @@ from cluster.config_schema import (
     fmt_value,
     join,
 )
+from hosts import admission
 from workloads import registry
 from workloads.images import BUILTIN_IMAGES, ImageSpec
 
@@ -60,7 +68,10 @@ __all__ = [
     "VMConfig",
     "WorkloadConfig",
     "config_from_dict",
+    "config_warnings",
     "describe_schema",
+    "host_commitments",
+    "page_state_bytes",
     "format_override",
     "load_config",
     "parse_config",
@@ -126,6 +137,10 @@ class SimConfig:
             "migrations": [asdict(m) for m in self.migrations],
             "sweep": [[path, list(values)] for path, values in self.sweep],
         }
+
+    def warnings(self) -> list[str]:
+        """See :func:`config_warnings`."""
+        return config_warnings(self)
 
     def config_hash(self) -> str:
         """sha256 (hex) of the canonical JSON of :meth:`to_dict`."""
@@ -328,7 +343,9 @@ def _entries(raw: dict[str, Any], key: str, *, required: bool) -> list[Any]:
     return items
 
 
-def _at(key: str, i: int, name: Any) -> str:
+def _at(key: str, i: int, entry: Any) -> str:
+    """``key[i] (name)``; ``entry`` is the raw entry (any type) or its name."""
+    name = entry.get("name") if isinstance(entry, dict) else entry
     return f"{key}[{i}] ({name})" if isinstance(name, str) else f"{key}[{i}]"
 
 
@@ -374,27 +391,30 @@ def _build(raw: dict[str, Any], resolved: bool) -> SimConfig:
     images = dict(BUILTIN_IMAGES)
     file_images: set[str] = set()
     for i, entry in enumerate(_entries(raw, "images", required=False)):
-        img = build(ImageSpec, entry, _at("images", i, entry.get("name")))
+        img = build(ImageSpec, entry, _at("images", i, entry))
         if img.name in file_images:
             raise ConfigError(_at("images", i, img.name), "duplicate image name", img.name)
         file_images.add(img.name)
         images[img.name] = img
 
     host_items = [
-        build(HostConfig, e, _at("hosts", i, e.get("name")), with_derived=resolved)
+        build(HostConfig, e, _at("hosts", i, e), with_derived=resolved)
         for i, e in enumerate(_entries(raw, "hosts", required=True))
     ]
     vm_items = [
         build(
             VMConfig,
             e,
-            _at("vms", i, e.get("name")),
+            _at("vms", i, e),
             nested={"workload": _build_workload},
             with_derived=resolved,
         )
         for i, e in enumerate(_entries(raw, "vms", required=True))
     ]
+    _check_counts("hosts", host_items, MAX_HOSTS)
+    _check_counts("vms", vm_items, MAX_VMS)
     hosts, vms = _expand("hosts", host_items), _expand("vms", vm_items)
+    _check_limits(sections["simulation"], sections["policy"], hosts, vms)
     _check_vms(hosts, vms, images, sections["policy"], sections["simulation"].page_size)
 
     migrations = tuple(
@@ -410,6 +430,215 @@ def _build(raw: dict[str, Any], resolved: bool) -> SimConfig:
         migrations=migrations,
         sweep=_sweep_spec(raw),
     )
+
+
+# --- size limits (config_schema.MAX_*) ---------------------------------------------------------
+
+
+def _check_counts(key: str, items: list[Any], limit: int) -> None:
+    """At most ``limit`` hosts / VMs after expansion (checked before expanding)."""
+    total = 0
+    for i, obj in enumerate(items):
+        total += obj.count
+        if total > limit:
+            raise ConfigError(
+                f"{_at(key, i, obj.name)}.count",
+                f"too many {key}: {total:,} after count expansion (at most {limit:,})",
+                obj.count,
+            )
+
+
+def _pages(mb: float, page_size: int) -> int:
+    """Whole pages in ``mb`` (as :meth:`SimConfig.pages`), capped at 2**62 (no overflow)."""
+    x = mb * 2**20
+    return int(x) // page_size if x < 2**62 else 2**62
+
+
+def _check_limits(
+    sim: SimulationConfig,
+    policy: PolicyConfig,
+    hosts: list[tuple[str, HostConfig]],
+    vms: list[tuple[str, VMConfig]],
+) -> None:
+    """Sizes and per-tick work within the documented limits, so a run cannot exhaust memory
+    or hang; a host's memory and a VM at least one page."""
+    ps, cb, tick = sim.page_size, sim.content_bytes, sim.tick_s
+    one_page = f"at least one page ({ps / 2**20:.6g} MB at page_size {ps})"
+    total = 0
+    for where, h in hosts:
+        for key, mb, lo in (("memory_mb", h.memory_mb, 1), ("swap_mb", h.swap_mb, 0)):
+            n = _pages(mb, ps)
+            if n < lo:
+                raise ConfigError(f"{where}.{key}", f"must be {one_page}", mb)
+            if n > MAX_PAGES:
+                raise ConfigError(f"{where}.{key}", f"too large: {n:,} pages > {MAX_PAGES:,}", mb)
+            total += n
+    if total * cb > MAX_STATE_BYTES:
+        raise ConfigError(
+            "simulation.content_bytes",
+            f"page contents of all hosts would take {total * cb / 2**30:,.1f} GiB "
+            f"((memory + swap) {total:,} pages x {cb} bytes; at most "
+            f"{MAX_STATE_BYTES // 2**30} GiB): lower content_bytes or host sizes",
+            cb,
+        )
+    for key in ("share_scan_vm_pages_per_s", "share_scan_host_pages_per_s"):
+        _check_rate(f"policy.{key}", getattr(policy, key), tick, MAX_PAGES_PER_TICK, "pages")
+    for key in ("balloon_rate_pages_per_s", "swap_rate_pages_per_s"):
+        _check_rate(f"policy.{key}", getattr(policy, key), tick, MAX_PAGES_PER_TICK, "pages")
+    if (n := _pages(policy.vm_overhead_mb, ps)) > MAX_PAGES:
+        raise ConfigError(
+            "policy.vm_overhead_mb",
+            f"too large: {n:,} pages > {MAX_PAGES:,}",
+            policy.vm_overhead_mb,
+        )
+    for where, vm in vms:
+        n = _pages(vm.memory_mb, ps)
+        if n < 1:
+            raise ConfigError(f"{where}.memory_mb", f"must be {one_page}", vm.memory_mb)
+        if n > MAX_PAGES:
+            raise ConfigError(
+                f"{where}.memory_mb", f"too large: {n:,} pages > {MAX_PAGES:,}", vm.memory_mb
+            )
+        _check_workload_limits(f"{where}.workload", vm.workload, n, ps, tick)
+
+
+def _check_rate(where: str, rate: float, tick_s: float, limit: int, what: str) -> None:
+    if rate * tick_s > limit:
+        raise ConfigError(
+            where,
+            f"{rate:g}/s x tick_s {tick_s:g} = {rate * tick_s:.3g} {what} per tick "
+            f"(at most {limit:,})",
+            rate,
+        )
+
+
+def _check_workload_limits(
+    where: str, w: WorkloadConfig, n_pages: int, page_size: int, tick_s: float
+) -> None:
+    """Sizes (``*_mb``) and per-tick accesses of the built-in workload kinds."""
+    p = w.params
+    for key, mb in _workload_sizes(w):
+        if (n := _pages(mb, page_size)) > MAX_PAGES:
+            raise ConfigError(f"{where}.{key}", f"too large: {n:,} pages > {MAX_PAGES:,}", mb)
+    rate = getattr(p, "accesses_per_s", None)
+    if w.kind == "steady" and not rate:
+        rate = min(n_pages, max(1, _pages(p.wss_mb, page_size)))  # one per page per second
+    elif w.kind == "batch" and not rate:
+        rate = min(n_pages, _pages(p.program_mb, page_size) + _pages(p.heap_mb, page_size))
+    elif w.kind == "phased":
+        biggest = max(min(n_pages, _pages(mb, page_size)) for _, mb in p.phases)
+        _check_rate(
+            f"{where}.touch_rate",
+            p.touch_rate * biggest,
+            tick_s,
+            MAX_ACCESSES_PER_TICK,
+            f"accesses (x {biggest:,} working-set pages)",
+        )
+    if rate:
+        key = "accesses_per_s" if getattr(p, "accesses_per_s", None) else "wss_mb"
+        if w.kind == "batch" and key == "wss_mb":
+            key = "program_mb"
+        _check_rate(f"{where}.{key}", float(rate), tick_s, MAX_ACCESSES_PER_TICK, "accesses")
+    if w.kind == "fileserver" and _pages(p.files_mb, page_size) > MAX_FILE_PAGES:
+        raise ConfigError(
+            f"{where}.files_mb",
+            f"file set too large: {_pages(p.files_mb, page_size):,} pages > {MAX_FILE_PAGES:,}",
+            p.files_mb,
+        )
+
+
+def _workload_sizes(w: WorkloadConfig) -> list[tuple[str, float]]:
+    """(key, MB) of a built-in workload's sizes; [] for other kinds."""
+    p = w.params
+    if w.kind == "steady":
+        return [("wss_mb", p.wss_mb)]
+    if w.kind == "phased":
+        return [(f"phases[{i}][1]", mb) for i, (_, mb) in enumerate(p.phases)]
+    if w.kind == "batch":
+        return [("program_mb", p.program_mb), ("heap_mb", p.heap_mb)]
+    if w.kind == "fileserver":
+        return [("files_mb", p.files_mb), ("dirty_mb", p.dirty_mb)]
+    return []
+
+
+_META_BYTES_PER_PAGE = 16  # refcount, owners, flags, swap bookkeeping (estimate)
+
+
+def page_state_bytes(cfg: SimConfig) -> dict[str, int]:
+    """Per host: an estimate of the real bytes its page state takes when full, (memory +
+    swap pages) x (``content_bytes`` + 16 bytes of bookkeeping); for a check against the
+    memory of the machine that will run it (machine-dependent, so not a config check)."""
+    per_page = cfg.simulation.content_bytes + _META_BYTES_PER_PAGE
+    return {h.name: (cfg.pages(h.memory_mb) + cfg.pages(h.swap_mb)) * per_page for h in cfg.hosts}
+
+
+# --- warnings ----------------------------------------------------------------------------------
+
+
+def config_warnings(cfg: SimConfig) -> list[str]:
+    """Numbers that run but make little physical sense, one line each (``where: what``).
+
+    Scope: a workload whose working set (steady ``wss_mb``, a phased phase, a batch
+    program + heap, a fileserver dirty set) is larger than its VM's memory (it is clamped
+    to the VM); a VM whose working set exceeds its ``max_mb`` (it pages all the time).
+    One warning per ``[[vms]]`` entry; deterministic (config order).
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for vm in cfg.vms:
+        p, kind = vm.workload.params, vm.workload.kind
+        who = f"vms.{vm.base_name or vm.name}"
+        if who in seen:  # one warning per [[vms]] entry, not per expanded VM
+            continue
+        wss: list[tuple[str, float]] = []
+        if kind == "steady":
+            wss = [("wss_mb", p.wss_mb)]
+        elif kind == "phased":
+            wss = [(f"phases[{i}] wss_mb", mb) for i, (_, mb) in enumerate(p.phases)]
+        elif kind == "batch":
+            wss = [("program_mb + heap_mb", p.program_mb + p.heap_mb)]
+        elif kind == "fileserver":
+            wss = [("dirty_mb", p.dirty_mb)]
+        for key, mb in wss:
+            if mb > vm.memory_mb:
+                seen.add(who)
+                out.append(
+                    f"{who}.workload.{key}: {mb:g} MB is larger than the VM's memory_mb "
+                    f"{vm.memory_mb:g} MB (clamped to the VM's memory)"
+                )
+                break
+            if mb > vm.effective_max_mb:
+                seen.add(who)
+                out.append(
+                    f"{who}.workload.{key}: {mb:g} MB is larger than max_mb "
+                    f"{vm.effective_max_mb:g} MB (the VM will page constantly)"
+                )
+                break
+    return out
+
+
+def host_commitments(cfg: SimConfig, placement: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per host (config order): ``memory_mb``, ``swap_mb``, ``vms`` (count),
+    ``committed_mb`` (sum of ``max_mb`` + ``policy.vm_overhead_mb`` of the VMs that
+    ``placement`` (VM name -> host name) puts there) and ``overcommit``
+    (``committed_mb / memory_mb``)."""
+    committed = {h.name: 0.0 for h in cfg.hosts}
+    count = {h.name: 0 for h in cfg.hosts}
+    for vm in cfg.vms:
+        host = placement.get(vm.name)
+        if host in committed:
+            committed[host] += vm.effective_max_mb + cfg.policy.vm_overhead_mb
+            count[host] += 1
+    return {
+        h.name: {
+            "memory_mb": h.memory_mb,
+            "swap_mb": h.swap_mb,
+            "vms": count[h.name],
+            "committed_mb": round(committed[h.name], 6),
+            "overcommit": round(committed[h.name] / h.memory_mb, 4),
+        }
+        for h in cfg.hosts
+    }
 
 
 # --- cross-table checks ------------------------------------------------------------------------
@@ -455,8 +684,10 @@ def _check_vms(
                 f"{have} pages of host {host.name}",
                 vm.min_mb,
             )
-    # ESX admission control: a host must hold every pinned VM's minimum plus overhead in
-    # memory, and every VM's maximum plus overhead in memory + swap.
+    # ESX admission control (hosts.admission, also used by placement and migration): a
+    # host must hold its pinned VMs' minimum (at least pinned) plus overhead in memory,
+    # leave a page beyond their pinned memory, and hold their configured size (memory_mb)
+    # plus overhead in memory + swap.
     pinned_on: dict[str, list[VMConfig]] = {}
     for _, vm in vms:
         if vm.host is not None:
@@ -465,21 +696,19 @@ def _check_vms(
         pinned = pinned_on.get(h.name)
         if not pinned:
             continue
-        which = f"its {len(pinned)} pinned VMs ({_names([v.name for v in pinned], 5)})"
-        reserved = sum(vm.min_mb + ovh for vm in pinned)
-        if reserved > h.memory_mb:
-            raise ConfigError(
-                where,
-                f"admission: sum of min_mb + vm_overhead_mb over {which} is {reserved:g} MB "
-                f"> memory_mb {h.memory_mb:g} MB (over by {reserved - h.memory_mb:g} MB)",
-            )
-        peak, room = sum(vm.effective_max_mb + ovh for vm in pinned), h.memory_mb + h.swap_mb
-        if peak > room:
-            raise ConfigError(
-                where,
-                f"admission: sum of max_mb + vm_overhead_mb over {which} is {peak:g} MB "
-                f"> memory_mb + swap_mb = {room:g} MB (over by {peak - room:g} MB)",
-            )
+        total = admission.totals(vm_claim(vm, ovh) for vm in pinned)
+        refused = admission.check(total, memory=h.memory_mb, swap=h.swap_mb, page=page_size / 2**20)
+        if refused is not None:
+            which = f"its {len(pinned)} pinned VMs ({_names([v.name for v in pinned], 5)})"
+            raise ConfigError(where, refused.message(which))
+
+
+def vm_claim(vm: VMConfig, overhead_mb: float) -> admission.Claim:
+    """A VM's admission claim in MB (:mod:`hosts.admission`): its configured size
+    ``memory_mb`` (not ``max_mb``) counts against memory + swap."""
+    return admission.claim(
+        min=vm.min_mb, pinned=vm.pinned_mb, size=vm.memory_mb, overhead=overhead_mb
+    )
 
 
 def _check_migrations(

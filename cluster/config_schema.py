@@ -72,6 +72,10 @@ def ge(lo: float) -> Check:
     return Check(f">= {lo:g}", lambda v: v >= lo)
 
 
+def le(hi: float) -> Check:
+    return Check(f"<= {hi:g}", lambda v: v <= hi)
+
+
 def in_range(lo: float, hi: float, *, hi_open: bool = False) -> Check:
     if hi_open:
         return Check(f"in [{lo:g}, {hi:g})", lambda v: lo <= v < hi)
@@ -272,15 +276,46 @@ def build(
 
 PLACEMENTS = ("most_free", "image_affinity", "round_robin")
 
+# Size limits, checked when a config is loaded (before anything is allocated), so that a
+# config either runs or is refused with a one-line error; generous for any experiment
+# that fits one machine.  Documented in the help text below (``vmmsim schema``).
+MAX_HOSTS = 1024
+"""Hosts after ``count`` expansion."""
+MAX_VMS = 16384
+"""VMs after ``count`` expansion."""
+MAX_TICKS = 10_000_000
+"""``duration_s / tick_s``."""
+MAX_PAGES = 2**31 - 1
+"""Pages of one host's memory, one host's swap, one VM (page numbers are int32)."""
+MAX_STATE_BYTES = 2**36
+"""Real page-content bytes of all hosts: (memory + swap pages) x ``content_bytes`` (64 GiB)."""
+MAX_PAGES_PER_TICK = 2**31 - 1
+"""Pages a per-second policy rate (scan, balloon, swap) may move in one tick."""
+MAX_ACCESSES_PER_TICK = 2**26
+"""Accesses one VM's workload may make in one tick (its arrays are ~16 bytes each)."""
+MAX_FILE_PAGES = 2**26
+"""Pages of a ``fileserver`` file set (one float64 popularity entry each)."""
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
     seed: int = opt(0, "root seed of every random generator in the run", ge(0))
-    duration_s: float = opt(60.0, "simulated time to run, seconds", gt(0))
-    tick_s: float = opt(1.0, "simulated seconds per tick; must divide duration_s", gt(0))
+    duration_s: float = opt(
+        60.0, f"simulated time to run, seconds (at most {MAX_TICKS:,} ticks)", gt(0)
+    )
+    tick_s: float = opt(
+        1.0,
+        "simulated seconds per tick; must divide duration_s; per-second rates times tick_s "
+        f"are bounded: at most {MAX_PAGES_PER_TICK:,} pages (scan, balloon, swap) and "
+        f"{MAX_ACCESSES_PER_TICK:,} workload accesses per VM per tick",
+        gt(0),
+    )
     page_size: int = opt(4096, "bytes per page (all page accounting)", power_of_two(512, 65536))
     content_bytes: int = opt(
-        4096, "real bytes stored and hashed per page (<= page_size)", multiple_of(8, 8)
+        4096,
+        "real bytes stored and hashed per page (<= page_size); all hosts' (memory + swap) "
+        f"pages x content_bytes must be <= {MAX_STATE_BYTES // 2**30} GiB",
+        multiple_of(8, 8),
     )
 
     @property
@@ -290,6 +325,11 @@ class SimulationConfig:
     def validate(self) -> list[str]:
         errs = []
         ratio = self.duration_s / self.tick_s
+        if not ratio <= MAX_TICKS + 0.5:  # also inf (a tiny tick_s)
+            return [
+                f"tick_s: duration_s / tick_s must be <= {MAX_TICKS:,} ticks "
+                f"(got {self.duration_s:g} / {self.tick_s:g} = {ratio:.3g})"
+            ]
         if abs(ratio - round(ratio)) > 1e-9 * ratio:
             errs.append(f"tick_s: must divide duration_s {self.duration_s:g} (got {self.tick_s:g})")
         if self.content_bytes > (ps := self.page_size):
@@ -353,9 +393,17 @@ class MigrationConfig:
 @dataclass(frozen=True)
 class HostConfig:
     name: str = req("host name (with count > 1: name-0, name-1, ...)", NAME)
-    memory_mb: float = req("machine memory, MB", gt(0))
-    swap_mb: float = opt(0.0, "VMM swap space, MB", ge(0))
-    count: int = opt(1, "number of identical hosts (expanded to name-0, name-1, ...)", ge(1))
+    memory_mb: float = req(
+        f"machine memory, MB (at least one page, at most {MAX_PAGES:,} pages)", gt(0)
+    )
+    swap_mb: float = opt(0.0, f"VMM swap space, MB (at most {MAX_PAGES:,} pages)", ge(0))
+    count: int = opt(
+        1,
+        f"number of identical hosts (expanded to name-0, name-1, ...); at most {MAX_HOSTS} "
+        "hosts in all",
+        ge(1),
+        le(MAX_HOSTS),
+    )
     base_name: str = derived("", "name as written in the file, before count expansion")
 
 
@@ -374,7 +422,11 @@ def _default_workload() -> WorkloadConfig:
 @dataclass(frozen=True)
 class VMConfig:
     name: str = req("VM name (with count > 1: name-0, name-1, ...)", NAME)
-    memory_mb: float = req("configured ('physical') memory of the guest, MB", gt(0))
+    memory_mb: float = req(
+        "configured ('physical') memory of the guest, MB (at least one page, at most "
+        f"{MAX_PAGES:,} pages)",
+        gt(0),
+    )
     shares: float = opt(1000.0, "memory shares S (proportional-share allocation)", gt(0))
     min_mb: float = opt(0.0, "guaranteed minimum, MB (reserved at admission)", ge(0))
     max_mb: float | None = opt(None, "maximum allocation, MB (none: memory_mb)", gt(0))
@@ -384,7 +436,12 @@ class VMConfig:
     sharing: bool = opt(True, "whether the VM's pages take part in content sharing")
     sharing_group: str = opt("default", "pages are shared only among VMs of one group")
     pinned_mb: float = opt(0.0, "guest memory that can never be reclaimed, MB", ge(0))
-    count: int = opt(1, "number of identical VMs (expanded to name-0, name-1, ...)", ge(1))
+    count: int = opt(
+        1,
+        f"number of identical VMs (expanded to name-0, name-1, ...); at most {MAX_VMS} VMs in all",
+        ge(1),
+        le(MAX_VMS),
+    )
     workload: WorkloadConfig = field(
         default_factory=_default_workload,
         metadata={"help": "`[vms.workload]`: `kind` plus that kind's keys (below)", "checks": ()},
@@ -469,6 +526,23 @@ def describe_schema() -> str:
         "`vms.<name>.<key>`, `vms.<name>.workload.<key>`, `vms.*.<key>`.  "
         "Several keys give every combination (one run each); paths joined by commas in one "
         'key change together: `"vms.a.memory_mb,hosts.h.memory_mb" = [[128, 136], [256, 272]]`.',
+        "",
+        "### Limits",
+        "",
+        "Checked when a config is loaded, before anything is allocated (a config beyond them "
+        f"is refused with one line): at most {MAX_HOSTS} hosts and {MAX_VMS} VMs after `count` "
+        f"expansion; at most {MAX_TICKS:,} ticks; every host's memory and every VM at least one "
+        f"page, and host memory, host swap and VM memory at most {MAX_PAGES:,} pages each; "
+        f"(memory + swap pages) x `content_bytes` over all hosts at most "
+        f"{MAX_STATE_BYTES // 2**30} GiB; per tick, at most {MAX_PAGES_PER_TICK:,} pages for a "
+        f"policy rate (`*_pages_per_s` x `tick_s`) and {MAX_ACCESSES_PER_TICK:,} accesses for "
+        f"one VM's workload; a workload size (`wss_mb`, `files_mb`, a phase, ...) and "
+        f"`vm_overhead_mb` at most {MAX_PAGES:,} pages, a `fileserver` file set at most "
+        f"{MAX_FILE_PAGES:,} pages.  `vmmsim run` also refuses a run whose page state "
+        "((memory + swap pages) x (`content_bytes` + 16)) would not fit this machine's memory.  "
+        "Numbers that run but make little physical sense (a working set larger than its VM, "
+        "which is clamped) are warnings: `vmmsim validate` lists them, `vmmsim run` prints "
+        "them first.",
         "",
     ]
     return "\n".join(out)

@@ -30,6 +30,7 @@ from cluster.config import SimConfig
 from cluster.host_pool import HostPool
 from cluster.metrics import merge_rounds
 from cluster.migration import Migrator
+from cluster.page_check import PageChecker
 from cluster.placement import place
 from cluster.specs import vm_spec
 from hosts.allocation import AllocationInput, allocate
@@ -72,6 +73,7 @@ class Coordinator:
         self.feeder: Callable[[Coordinator, str, int], Any] | None = None  # replayed inputs
         self.observers: list[Any] = []  # .on_round(coord, start, n, results) after each round
         self.migrator = Migrator(cfg, pool, self.placement)  # live migration (engine)
+        self.page_checker: PageChecker | None = None  # check mode (enable_page_check)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -181,5 +183,15 @@ class Coordinator:
             "migrations": self.migrator.rows(self.tick),  # report rows (runner writes them)
         }
 
-    def check_invariants(self) -> None:
+    def enable_page_check(self) -> None:
+        """Check mode: keep every VM's written content keys (an observer), so that
+        :meth:`check_invariants` also checks every guest page's bytes.  The hosts must
+        report their accesses (``HostMode.accesses``); call before the first round."""
+        self.page_checker = PageChecker(self.cfg)
+        self.observers.append(self.page_checker)
+
+    def check_invariants(self) -> int:
+        """Every host's ``check_invariants()``, then (page checker on) every guest page's
+        bytes; a failure is the host's (``HostFailure``).  Returns the VMs page-checked."""
         self.pool.call("check_invariants", [()] * len(self.hosts), self.hosts)
+        return self.page_checker.check(self) if self.page_checker is not None else 0

@@ -25,13 +25,14 @@ class HostMode:
     record: bool = False  # report accesses per VM step and a digest per tick
     replay: bool = False  # VMs run ReplayWorkloads fed by the coordinator
     tick_digests: bool = False  # a digest per tick (implied by record)
+    accesses: bool = False  # report accesses per VM step (the page checker, check mode)
 
 
 def apply_mode(host: HostMemoryManager, mode: HostMode) -> None:
     """Switch a (new or restored) host's recording hooks on as ``mode`` says."""
     host.digest_every_tick = mode.record or mode.tick_digests
     host.tick_digests = []
-    host.access_log = [] if mode.record else None
+    host.access_log = [] if mode.record or mode.accesses else None
 
 
 def new_workload(mode: HostMode) -> ReplayWorkload | None:

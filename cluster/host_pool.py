@@ -99,6 +99,12 @@ class HostRuntime:
         self.host.check_invariants()
         return True
 
+    def check_pages(self, shadows: Any) -> list[str]:
+        """Check mode: this host's VMs read back ``shadows`` (cluster/page_check.py)."""
+        from cluster.page_check import check_pages
+
+        return check_pages(self.host, shadows)
+
     def ping(self) -> str:
         return self.host.name
 
@@ -216,8 +222,9 @@ class HostPool:
         """The results of submitted calls, in the order given."""
         raise NotImplementedError
 
-    def kill(self, name: str) -> None:
-        """Kill host ``name`` (fault injection: its next call raises HostFailure)."""
+    def kill(self, name: str, tick: int | None = None) -> None:
+        """Kill host ``name`` (fault injection: its next call raises HostFailure, which
+        names ``tick``, the tick the failure was injected at, if given)."""
         raise NotImplementedError
 
     def restart(self) -> None:
@@ -229,7 +236,10 @@ class HostPool:
 
 
 class InProcessPool(HostPool):
-    """Hosts as plain objects in this process (sequential; the reference transport)."""
+    """Hosts as plain objects in this process (sequential; the reference transport).
+
+    An exception raised inside a host method becomes :class:`HostFailure` (chained to the
+    original), as it does with Ray (``RayPool``): both transports fail the same way."""
 
     def __init__(
         self,
@@ -245,20 +255,27 @@ class InProcessPool(HostPool):
         names = list(names if names is not None else self.names)
         for n in names:
             if n in self.dead:
-                raise HostFailure(n, self.tick, "host killed (fault injection)")
-        return [getattr(self.runtimes[n], method)(*a) for n, a in zip(names, args, strict=True)]
+                tick = self.dead[n] if self.dead[n] is not None else self.tick
+                raise HostFailure(n, tick, "host killed (fault injection)")
+        return [self._run(n, method, a) for n, a in zip(names, args, strict=True)]
 
-    def kill(self, name: str) -> None:
-        self.dead.add(name)
+    def _run(self, name: str, method: str, args: tuple) -> Any:
+        try:
+            return getattr(self.runtimes[name], method)(*args)
+        except Exception as e:  # noqa: BLE001 - as a Ray actor's failure would surface
+            raise HostFailure(name, self.tick, f"{type(e).__name__}: {e}") from e
+
+    def kill(self, name: str, tick: int | None = None) -> None:
+        self.dead[name] = tick
 
     def restart(self) -> None:
-        self.dead: set[str] = set()
+        self.dead: dict[str, int | None] = {}
         self.runtimes = {
             spec.name: HostRuntime(spec, sim, pol, self.mode) for spec, sim, pol in self._hosts
         }
 
     def submit(self, name: str, method: str, *args: Any) -> Any:
-        return getattr(self.runtimes[name], method)(*args)  # runs now: the handle is the value
+        return self._run(name, method, args)  # runs now: the handle is the value
 
     def gather(self, handles: Sequence[Any]) -> list:
         return list(handles)

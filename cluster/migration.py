@@ -54,7 +54,9 @@ from cluster.host_pool import HostPool
 from cluster.migration_policy import POLICIES, HostView, VMView
 from cluster.migration_transfer import admit, precopy_round, stop_and_copy
 from cluster.specs import host_policy, host_specs, vm_spec
+from hosts import admission
 from hosts.free_memory import reclaim_goal_pages
+from hosts.migration_host import vm_claim
 from workloads.images import BootLayout
 
 REF_BYTES = 16  # a reference on the wire: the page's 128-bit strong digest
@@ -132,6 +134,7 @@ class Migrator:
         hs = host_specs(cfg)
         self.reserve = {s.name: reclaim_goal_pages(0, s.n_frames, th) for s in hs}
         self.capacity = {s.name: s.n_frames + s.n_swap_slots for s in hs}
+        self.frames = {s.name: s.n_frames for s in hs}
         self.schedule = sorted(
             (math.ceil(m.time_s / self.tick_s - _EPS), i, m.vm, m.to)
             for i, m in enumerate(cfg.migrations)
@@ -348,8 +351,9 @@ class Migrator:
                     free_pages=self.free[h]
                     - sum(self._pages(v)[1] + self.specs[v].overhead_pages for v in arriving[h]),
                     reserve_pages=self.reserve[h],
-                    committed_pages=sum(self._commit(v) for v in mine),
-                    capacity_pages=self.capacity[h],
+                    claims=admission.totals(vm_claim(self.specs[v]) for v in mine),
+                    memory_pages=self.frames[h],
+                    swap_pages=self.capacity[h] - self.frames[h],
                     images=frozenset(self.images[v] for v in mine),
                 )
             )
@@ -363,7 +367,7 @@ class Migrator:
                 allocated=self._pages(v)[1],
                 image_pages=self.image_pages[v],
                 overhead=self.specs[v].overhead_pages,
-                commit=self._commit(v),
+                claim=vm_claim(self.specs[v]),
                 migrating=v in migrating,
             )
             for v, h in sorted(self.where.items())
@@ -372,7 +376,3 @@ class Migrator:
 
     def _pages(self, vm: str) -> tuple[int, int, int]:
         return self.pages.get(vm, (0, 0, 0))
-
-    def _commit(self, vm: str) -> int:
-        s = self.specs[vm]
-        return s.max_resident + s.overhead_pages

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hosts.admission import Claim
 from hosts.migration_host import admission_reason
 
 
@@ -38,8 +39,9 @@ class HostView:
     busy: bool  # a migration off this host is in flight
     free_pages: int  # free frames, less what VMs arriving here will take
     reserve_pages: int  # free frames to keep (the HIGH threshold)
-    committed_pages: int  # max + overhead of its VMs (arriving ones included)
-    capacity_pages: int  # frames + swap slots
+    claims: Claim  # summed admission claims of its VMs (arriving ones included), pages
+    memory_pages: int  # frames
+    swap_pages: int  # swap slots
     images: frozenset[str]  # images of the VMs on (or arriving at) the host
 
 
@@ -52,7 +54,7 @@ class VMView:
     allocated: int
     image_pages: int
     overhead: int
-    commit: int  # max + overhead pages
+    claim: Claim  # admission claim (min/pinned/max + overhead), pages
     migrating: bool
 
 
@@ -69,7 +71,7 @@ def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Prop
     """Proposals of the ``pressure`` rule (see the module docstring)."""
     by_name = {h.name: h for h in hosts}
     free = {h.name: h.free_pages for h in hosts}
-    committed = {h.name: h.committed_pages for h in hosts}
+    claims = {h.name: h.claims for h in hosts}
     out: list[Proposal] = []
     for src in sorted((h for h in hosts if h.pressured and not h.busy), key=lambda h: h.name):
         best: tuple[tuple[float, str, str], VMView, HostView] | None = None
@@ -85,9 +87,10 @@ def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Prop
                     free_pages=free[dst.name],
                     reserve_pages=dst.reserve_pages,
                     need_pages=vm.allocated + vm.overhead,
-                    committed_pages=committed[dst.name],
-                    capacity_pages=dst.capacity_pages,
-                    vm_commit_pages=vm.commit,
+                    host=claims[dst.name],
+                    vm=vm.claim,
+                    memory_pages=dst.memory_pages,
+                    swap_pages=dst.swap_pages,
                 )
                 if refused is not None:
                     continue
@@ -99,7 +102,7 @@ def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Prop
         if best is not None:
             key, vm, dst = best
             free[dst.name] -= vm.allocated + vm.overhead
-            committed[dst.name] += vm.commit
+            claims[dst.name] = claims[dst.name] + vm.claim
             out.append(Proposal(vm.name, src.name, dst.name, "pressure", -key[0]))
     return out
 

@@ -5,6 +5,14 @@ on success the directory is renamed into place (an existing finished run there i
 replaced with ``--force``), on failure the partial directory is removed.  So a failed or
 interrupted run never corrupts what is already in ``DIR``.
 
+``--out`` is checked before anything runs (:func:`check_out_dir` and creating the partial
+directory): not the current directory or one of its ancestors (``.``, ``..``, ``/``), no
+file where a directory must be, a writable parent.  Partial directories left by runs that
+were killed outright (SIGKILL: no clean-up possible) are removed by the next run into the
+same parent (:func:`remove_stale_partials`: only ``.NAME.partial-PID`` directories whose
+PID is not a live process).  A write that fails (disk full, I/O error) becomes
+:class:`OutputWriteError`, naming the file (:func:`writing`).
+
 Files: ``metrics.parquet`` (zstd, one row group per coordinator round), ``summary.json``
 (deterministic: no wall-clock values), ``config.json`` (the resolved config),
 ``timing.json`` (wall time, ticks/s: differs between runs by nature); the runner also
@@ -13,9 +21,15 @@ writes ``migrations.parquet`` (:mod:`cluster.migration_report`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +43,55 @@ class RunDirError(ValueError):
     """``--out`` cannot be used (holds a finished run, or is not a directory)."""
 
 
+class OutputWriteError(RuntimeError):
+    """Writing a run's file failed (disk full, I/O error); names the file.  The run is
+    abandoned and its partial directory removed."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}; the run was abandoned")
+        self.path, self.reason = str(path), reason
+
+    def __reduce__(self):  # survives Ray's exception transport intact
+        return (OutputWriteError, (self.path, self.reason))
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into :class:`OutputWriteError`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as e:
+        raise OutputWriteError(path, _reason(e)) from e
+
+
+def _reason(e: OSError) -> str:
+    code = e.errno
+    if code is None:  # pyarrow: "[errno 28] No space left on device" in the text
+        m = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)
+        code = int(m.group(1)) if m else None
+    if code == errno.ENOSPC:
+        return "no space left on device (disk full)"
+    if code == errno.EDQUOT:
+        return "disk quota exceeded"
+    if code is not None:
+        return os.strerror(code)
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` that cannot become a run directory, before anything runs."""
+    here = Path.cwd().resolve()
+    full = Path(os.path.abspath(out)).resolve()
+    if full == here or full in here.parents:
+        what = "the current directory" if full == here else "a parent of the current directory"
+        raise RunDirError(f"--out {out}: is {what}; name a new directory for the run")
+    for parent in full.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise RunDirError(f"--out {out}: {parent} is not a directory")
+            break
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -37,14 +99,72 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise RunDirError(f"--out {out}: already holds {what}; pass --force to replace it")
 
 
+_PARTIAL = re.compile(r"^\..+\.partial-(\d+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_partials(parent: Path) -> list[Path]:
+    """Remove ``parent/.NAME.partial-PID`` directories whose PID is not a live process
+    (left by a run killed with SIGKILL); return them.  Nothing else is touched."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _PARTIAL.match(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_plain) + "\n"
+    with writing(path):
+        path.write_text(text)
 
 
 def _plain(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
     raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT back meanwhile; one that arrived is re-raised after.
+
+    Python runs signal handlers in the main thread whichever thread the kernel delivered
+    the signal to, so a thread's signal mask cannot hold them back (any library thread
+    would take the signal): the handlers are swapped for a recorder instead.  Outside the
+    main thread (where handlers cannot be set) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    prev = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(pending):
+            signal.raise_signal(s)
 
 
 class AsideDir:
@@ -54,24 +174,61 @@ class AsideDir:
     def __init__(self, out: Path, force: bool) -> None:
         self.out = Path(out)
         check_out_dir(self.out, force)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
+        parent = self.out.parent
+        # The topmost directory this run creates (removed again if the run fails).
+        self._made: Path | None = None
+        for p in [parent, *parent.parents]:
+            if p.exists():
+                break
+            self._made = p
+        self.tmp = parent / f".{self.out.name}.partial-{os.getpid()}"
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(parent)
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            self.tmp.mkdir()
+        except OSError as e:
+            self._remove_made()
+            where = e.filename or self.tmp
+            raise RunDirError(f"--out {self.out}: cannot create {where}: {_reason(e)}") from None
 
     def commit(self) -> Path:
+        """Move the finished directory into place.  SIGTERM/SIGINT are held back meanwhile
+        (delivered right after), so an interrupted commit never leaves ``out`` missing or
+        the previous run stranded under ``.out.old-<pid>``."""
         old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        with _signals_held(), writing(self.out):
+            if self.out.exists():
+                old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+                self.out.rename(old)
+            try:
+                self.tmp.rename(self.out)
+            except BaseException:
+                if old is not None and not self.out.exists():
+                    old.rename(self.out)
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         return self.out
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self._remove_made()
+
+    def _remove_made(self) -> None:
+        """Remove the (empty) parent directories this run created for ``--out``."""
+        if self._made is None:
+            return
+        p = self.tmp.parent
+        while True:
+            try:
+                p.rmdir()
+            except OSError:
+                return
+            if p == self._made:
+                return
+            p = p.parent
 
 
 class RunDir(AsideDir):
@@ -86,20 +243,22 @@ class RunDir(AsideDir):
         return self.tmp
 
     def write_metrics(self, table: pa.Table) -> None:
-        if self._metrics is None:
-            self._metrics = pq.ParquetWriter(
-                self.tmp / "metrics.parquet", SCHEMA, compression="zstd"
-            )
-        self._metrics.write_table(table, row_group_size=max(1, table.num_rows))
+        path = self.tmp / "metrics.parquet"
+        with writing(path):
+            if self._metrics is None:
+                self._metrics = pq.ParquetWriter(path, SCHEMA, compression="zstd")
+            self._metrics.write_table(table, row_group_size=max(1, table.num_rows))
 
     def write_json(self, name: str, obj: Any) -> None:
         write_json(self.tmp / name, obj)
 
     def commit(self) -> Path:
-        if self._metrics is not None:
-            self._metrics.close()
-        else:
-            pq.write_table(SCHEMA.empty_table(), self.tmp / "metrics.parquet")
+        with writing(self.tmp / "metrics.parquet"):
+            if self._metrics is not None:
+                m, self._metrics = self._metrics, None
+                m.close()
+            else:
+                pq.write_table(SCHEMA.empty_table(), self.tmp / "metrics.parquet")
         return super().commit()
 
     def abort(self) -> None:

@@ -1,73 +1,105 @@
 """Initial placement of VMs whose config names no host (a small policy registry).
 
-Scope: a pure function from the config to {vm: host}.  Pinned VMs stay where the config
-puts them; the others are placed in config order by the chosen policy, using each host's
-*committed* memory (sum of max_mb + overhead of the VMs placed so far) against its memory
-plus swap (ESX admission: a VM is only placed where its max fits, so no host can ever run
-out of both memory and swap):
+Scope: a pure, deterministic function from the config to {vm: host}.  Pinned VMs stay
+where the config puts them; every host must then pass ESX admission control
+(:mod:`hosts.admission`: minimum -- at least pinned -- plus overhead in memory, a page
+beyond pinned memory, maximum plus overhead in memory + swap) for the VMs it gets.  A
+policy ranks the hosts a VM would go to, from each host's *committed* memory (sum of
+memory_mb + overhead of the VMs placed so far):
 
-* ``most_free``: the host with the most uncommitted memory (ties: name order);
-* ``image_affinity``: among hosts where its max fits in memory, the one already running
-  the most VMs of the same image (so page sharing can find the image's pages), then most
-  free; if it fits in no host's memory, as ``most_free``;
-* ``round_robin``: the next host in name order where it fits.
+* ``most_free``: the most uncommitted memory first (ties: name order);
+* ``image_affinity``: hosts where its max fits in memory first, the one already running
+  the most VMs of the same image (so page sharing can find the image's pages) first, then
+  most free; the other hosts after them, as ``most_free``;
+* ``round_robin``: name order, starting after the host chosen last.
 
-A VM that fits nowhere is a :class:`PlacementError` naming the VM and the best host.
+Packing, in three passes (the first that places every VM wins):
+
+1. greedy in config order: each VM to the policy's first admissible host (the
+   placement of every config this always placed, unchanged);
+2. greedy largest first (memory_mb + overhead, then config order);
+3. a depth-first search over the largest-first order, hosts in the policy's order,
+   pruned on the total room left and on hosts in identical states, bounded by
+   :data:`SEARCH_WORK` host visits (each node costs one visit per host).
+
+When nothing is found, a :class:`PlacementError` names a VM the largest-first greedy
+could not place, the host closest to taking it and the figure it lacks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from cluster.config import SimConfig
+from cluster.config import SimConfig, VMConfig, vm_claim
+from hosts import admission
+from hosts.admission import Claim
+
+SEARCH_WORK = 300_000  # host visits of the fallback search before giving up (a few s)
 
 
 class PlacementError(ValueError):
     pass
 
 
-Policy = Callable[[SimConfig, str, dict[str, float], dict[str, dict[str, int]], list], str | None]
+@dataclass
+class _Hosts:
+    """Per-host state of a (partial) placement: claims summed and image counts."""
+
+    cfg: SimConfig
+    used: dict[str, Claim]
+    images: dict[str, dict[str, int]]
+
+    def copy(self) -> _Hosts:
+        return _Hosts(self.cfg, dict(self.used), {h: dict(c) for h, c in self.images.items()})
+
+    def admits(self, host: str, c: Claim) -> bool:
+        return self.refusal(host, c) is None
+
+    def refusal(self, host: str, c: Claim) -> admission.Refusal | None:
+        h = self.cfg.host(host)
+        return admission.check(
+            self.used[host] + c, memory=h.memory_mb, swap=h.swap_mb, page=_page_mb(self.cfg)
+        )
+
+    def add(self, host: str, vm: VMConfig, c: Claim) -> None:
+        self.used[host] = self.used[host] + c
+        self.images[host][vm.image] = self.images[host].get(vm.image, 0) + 1
+
+    def remove(self, host: str, vm: VMConfig, c: Claim) -> None:
+        self.used[host] = self.used[host] - c
+        self.images[host][vm.image] -= 1
+
+    def free(self, host: str) -> float:
+        return self.cfg.host(host).memory_mb - self.used[host].commit
 
 
-def _fits(cfg: SimConfig, host: str, need: float, committed: dict[str, float]) -> bool:
-    h = cfg.host(host)
-    return committed[host] + need <= h.memory_mb + h.swap_mb + 1e-9
+# A policy ranks hosts for one VM: (config, vm, its claim, host state, round-robin state).
+Policy = Callable[[SimConfig, VMConfig, Claim, _Hosts, list], list[str]]
 
 
-def _free(cfg: SimConfig, host: str, committed: dict[str, float]) -> float:
-    return cfg.host(host).memory_mb - committed[host]
+def _by_name(h: str) -> list[int]:
+    return [-ord(c) for c in h]  # in a max(): ties go to the first name
 
 
-def most_free(cfg, vm, committed, images, state) -> str | None:
-    need = _need(cfg, vm)
-    ok = [h for h in cfg.host_names() if _fits(cfg, h, need, committed)]
-    return max(ok, key=lambda h: (_free(cfg, h, committed), [-ord(c) for c in h]), default=None)
+def most_free(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
+    return sorted(cfg.host_names(), key=lambda h: (st.free(h), _by_name(h)), reverse=True)
 
 
-def image_affinity(cfg, vm, committed, images, state) -> str | None:
-    need = _need(cfg, vm)
-    img = cfg.vm(vm).image
+def image_affinity(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
     # Prefer hosts where the VM's max fits in *memory* (swap is for overcommit, not for
     # packing); among those, the one running the most VMs of the same image.
-    in_mem = [h for h in cfg.host_names() if _free(cfg, h, committed) >= need]
-    if not in_mem:
-        return most_free(cfg, vm, committed, images, state)
-    return max(
-        in_mem,
-        key=lambda h: (images[h].get(img, 0), _free(cfg, h, committed), [-ord(c) for c in h]),
-    )
+    def key(h: str) -> tuple:
+        return (st.images[h].get(vm.image, 0), st.free(h), _by_name(h))
+
+    in_mem = sorted((h for h in cfg.host_names() if st.free(h) >= c.commit), key=key, reverse=True)
+    return in_mem + [h for h in most_free(cfg, vm, c, st, rr) if h not in in_mem]
 
 
-def round_robin(cfg, vm, committed, images, state) -> str | None:
+def round_robin(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
     names = cfg.host_names()
-    start = state[0] if state else 0
-    need = _need(cfg, vm)
-    for i in range(len(names)):
-        h = names[(start + i) % len(names)]
-        if _fits(cfg, h, need, committed):
-            state[:] = [(start + i + 1) % len(names)]
-            return h
-    return None
+    start = rr[0] if rr else 0
+    return [names[(start + i) % len(names)] for i in range(len(names))]
 
 
 PLACEMENTS: dict[str, Policy] = {
@@ -77,36 +109,151 @@ PLACEMENTS: dict[str, Policy] = {
 }
 
 
-def _need(cfg: SimConfig, vm: str) -> float:
-    v = cfg.vm(vm)
-    return v.effective_max_mb + cfg.policy.vm_overhead_mb
+def _page_mb(cfg: SimConfig) -> float:
+    return cfg.simulation.page_size / 2**20
+
+
+def _claim(cfg: SimConfig, vm: VMConfig) -> Claim:
+    return vm_claim(vm, cfg.policy.vm_overhead_mb)
+
+
+def _greedy(
+    cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts
+) -> tuple[dict[str, str], VMConfig | None]:
+    """Each VM of ``order`` to the policy's first admissible host; stops at the first VM
+    that fits nowhere (returned).  Changes ``st``."""
+    policy = PLACEMENTS[cfg.policy.placement]
+    names = cfg.host_names()
+    rr: list = []
+    out: dict[str, str] = {}
+    for vm in order:
+        c = _claim(cfg, vm)
+        host = next((h for h in policy(cfg, vm, c, st, rr) if st.admits(h, c)), None)
+        if host is None:
+            return out, vm
+        out[vm.name] = host
+        st.add(host, vm, c)
+        rr[:] = [(names.index(host) + 1) % len(names)]
+    return out, None
+
+
+def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, str] | None:
+    """Depth-first search for an admissible assignment of ``order`` (largest first),
+    hosts in the policy's order; None if there is none or the work budget runs out."""
+    policy = PLACEMENTS[cfg.policy.placement]
+    names = cfg.host_names()
+    claims = [_claim(cfg, vm) for vm in order]
+    # Room still needed by the VMs from position i on (for pruning).
+    need = [Claim()] * (len(order) + 1)
+    for i in range(len(order) - 1, -1, -1):
+        need[i] = need[i + 1] + claims[i]
+
+    def room() -> tuple[float, float]:
+        mem = commit = 0.0
+        for h in names:
+            hc, u = cfg.host(h), st.used[h]
+            mem += max(0.0, hc.memory_mb - u.reserve)
+            commit += max(0.0, hc.memory_mb + hc.swap_mb - u.commit)
+        return mem, commit
+
+    out: dict[str, str] = {}
+    budget = [SEARCH_WORK]
+    rr: list = []
+
+    def dfs(i: int) -> bool:
+        if i == len(order):
+            return True
+        budget[0] -= len(names)
+        if budget[0] < 0:
+            return False
+        mem, commit = room()
+        if need[i].reserve > mem + 1e-9 or need[i].commit > commit + 1e-9:
+            return False
+        vm, c = order[i], claims[i]
+        seen: set[tuple] = set()
+        for h in policy(cfg, vm, c, st, rr):
+            hc, u = cfg.host(h), st.used[h]
+            state = (hc.memory_mb, hc.swap_mb, u.reserve, u.pinned, u.commit)
+            if state in seen or not st.admits(h, c):
+                continue  # a host like one tried already leads to the same outcomes
+            seen.add(state)
+            st.add(h, vm, c)
+            out[vm.name] = h
+            saved = list(rr)
+            rr[:] = [(names.index(h) + 1) % len(names)]
+            if dfs(i + 1):
+                return True
+            rr[:] = saved
+            del out[vm.name]
+            st.remove(h, vm, c)
+        return False
+
+    return dict(out) if dfs(0) else None
 
 
 def place(cfg: SimConfig) -> dict[str, str]:
-    """{vm name: host name} for every VM, pinned ones as configured."""
-    committed = {h: 0.0 for h in cfg.host_names()}
-    images: dict[str, dict[str, int]] = {h: {} for h in cfg.host_names()}
-    out: dict[str, str] = {}
+    """{vm name: host name} for every VM, pinned ones as configured (module docstring)."""
+    st = _Hosts(cfg, {h: Claim() for h in cfg.host_names()}, {h: {} for h in cfg.host_names()})
+    pinned: dict[str, str] = {}
     for v in cfg.vms:
         if v.host is not None:
-            out[v.name] = v.host
-            committed[v.host] += _need(cfg, v.name)
-            images[v.host][v.image] = images[v.host].get(v.image, 0) + 1
-    policy = PLACEMENTS[cfg.policy.placement]
-    state: list = []
-    for v in cfg.vms:
-        if v.host is not None:
-            continue
-        host = policy(cfg, v.name, committed, images, state)
-        if host is None:
-            best = max(cfg.host_names(), key=lambda h: _free(cfg, h, committed))
-            raise PlacementError(
-                f"{cfg.source}: vms ({v.name}): cannot be placed: needs {_need(cfg, v.name):g} MB "
-                f"(max_mb + overhead); the emptiest host {best} has "
-                f"{cfg.host(best).memory_mb + cfg.host(best).swap_mb - committed[best]:g} MB of "
-                "memory + swap uncommitted"
-            )
-        out[v.name] = host
-        committed[host] += _need(cfg, v.name)
-        images[host][v.image] = images[host].get(v.image, 0) + 1
-    return out
+            c = _claim(cfg, v)
+            refused = st.refusal(v.host, c)
+            if refused is not None:  # config validation refuses these first
+                mine = [x.name for x in cfg.vms if x.host == v.host]
+                raise PlacementError(
+                    f"{cfg.source}: hosts ({v.host}): "
+                    + refused.message(f"its {len(mine)} pinned VMs ({', '.join(mine[:5])})")
+                )
+            pinned[v.name] = v.host
+            st.add(v.host, v, c)
+    free = [v for v in cfg.vms if v.host is None]
+    done, _ = _greedy(cfg, free, st.copy())
+    if len(done) < len(free):
+        largest = sorted(free, key=lambda v: -_claim(cfg, v).commit)  # stable: config order
+        trial = st.copy()
+        done, stuck = _greedy(cfg, largest, trial)
+        if stuck is not None:
+            found = _search(cfg, largest, st.copy())
+            if found is None:
+                raise PlacementError(_refusal(cfg, stuck, trial))
+            done = found
+    out = {**pinned, **done}
+    return {v.name: out[v.name] for v in cfg.vms}
+
+
+def _refusal(cfg: SimConfig, vm: VMConfig, st: _Hosts) -> str:
+    """Why ``vm`` fits nowhere after the VMs placed in ``st``: the host closest to taking
+    it (least shortfall over the admission limits) and the figure it lacks."""
+    c, page = _claim(cfg, vm), _page_mb(cfg)
+
+    def short(h: str) -> float:
+        hc = cfg.host(h)
+        return admission.shortfall(st.used[h] + c, memory=hc.memory_mb, swap=hc.swap_mb, page=page)
+
+    best = min(cfg.host_names(), key=lambda h: (short(h), h))
+    hc, u = cfg.host(best), st.used[best]
+    refused = st.refusal(best, c)
+    assert refused is not None
+    if refused.rule == "commit":
+        what = (
+            f"needs {c.commit:g} MB (memory_mb + overhead); the closest host {best} has "
+            f"{hc.memory_mb + hc.swap_mb - 2 * page - u.commit:g} MB of memory + swap "
+            "(less two pages) uncommitted"
+        )
+    elif refused.rule == "reserve":
+        what = (
+            f"needs {c.reserve:g} MB of memory (min_mb, at least pinned_mb, + overhead); "
+            f"the closest host {best} has {hc.memory_mb - u.reserve:g} MB of memory "
+            "not reserved"
+        )
+    else:
+        what = (
+            f"needs {c.pinned:g} MB of memory (pinned_mb + overhead) and a page more; the "
+            f"closest host {best} has {hc.memory_mb - u.pinned:g} MB of memory not pinned"
+        )
+    n = len([v for v in cfg.vms if v.host is None])
+    return (
+        f"{cfg.source}: vms ({vm.name}): cannot be placed: {what} (no admissible "
+        f"assignment of the {n} unpinned VMs found)"
+    )

@@ -9,14 +9,21 @@ results in host-name order; a dead or silent host becomes a
 ``RayPool``; the driver (``cluster.runner``) pulls finished rounds from it and writes
 files, so the coordinator can live on any node.
 
+:func:`init_ray` / :func:`shutdown_ray` start and end embedded Ray (no dashboard; its
+agents ended too) on every exit path, signals included.
+
 Host actors declare a fractional CPU (the cluster's CPUs divided among the hosts, at most
 1) so many fit on a laptop, and use the SPREAD strategy across the nodes of a cluster.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +51,14 @@ def init_ray(
     object_store_mb: int | None = None,
     quiet: bool = True,
 ) -> bool:
-    """Start Ray embedded (no ``address``) or join a cluster; return True if we started it."""
+    """Start Ray embedded (no ``address``) or join a cluster; return True if we started it
+    (then call :func:`shutdown_ray` when done; it also runs at exit).
+
+    Embedded Ray starts without the dashboard.  Ray 2.60 has no option to skip the
+    raylet's dashboard agent and runtime-env agent (``include_dashboard=False`` only drops
+    the dashboard head), so :func:`shutdown_ray` ends those too.  Ray's own SIGTERM
+    handlers are not installed: vmmsim's (``cluster.runner.signals_as_exceptions``) stay
+    in place, so a signal during start-up unwinds through here and Ray is shut down."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {
@@ -55,24 +69,129 @@ def init_ray(
     }
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
-        return True
-    kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-    # Many host actors with fractional CPUs are normal here: let the raylet start their
-    # processes in parallel, which also keeps its "too many workers" warning away.
-    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "64")
-    # Measured with 32-64 idle actors on 2 cores: Ray's log monitor re-lists the log
-    # directory every 0.1 s while it holds < 1000 files (35 -> 13 ms of CPU per second
-    # when it does so every 2 s: new actors' output reaches the driver up to 2 s later),
-    # and the event loops' per-handler statistics cost an idle actor ~10% of its 10 ms
-    # wake-ups.  Neither is used here (no dashboard).
-    os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
-    os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "2")
-    os.environ.setdefault("RAY_event_stats", "0")
-    if object_store_mb:
-        kwargs["object_store_memory"] = object_store_mb * 2**20
-    ray.init(**kwargs)
+        kwargs.pop("include_dashboard")
+    else:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # Many host actors with fractional CPUs are normal here: let the raylet start their
+        # processes in parallel, which also keeps its "too many workers" warning away.
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "64")
+        # Measured with 32-64 idle actors on 2 cores: Ray's log monitor re-lists the log
+        # directory every 0.1 s while it holds < 1000 files (35 -> 13 ms of CPU per second
+        # when it does so every 2 s: new actors' output reaches the driver up to 2 s
+        # later), and the event loops' per-handler statistics cost an idle actor ~10% of
+        # its 10 ms wake-ups.  Neither is used here (no dashboard).
+        os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+        os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "2")
+        os.environ.setdefault("RAY_event_stats", "0")
+        if object_store_mb:
+            kwargs["object_store_memory"] = object_store_mb * 2**20
+    global _started
+    _started = True
+    try:
+        with _own_sigterm_handler():
+            ray.init(address=address or None, **kwargs)
+    except BaseException:
+        shutdown_ray()
+        raise
     return True
+
+
+_started = False
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler():
+    """Keep the caller's SIGTERM handler while Ray starts (Ray installs its own, which
+    exits with status 1 or 15 without cleaning up the caller's files)."""
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    main = threading.current_thread() is threading.main_thread()
+    prev = signal.getsignal(signal.SIGTERM) if main else None
+    patched = main and hasattr(utils, "set_sigterm_handler")
+    if patched:
+        orig = utils.set_sigterm_handler
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if patched:
+            utils.set_sigterm_handler = orig
+        if main and prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+
+
+def shutdown_ray() -> None:
+    """Shut down the Ray this process started (:func:`init_ray`), agents included; safe
+    to call more than once and when Ray never finished starting."""
+    global _started
+    if not _started:
+        return
+    _started = False
+    mine = _ray_descendants()
+    try:
+        ray.shutdown()
+    finally:
+        _end(mine)
+
+
+atexit.register(shutdown_ray)
+
+
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, start time, command line) of every running process (Linux
+    /proc; empty elsewhere)."""
+    out = {}
+    for d in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] in "ZX":  # exited (a zombie waits for its parent)
+            continue
+        out[int(d)] = (int(fields[1]), fields[19], cmd)
+    return out
+
+
+def _ray_descendants() -> dict[int, str]:
+    """This process's descendant Ray processes: pid -> start time."""
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    found, todo = {}, list(kids.get(os.getpid(), []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(kids.get(pid, []))
+        cmd = table[pid][2]
+        if "/ray/" in cmd or cmd.startswith("ray::"):  # Ray's binaries, agents, workers
+            found[pid] = table[pid][1]
+    return found
+
+
+def _end(procs: dict[int, str], wait_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL, the processes of ``procs`` still running (same start time:
+    never a process that reused a pid)."""
+
+    def alive() -> list[int]:
+        table = _proc_table()
+        return [p for p, t in procs.items() if p in table and table[p][1] == t]
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        left = alive()
+        for p in left:
+            with contextlib.suppress(OSError):
+                os.kill(p, sig)
+        deadline = time.monotonic() + wait_s
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = alive()
+        if not left:
+            return
 
 
 def cluster_cpus() -> float:
@@ -114,6 +233,7 @@ class RayPool(HostPool):
         self.round_walls: list[float] = []  # wall seconds of each run_round call
         self.tick = 0
         self._submitted: dict[str, tuple[str, str]] = {}  # ref id -> (host, method)
+        self._killed_at: dict[str, int] = {}  # fault injection: host -> tick
         self.names = [s.name for s in host_specs(self.cfg)]
         #: Rounds run at most this many host calls at a time (see :meth:`_windowed`).
         self.window = _round_window(len(self.names), cluster_cpus())
@@ -139,6 +259,7 @@ class RayPool(HostPool):
         """Fresh actors for every host (the old ones are killed; recovery)."""
         self.close()
         self._submitted.clear()
+        self._killed_at.clear()
         self._spawn()
 
     def call(self, method: str, args: Sequence[tuple], names: Sequence[str] | None = None) -> list:
@@ -208,6 +329,9 @@ class RayPool(HostPool):
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
+                if n in self._killed_at:  # as InProcessPool words it
+                    cause = "host killed (fault injection)"
+                    raise HostFailure(n, self._killed_at[n], cause) from None
                 raise HostFailure(n, self.tick, f"actor died ({type(e).__name__})") from None
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
@@ -220,7 +344,9 @@ class RayPool(HostPool):
     def pids(self) -> dict[str, int]:
         return dict(zip(self.names, self.call("pid", [()] * len(self.names)), strict=True))
 
-    def kill(self, name: str) -> None:
+    def kill(self, name: str, tick: int | None = None) -> None:
+        if tick is not None:
+            self._killed_at[name] = tick
         ray.kill(self.actors[name], no_restart=True)
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 Scope: the entry points behind ``vmmsim resume`` and ``vmmsim replay``.  Both verify
 their input in the driver first (:class:`cluster.sealed_stream.LogError` before any Ray
-start-up or output), then run through :func:`cluster.runner.run` with the matching
-:class:`cluster.session.RunOptions`, so outputs are ordinary run directories.
+start-up or output; for a checkpoint, also every restored host's invariants), then run
+through :func:`cluster.runner.run` with the matching :class:`cluster.session.RunOptions`,
+so outputs are ordinary run directories.
 
 Not covered: the formats (``recording.py``, ``checkpoint.py``), the CLI (``cli.py``).
 """
@@ -15,12 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.checkpoint import read_checkpoint
+from cluster.checkpoint import Checkpoint, read_checkpoint
 from cluster.config import ConfigError
 from cluster.recording import RecordLog
 from cluster.replay import policy_unchanged, replay_config
 from cluster.runner import run
+from cluster.sealed_stream import LogError
 from cluster.session import RunOptions
+from cluster.specs import host_policy, host_specs, sim_params, vm_spec
+from hosts.snapshot import restore_host
 
 
 def resume(
@@ -29,10 +33,34 @@ def resume(
     """Continue the run checkpointed in ``checkpoint`` into ``out``; return its summary.
 
     ``out`` holds the metrics from the checkpoint's tick on; its final digest equals the
-    uninterrupted run's."""
+    uninterrupted run's.  Every host is first restored here and must pass its
+    ``check_invariants()`` (:func:`check_restored`): a checkpoint whose checksums hold but
+    whose state is inconsistent is refused before anything runs."""
     ckpt = read_checkpoint(checkpoint)
+    check_restored(ckpt)
     opts = RunOptions(resume_from=str(ckpt.path), checkpoint_every_s=checkpoint_every_s)
     return run(ckpt.cfg, out, opts=opts, **run_kw)
+
+
+def check_restored(ckpt: Checkpoint) -> None:
+    """Restore each host of ``ckpt`` in turn (as :func:`cluster.checkpoint.restore` does)
+    and run its ``check_invariants()``; :class:`LogError` (bad input) naming the
+    checkpoint and the host at the first one that fails or cannot be restored.  One host
+    at a time, dropped after its check: the driver never holds two hosts' state."""
+    cfg = ckpt.cfg
+    sim, policy = sim_params(cfg), host_policy(cfg)
+    for spec in host_specs(cfg):
+        arrays, meta = ckpt.hosts[spec.name]
+        try:
+            vms = {v: vm_spec(cfg, v) for v in meta["vms"]}
+            restore_host(spec, sim, policy, vms, arrays, meta).check_invariants()
+        except Exception as e:  # noqa: BLE001 - whatever inconsistent state makes it raise
+            what = str(e).splitlines()[0] if str(e) else ""
+            raise LogError(
+                ckpt.path,
+                f"host {spec.name}: restored state fails check_invariants "
+                f"({type(e).__name__}: {what})",
+            ) from None
 
 
 @dataclass(frozen=True)

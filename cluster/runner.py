@@ -4,13 +4,22 @@ Scope: the two ways to run the same coordinator -- in-process (:func:`run_inproc
 hosts as plain objects; the reference and the debugging path) and on Ray (the default:
 host actors and a coordinator actor, Ray embedded or an existing cluster) -- and writing
 the run directory.  Both give byte-identical ``metrics.parquet`` and digests.
+
+Exit paths: any failure or interruption (:class:`Terminated` for SIGTERM/SIGINT once
+:func:`signals_as_exceptions` is active; ``KeyboardInterrupt``) removes the partial run
+directory and shuts down the Ray this process started; ``--out`` is left as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib.metadata
+import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +27,7 @@ from typing import Any
 from cluster.config import SimConfig
 from cluster.host_pool import HostFailure, InProcessPool
 from cluster.migration_report import summary_block, write_migrations
-from cluster.outputs import RunDir
+from cluster.outputs import RunDir, writing
 from cluster.progress import Progress
 from cluster.session import PASSED_THROUGH, RunOptions, Session
 from cluster.specs import host_policy, host_specs, sim_params
@@ -29,6 +38,51 @@ def _version() -> str:
         return importlib.metadata.version("vmmsim")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover
         return "0+unknown"
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived (:func:`signals_as_exceptions`): unwinds like
+    ``KeyboardInterrupt`` so that every ``finally`` runs.  Exit status ``128 + signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def signals_as_exceptions():
+    """While active (main thread only), SIGTERM and SIGINT raise :class:`Terminated` (also
+    when the exception that reaches here is another one raised because of the signal); a
+    second signal while the first is being cleaned up exits at once (``os._exit``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: list[int] = []
+
+    def handler(signum, frame):
+        if hit:
+            os._exit(128 + signum)
+        hit.append(signum)
+        raise Terminated(signum)
+
+    prev = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except Terminated:
+        raise
+    except BaseException as e:
+        # Raised inside C code (Ray's check_signals during ray.get), the handler's
+        # exception can come out wrapped (SystemError): it is still the signal.
+        if hit:
+            raise Terminated(hit[0]) from e
+        raise
+    finally:
+        for s, h in prev.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def summary_doc(cfg: SimConfig, final: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +151,8 @@ def run(
         wall = time.perf_counter() - t0
         timing = final.pop("timing", {})
         summary = summary_doc(cfg, final)
-        write_migrations(rundir.path / "migrations.parquet", final.get("migrations", []))
+        with writing(rundir.path / "migrations.parquet"):
+            write_migrations(rundir.path / "migrations.parquet", final.get("migrations", []))
         rundir.write_json("summary.json", summary)
         rundir.write_json("config.json", cfg.to_dict())
         rundir.write_json(
@@ -127,6 +182,8 @@ def _run_inprocess(
     cfg: SimConfig, rundir: RunDir, progress: Progress, check: bool, opts: RunOptions
 ) -> dict:
     sim, pol = sim_params(cfg), host_policy(cfg)
+    if check:  # check mode also checks every guest page's bytes (cluster/page_check.py)
+        opts = dataclasses.replace(opts, check_pages=True)
     pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)], opts.host_mode())
     session = Session(cfg, pool, opts, rundir.path)
     coord = session.coord
@@ -155,10 +212,11 @@ def _run_ray(
 ) -> dict:
     import ray
 
-    from cluster.ray_runtime import init_ray, start_coordinator
+    from cluster.ray_runtime import init_ray, shutdown_ray, start_coordinator
 
     started = init_ray(address)
     coord = None
+    interrupted = False
 
     def get(ref, timeout):
         """ray.get, with a failed host surfacing as HostFailure (not a remote traceback)."""
@@ -198,12 +256,19 @@ def _run_ray(
             **get(coord.timing.remote(), timeout_s),
         }
         return final
+    except BaseException as e:  # interrupted: no waiting for the coordinator's round
+        interrupted = not isinstance(e, Exception)
+        raise
     finally:
-        if coord is not None:
-            try:
-                ray.get(coord.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - the run's own error matters more
-                pass
-            ray.kill(coord)
-        if started:
-            ray.shutdown()
+        try:
+            if coord is not None:
+                if not interrupted:
+                    try:
+                        ray.get(coord.close.remote(), timeout=30)
+                    except Exception:  # noqa: BLE001 - the run's own error matters more
+                        pass
+                # Host actors are owned by the coordinator actor: they end with it.
+                ray.kill(coord)
+        finally:
+            if started:
+                shutdown_ray()

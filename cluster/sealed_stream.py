@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
+from cluster.outputs import writing
+
 SEAL = b"vmmsim.seal"
 SEAL_TICK = b"vmmsim.tick"
 SEAL_SHA = b"vmmsim.sha256"
@@ -61,16 +63,20 @@ class SealedStreamWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = Path(path)
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._sink = _HashingSink(self._file)
-        self._writer = pa.ipc.new_stream(pa.PythonFile(self._sink, mode="w"), schema)
+        with writing(self.path):
+            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._sink = _HashingSink(self._file)
+            self._writer = pa.ipc.new_stream(pa.PythonFile(self._sink, mode="w"), schema)
         self.schema = schema
         self._empty = pa.RecordBatch.from_pylist([], schema=schema)
         self.n_seals = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
+        """Append ``batch``; a failed write (disk full) raises
+        :class:`cluster.outputs.OutputWriteError` naming this file."""
         if batch.num_rows:
-            self._writer.write_batch(batch)
+            with writing(self.path):
+                self._writer.write_batch(batch)
 
     def seal(self, tick: int) -> None:
         """Close the current segment (everything written so far is now verifiable)."""
@@ -79,13 +85,18 @@ class SealedStreamWriter:
             SEAL_TICK: str(tick).encode(),
             SEAL_SHA: self._sink.h.hexdigest().encode(),
         }
-        self._writer.write_batch(self._empty, custom_metadata=meta)
-        self.n_seals += 1
-        self._file.flush()
+        with writing(self.path):
+            self._writer.write_batch(self._empty, custom_metadata=meta)
+            self.n_seals += 1
+            self._file.flush()
 
     def close(self) -> None:
-        self._writer.close()  # writes the end-of-stream marker
-        self._file.close()
+        try:
+            with writing(self.path):
+                self._writer.close()  # writes the end-of-stream marker
+        finally:
+            with writing(self.path):
+                self._file.close()
 
 
 class _HashingSource(io.RawIOBase):

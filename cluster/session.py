@@ -35,6 +35,7 @@ from cluster.config import SimConfig
 from cluster.coordinator import Coordinator
 from cluster.host_journal import HostMode
 from cluster.host_pool import HostFailure, HostPool
+from cluster.outputs import OutputWriteError
 from cluster.recording import Recorder, RecordLog
 from cluster.replay import DigestChecker, ReplayDiverged, ReplayFeeder
 from cluster.sealed_stream import LogError
@@ -47,7 +48,7 @@ class RecoveryFailed(RuntimeError):
 
 
 # Errors the Ray driver re-raises as they are (not as a remote traceback).
-PASSED_THROUGH = (LogError, ReplayDiverged, RecoveryFailed)
+PASSED_THROUGH = (LogError, ReplayDiverged, RecoveryFailed, OutputWriteError)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,14 @@ class RunOptions:
     verify: bool = False
     resume_from: str | None = None
     kill_host_at: tuple[str, int] | None = None
+    check_pages: bool = False  # the page checker of --check-invariants (cluster/page_check.py)
 
     def host_mode(self) -> HostMode:
         return HostMode(
-            record=self.record, replay=self.replay_dir is not None, tick_digests=self.verify
+            record=self.record,
+            replay=self.replay_dir is not None,
+            tick_digests=self.verify,
+            accesses=self.check_pages,
         )
 
 
@@ -99,6 +104,8 @@ class Session:
         if opts.record:
             self.recorder = Recorder(Path(out) / "record", cfg)
             self.coord.observers.append(self.recorder)
+        if opts.check_pages:
+            self.coord.enable_page_check()
         if opts.checkpoint_every_s > 0:
             every = every_ticks(cfg, opts.checkpoint_every_s)
             self.checkpointer = Checkpointer(Path(out) / "checkpoints", cfg, every)
@@ -156,9 +163,14 @@ class Session:
         return final
 
     def close(self) -> None:
+        """Release what is open (after :meth:`finish`, nothing; on a failure path, the
+        record log, whose own errors must not hide the run's)."""
         if self.recorder is not None:
-            self.recorder.close()
-            self.recorder = None
+            rec, self.recorder = self.recorder, None
+            try:
+                rec.close()
+            except Exception:  # noqa: BLE001 - the run is failing anyway
+                pass
 
     # ------------------------------------------------------------------ recovery
     def _set_pool_tick(self) -> None:
@@ -173,7 +185,7 @@ class Session:
         n = min(c.round_ticks - c.tick % c.round_ticks, c.n_ticks - c.tick)
         if c.tick <= tick < c.tick + n:
             self._kill = None
-            self.pool.kill(name)
+            self.pool.kill(name, tick)
 
     def _recover(self, err: HostFailure) -> None:
         ck = self.checkpointer

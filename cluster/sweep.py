@@ -179,9 +179,9 @@ def run_sweep(
         raise
     finally:
         if started:
-            import ray
+            from cluster.ray_runtime import shutdown_ray
 
-            ray.shutdown()
+            shutdown_ray()
 
 
 def _point_values(point: Sequence[str], keys: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -33,7 +33,7 @@ from hosts.host_memory import HostMemory
 from hosts.metrics_rows import MetricRows
 from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from hosts.tick_steps import TickSteps
-from hosts.vm import FaultCosts, TickCounters, VirtualMachine
+from hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
 
 #: Parts of a tick whose wall time ``HostMemoryManager.phase_s`` adds up.
 PHASES = ("sampling", "vm_steps", "sharing_scan", "reclaim", "accounting")
@@ -122,7 +122,22 @@ class HostMemoryManager:
         and targets are in guest pages, so sharing savings raise everyone's targets)."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values())
-        return max(0, int(n * (1.0 - self.policy.thresholds.high)) - overhead + self.saved_pages())
+        kept = int(n * (1.0 - self.policy.thresholds.high))  # n less the HIGH margin
+        kept += self._free_target - self.free_target()  # the part of it swap cannot cover
+        return max(0, kept - overhead + self.saved_pages())
+
+    def free_target(self) -> int:
+        """Free frames reclamation aims for: the HIGH margin, but never more than the
+        host's memory + swap leave over after every VM's configured size + overhead.
+
+        Admission promises that memory + swap hold every page of every VM (its configured
+        size, whatever its ``max_mb``); a margin larger than what is left over could only
+        be kept by swapping more than swap holds (with ``free_high`` large and VMs that
+        fit exactly), so the margin shrinks instead.
+        """
+        committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
+        slack = self.spec.n_frames + self.spec.n_swap_slots - committed
+        return max(0, min(self._free_target, slack))
 
     def shared_pages(self) -> int:
         """Guest pages backed by shared frames, over all VMs."""
@@ -198,13 +213,15 @@ class HostMemoryManager:
             else:
                 c.paused = pause
                 stepping.append(vm)
-        if self.access_log is None and self.batch_steps:  # planned steps batched
-            self.tick_steps.run(mem, stepping, self._make_room)
-        else:  # one VM at a time (recording: every step's accesses are logged)
+        written: list[tuple[str, Any]] = []  # (vm, pages written) for the tick's digest
+        if self.access_log is None and not self.digest_every_tick and self.batch_steps:
+            self.tick_steps.run(mem, stepping, self._make_room)  # planned steps batched
+        else:  # one VM at a time (recording, replay: every step's accesses are known)
             for vm in stepping:
                 acc = vm.run_step(mem, self._make_room)
                 if self.access_log is not None:
                     self.access_log.append((vm.name, vm.steps - 1, t, acc))
+                written.append((vm.name, acc.writes))
         t2 = thread_time()
         ph["vm_steps"] += t2 - t1
         self._scan(t)
@@ -222,7 +239,7 @@ class HostMemoryManager:
         for name in self.order:
             self._account(self.vms[name], t, rows, host_part)
         if self.digest_every_tick:
-            self.tick_digests.append(self.digest())
+            self.tick_digests.append(self.digest(written=written))
         ph["accounting"] += thread_time() - t4
 
     def _sample_boundary(self, t: int) -> None:
@@ -237,7 +254,9 @@ class HostMemoryManager:
             vm.pmap.accessed[:] = False
 
     def _make_room(self, k: int, requester: VirtualMachine) -> None:
-        """Free ``k`` frames now by VMM-swapping random victims (over-target VMs first)."""
+        """Free ``k`` frames now by VMM-swapping random victims (over-target VMs first),
+        pages that free a frame first; whatever the policy's rates, which pace only the
+        background reclamation of :meth:`_reclaim` (a rate of 0 turns that off)."""
         freed = 0
         over = sorted(
             (v for v in self.vms.values() if v.resident > v.target),
@@ -247,7 +266,7 @@ class HostMemoryManager:
         for vm in over + rest:
             while freed < k:
                 before = vm.resident
-                freed += vm.swap_out_random(self.mem, k - freed)
+                freed += vm.swap_out_random(self.mem, k - freed, frames_first=True)
                 self.emergency_swaps += before - vm.resident  # pages swapped
                 if vm.resident == before:
                     break  # nothing left to swap in this VM (all pinned or swapped)
@@ -292,7 +311,7 @@ class HostMemoryManager:
         self.mstate = next_state(self.mstate, mem.n_free / total, p.thresholds)
         acts = ACTIONS[self.mstate]
         tick_s = self.sim.tick_s
-        goal = max(0, self._free_target - mem.n_free)  # reclaim_goal_pages(n_free, ...)
+        goal = max(0, self.free_target() - mem.n_free)  # reclaim_goal_pages(n_free, ...)
         vms = [self.vms[n] for n in self.order]
         if self.mstate == MemState.HIGH:
             for vm in vms:  # give memory back to VMs below target
@@ -370,8 +389,17 @@ class HostMemoryManager:
             "vms": sorted(self.vms),
         }
 
-    def digest(self, full: bool = False) -> str:
-        """A hash of this host's state; ``full`` adds every frame's and swap slot's bytes."""
+    def digest(self, full: bool = False, written: list[tuple[str, Any]] | None = None) -> str:
+        """A hash of this host's state; ``full`` adds every frame's and swap slot's bytes.
+
+        ``written``: ``(vm, virtual pages written)`` of the tick just run (the per-tick
+        digests of recording and replay): adds an xxh3 of what the guest now reads at each
+        of those pages (:func:`hosts.vm.vm_page_hashes`, no bytes copied).  Writes --
+        first touches and COW breaks among them -- are the only way page bytes change;
+        sharing, swapping and ballooning move bytes without changing them, and the maps
+        hashed here say where they are.  So a chain of per-tick digests covers every
+        byte, at the cost of hashing the tick's written pages.
+        """
         h = xxhash.xxh3_128()
         h.update(f"{self.name}|{self.tick}|{int(self.mstate)}".encode())
         fr = self.mem.frames
@@ -383,6 +411,14 @@ class HostMemoryManager:
             for a in (vm.pmap.state, vm.pmap.loc, vm.guest.v2p, vm.guest.vstate, vm.pmap.counts):
                 h.update(a.tobytes())
             h.update(f"{vm.steps}|{vm.target}|{vm.guest.n_ballooned}".encode())
+        for name, pages in written or ():
+            vm = self.vms.get(name)
+            if vm is None or not len(pages):
+                continue
+            vpns = np.asarray(pages, dtype=np.int64)  # (a page written twice: hashed twice)
+            h.update(f"w|{name}|".encode())
+            h.update(vpns.tobytes())
+            h.update(vm_page_hashes(vm, self.mem, vpns).tobytes())
         if full:
             h.update(fr.content.tobytes())
             h.update(self.mem.swap.content[self.mem.swap.used].tobytes())

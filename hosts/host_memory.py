@@ -66,6 +66,7 @@ class HostMemory:
         self.zero_hash = hash_page(np.zeros(content_bytes, dtype=np.uint8))
         self.vms: dict[int, VMSlot] = {}
         self._next_id = 0
+        self._locked: int | None = None  # cache of n_locked (None: count again)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -74,6 +75,7 @@ class HostMemory:
         overhead = self.frames.alloc(overhead_pages, zero=False)
         self.frames.owner_vm[overhead] = vm
         self.vms[vm] = VMSlot(pmap, group, sharing, overhead)
+        self._locked = None
         return vm
 
     def detach(self, vm: int) -> None:
@@ -82,6 +84,30 @@ class HostMemory:
             raise InvariantError("detaching a VM that still holds frames or swap")
         self.frames.decref(slot.overhead)
         del self.vms[vm]
+        self._locked = None
+
+    @property
+    def n_locked(self) -> int:
+        """Frames no reclamation can ever free: the VMs' overheads and pinned pages."""
+        if self._locked is None:
+            self._locked = sum(len(s.overhead) + s.pmap.n_pinned for s in self.vms.values())
+        return self._locked
+
+    def chunk_cap(self, guest_room: int) -> int:
+        """Most distinct pages one chunk of a VM's step may touch: half of what both the
+        guest (``guest_room``: pages not pinned or ballooned) and the host (frames not
+        locked) can hold, so that the frames a chunk needs can always be made free; and
+        at most the free frames plus free swap slots.
+
+        The last bound matters when swap is (nearly) full: a chunk's VMM-swapped pages
+        keep their slots until they are read back, so every frame the chunk needs beyond
+        the free ones must come from swapping *other* pages out into free slots.  A chunk
+        never needs more frames than it has pages, and swapping out (even the chunk's own
+        pages) or in leaves free frames + free slots unchanged, so such a chunk can always
+        be served; the following chunks then use the slots its swap-ins released.
+        """
+        room = self.frames.n_free + self.swap.n_free
+        return max(1, min(min(guest_room, self.frames.n_frames - self.n_locked) // 2, room))
 
     @property
     def n_free(self) -> int:

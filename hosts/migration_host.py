@@ -41,8 +41,8 @@ frame -- and pauses it for the downtime.
 
 Admission (:func:`can_accept`, pure core :func:`admission_reason`): the destination's free
 frames above its HIGH-state reserve must hold the VM's allocated pages + overhead, and
-its committed memory (max + overhead of its VMs, incoming ones included) must leave room
-for the VM's within memory + swap.
+the destination with the VM (incoming ones included) must pass ESX admission control
+(:mod:`hosts.admission`: minimum, pinned and configured size, as for placement).
 
 Not covered: rounds, bandwidth, downtime and policy (``cluster/migration.py``).
 """
@@ -54,9 +54,10 @@ from typing import Any
 
 import numpy as np
 
+from hosts import admission, native
 from hosts import migration_kernels as mk
-from hosts import native
 from hosts import page_state as ps
+from hosts.admission import Claim
 from hosts.free_memory import reclaim_goal_pages
 from hosts.host_manager import HostMemoryManager
 from hosts.phys_map import PhysMap
@@ -293,23 +294,38 @@ def admission_reason(
     free_pages: int,
     reserve_pages: int,
     need_pages: int,
-    committed_pages: int,
-    capacity_pages: int,
-    vm_commit_pages: int,
+    host: Claim,
+    vm: Claim,
+    memory_pages: int,
+    swap_pages: int,
 ) -> str | None:
-    """None if a host can take a VM, else why not (pure: also used by cluster policy)."""
+    """None if a host can take a VM, else why not (pure: also used by cluster policy).
+
+    ``host``: the summed claims of the VMs on (and arriving at) the host; ``vm``: the
+    arriving VM's (pages).  Dynamic part: its allocated pages + overhead must fit in the
+    free frames above the HIGH-state reserve.  Static part: ESX admission control of
+    the host with the VM (:func:`hosts.admission.check`)."""
     room = free_pages - reserve_pages
     if need_pages > room:
         return (
             f"not enough free memory: needs {need_pages} pages (allocated + overhead), "
             f"{max(room, 0)} free above the high-state reserve"
         )
-    if committed_pages + vm_commit_pages > capacity_pages:
-        return (
-            f"overcommitted: committed {committed_pages} + {vm_commit_pages} pages "
-            f"(max + overhead) > memory + swap {capacity_pages} pages"
-        )
+    refused = admission.check(host + vm, memory=memory_pages, swap=swap_pages)
+    if refused is not None:
+        return refused.message("the host's VMs with this one", unit="pages", keys=False)
     return None
+
+
+def vm_claim(spec: VMSpec) -> Claim:
+    """A VM's admission claim in pages (:mod:`hosts.admission`): its configured size
+    (``n_pages``, not ``max_resident``) counts against memory + swap."""
+    return admission.claim(
+        min=spec.min_pages,
+        pinned=spec.pinned_pages,
+        size=spec.n_pages,
+        overhead=spec.overhead_pages,
+    )
 
 
 def can_accept(host: HostMemoryManager, spec: VMSpec, allocated_pages: int) -> str | None:
@@ -317,16 +333,18 @@ def can_accept(host: HostMemoryManager, spec: VMSpec, allocated_pages: int) -> s
     if spec.name in host.vms or spec.name in host.incoming:
         return f"{spec.name} is already on {host.name}"
     incoming = list(host.incoming.values())
-    committed = sum(v.spec.max_resident + v.overhead_pages for v in host.vms.values())
-    committed += sum(i.spec.max_resident + i.spec.overhead_pages for i in incoming)
+    claims = admission.totals(
+        [vm_claim(v.spec) for v in host.vms.values()] + [vm_claim(i.spec) for i in incoming]
+    )
     n = host.spec.n_frames
     return admission_reason(
         free_pages=host.mem.n_free - sum(i.allocated + i.spec.overhead_pages for i in incoming),
         reserve_pages=reclaim_goal_pages(0, n, host.policy.thresholds),
         need_pages=allocated_pages + spec.overhead_pages,
-        committed_pages=committed,
-        capacity_pages=n + host.spec.n_swap_slots,
-        vm_commit_pages=spec.max_resident + spec.overhead_pages,
+        host=claims,
+        vm=vm_claim(spec),
+        memory_pages=n,
+        swap_pages=host.spec.n_swap_slots,
     )
 
 

@@ -28,6 +28,9 @@ class PhysMap:
         self.counts = np.zeros(ps.N_STATES, dtype=np.int64)
         self.counts[ps.UNTOUCHED] = n_pages
         self.n_zero_shared = 0
+        # Guest pages pinned for device I/O (never reclaimed): the host counts their frames
+        # as locked when it sizes a step's chunks (hosts.host_memory.HostMemory.n_locked).
+        self.n_pinned = 0
 
     def set_state(self, ppns: np.ndarray, new_state: int, loc: np.ndarray | int = -1) -> None:
         """Move unique pages ``ppns`` to ``new_state`` and keep the counts exact."""

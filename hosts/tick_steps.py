@@ -118,14 +118,14 @@ class TickSteps:
         for i, (vm, p) in enumerate(zip(vms, plans, strict=True)):
             g = vm.guest
             cut = (vm._img or vm._image_params())[2]
-            guest_room = g.n_pages - g.n_ballooned - g.n_pinned
+            cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
             n_r = p.n_r if p.n_r > 0 and p.len_r > 0 else 0
             n_w = p.n_w if p.n_w > 0 and p.len_w > 0 else 0
             counts.append((n_r, n_w))
             max_r, max_w = max(max_r, n_r), max(max_w, n_w)
             vin[i] = (
                 g.n_free, g.swap.n_free, vm.vm_id, cut, vm.layout.n_image,
-                max(1, min(guest_room, fr.n_frames) // 2), p.len_r, n_r, p.len_w, n_w,
+                cap, p.len_r, n_r, p.len_w, n_w,
             )  # fmt: skip
         self._res = np.zeros((n, ak.N_RES), dtype=np.int64)
         self._buffers(max_r, max_w)

@@ -21,6 +21,7 @@ from math import gcd
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from hosts import access_kernel as ak
 from hosts import eviction_kernel as ek
@@ -30,6 +31,7 @@ from hosts import vm_general
 from hosts.errors import InvariantError
 from hosts.guest_os import GuestOS
 from hosts.host_memory import HostMemory
+from hosts.native import hash_pages
 from hosts.phys_map import PhysMap
 from hosts.specs import SimParams, VMSpec
 from hosts.working_set import WorkingSetSampler
@@ -126,6 +128,7 @@ class VirtualMachine:
         self.sim = sim
         n = spec.n_pages
         self.pmap = PhysMap(n)
+        self.pmap.n_pinned = spec.pinned_pages
         self.guest = GuestOS(n, sim.content_bytes, spec.pinned_pages)
         self.layout = BootLayout.for_image(spec.image, n)
         self.sampler = WorkingSetSampler(n, sample_pages)
@@ -162,10 +165,15 @@ class VirtualMachine:
 
     @property
     def balloon_cap(self) -> int:
+        """Most pages the balloon may hold.  Pinned pages count against the cap (balloon +
+        pinned <= ``balloon_max_fraction`` of the VM's memory), and the guest always keeps
+        at least one page it can run in, so a ballooned guest evicts and never finds
+        itself with nothing but pinned pages."""
         if not self.spec.balloon:
             return 0
-        cap = int(self.spec.n_pages * self.balloon_max_fraction)
-        return max(0, min(cap, self.spec.n_pages - self.spec.pinned_pages))
+        n = self.spec.n_pages
+        cap = min(int(n * self.balloon_max_fraction), n - 1)
+        return max(0, cap - self.spec.pinned_pages)
 
     # ------------------------------------------------------------------ one tick
     def plan_step(self) -> SplitPlan | None:
@@ -202,9 +210,9 @@ class VirtualMachine:
         self.tick.disk += acc.disk_reads  # file I/O the workload could not cache
         g = self.guest
         # A chunk must fit both the guest's memory and the host's: all its pages are
-        # backed at once, so a chunk larger than the host's frames could never be served.
-        guest_room = g.n_pages - g.n_ballooned - g.n_pinned
-        cap = max(1, min(guest_room, mem.frames.n_frames) // 2)
+        # backed at once, so a chunk larger than the frames the host can free (all but
+        # overheads and pinned pages) could never be served.
+        cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
         try_fast, status = self.fast_path, ak.OK
         if try_fast:
             if self._scratch is None:
@@ -225,12 +233,18 @@ class VirtualMachine:
         # More distinct pages than the guest can hold at once: page ranges of <= cap.
         # rd and wr are sorted and disjoint: their union is a merge (np.union1d goes
         # through np.unique, pathologically slow on this numpy for large arrays).
+        # The cap is taken again before each chunk: first touches and COW breaks of the
+        # previous ones use up free frames + free swap slots (HostMemory.chunk_cap).
         touched = np.sort(np.concatenate([rd, wr]))
-        for lo in range(0, len(touched), cap):
-            first, last_p = touched[lo], touched[min(lo + cap, len(touched)) - 1]
+        lo = 0
+        while lo < len(touched):
+            hi = min(lo + cap, len(touched))
+            first, last_p = touched[lo], touched[hi - 1]
             r0, r1 = np.searchsorted(rd, [first, last_p + 1])
             w0, w1 = np.searchsorted(wr, [first, last_p + 1])
             self._apply_chunk(mem, make_room, rd[r0:r1], wr[w0:w1], keys[w0:w1], try_fast)
+            lo = hi
+            cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
 
     def _apply_chunk(
         self,
@@ -406,11 +420,29 @@ class VirtualMachine:
         g.return_from_balloon(ppns)
         return len(ppns)
 
-    def swap_out_random(self, mem: HostMemory, k: int) -> int:
-        """VMM swapping: ``k`` random resident, unpinned pages (ESX picks at random)."""
+    def swap_out_random(self, mem: HostMemory, k: int, frames_first: bool = False) -> int:
+        """VMM swapping: ``k`` random resident, unpinned pages (ESX picks at random); fewer
+        if the host's swap has fewer free slots (the count swapped is returned).
+
+        ``frames_first`` (emergency swapping, which needs frames): pick among privately
+        mapped pages first -- swapping out one page of a shared frame uses a slot but
+        frees no frame, which with swap nearly full could use up the slots the frames
+        must come from -- and only then among shared ones.
+        """
         st = self.pmap.state
-        cand = np.flatnonzero(((st == ps.MAPPED) | (st == ps.SHARED)) & ~self.guest.pinned)
-        k = min(k, len(cand))
+        unpinned = ~self.guest.pinned
+        if frames_first:
+            own = np.flatnonzero((st == ps.MAPPED) & unpinned)
+            k = min(k, mem.swap.n_free)
+            if k <= 0:
+                return 0
+            if len(own) >= k:
+                pick = np.sort(own[self.vmm_rng.choice(len(own), size=k, replace=False)])
+                return mem.swap_out(self.vm_id, pick)
+            n = mem.swap_out(self.vm_id, own) if len(own) else 0
+            return n + self.swap_out_random(mem, k - n)
+        cand = np.flatnonzero(((st == ps.MAPPED) | (st == ps.SHARED)) & unpinned)
+        k = min(k, len(cand), mem.swap.n_free)  # never ask swap for more than it has free
         if k <= 0:
             return 0
         pick = np.sort(cand[self.vmm_rng.choice(len(cand), size=k, replace=False)])
@@ -471,19 +503,52 @@ class VirtualMachine:
             raise AssertionError(f"{self.name}: balloon above its cap")
 
 
-def vm_page_contents(vm: VirtualMachine, mem: HostMemory) -> np.ndarray:
-    """What the guest would read at every *virtual* page right now (for tests).
+def vm_page_contents(
+    vm: VirtualMachine, mem: HostMemory, vpns: np.ndarray | None = None
+) -> np.ndarray:
+    """What the guest would read at every *virtual* page right now, or only at the
+    virtual pages ``vpns`` (no side effects; tests, the replay digest, the page checker).
 
     Resident pages read through the VMM; swapped pages from the guest swap disk; dropped
     image pages from the image; never-touched pages are zeros.
     """
     g = vm.guest
-    n = g.n_pages
-    out = np.zeros((n, vm.sim.content_bytes), dtype=np.uint8)
-    res = np.flatnonzero(g.vstate == gos.RESIDENT)
-    out[res] = mem.read_bytes(vm.vm_id, g.v2p[res].astype(np.int64))
-    sw = np.flatnonzero(g.vstate == gos.SWAPPED)
-    out[sw] = g.swap.content[g.vslot[sw]]
-    dr = np.flatnonzero(g.vstate == gos.DROPPED)
-    out[dr] = page_bytes(vm._image_keys(dr), vm.sim.content_bytes)
+    v = np.arange(g.n_pages, dtype=np.int64) if vpns is None else np.asarray(vpns, np.int64)
+    vs = g.vstate[v]
+    out = np.zeros((len(v), vm.sim.content_bytes), dtype=np.uint8)
+    res = np.flatnonzero(vs == gos.RESIDENT)
+    out[res] = mem.read_bytes(vm.vm_id, g.v2p[v[res]].astype(np.int64))
+    sw = np.flatnonzero(vs == gos.SWAPPED)
+    out[sw] = g.swap.content[g.vslot[v[sw]]]
+    dr = np.flatnonzero(vs == gos.DROPPED)
+    out[dr] = page_bytes(vm._image_keys(v[dr]), vm.sim.content_bytes)
+    return out
+
+
+def vm_page_hashes(vm: VirtualMachine, mem: HostMemory, vpns: np.ndarray) -> np.ndarray:
+    """xxh3-64 of what the guest would read at the virtual pages ``vpns`` -- of each row
+    :func:`vm_page_contents` gives -- hashed where the bytes are (frames, VMM swap, guest
+    swap disk) without copying them (the per-tick digests of recording and replay)."""
+    g, pm = vm.guest, vm.pmap
+    v = np.asarray(vpns, dtype=np.int64)
+    cb = vm.sim.content_bytes
+    out = np.full(len(v), np.uint64(xxhash.xxh3_64_intdigest(bytes(cb))), dtype=np.uint64)
+    vs = g.vstate[v]
+    res = np.flatnonzero(vs == gos.RESIDENT)
+    if len(res):
+        ppn = g.v2p[v[res]].astype(np.int64)
+        st, loc = pm.state[ppn], pm.loc[ppn].astype(np.int64)
+        if (st == ps.BALLOONED).any():
+            raise InvariantError("reading a ballooned page")
+        fr = np.flatnonzero((st == ps.MAPPED) | (st == ps.SHARED))
+        order = fr[np.argsort(loc[fr], kind="stable")]  # frames in address order: fewer misses
+        out[res[order]] = hash_pages(mem.frames.content, loc[order])
+        sw = st == ps.VMM_SWAPPED
+        out[res[sw]] = hash_pages(mem.swap.content, loc[sw])
+    sw = np.flatnonzero(vs == gos.SWAPPED)
+    if len(sw):
+        out[sw] = hash_pages(g.swap.content, g.vslot[v[sw]])
+    dr = np.flatnonzero(vs == gos.DROPPED)
+    if len(dr):
+        out[dr] = hash_pages(page_bytes(vm._image_keys(v[dr]), cb), np.arange(len(dr)))
     return out

@@ -222,7 +222,7 @@ def test_killed_host_without_checkpoint_fails_clearly(tmp_path, capsys):
     out = tmp_path / "rec"
     args = ["--kill-host-at", "h-1:12", "--inprocess", "--quiet"]
     assert main(["run", str(cfg), "--out", str(out), *args]) == 1
-    assert "host h-1 failed at tick 10" in _error_line(capsys)
+    assert "host h-1 failed at tick 12" in _error_line(capsys)  # the injected tick
     assert not out.exists()
 
 
@@ -266,6 +266,6 @@ def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
     assert s["final_digest"] == _summary(base)["final_digest"]
     (r,) = s["recoveries"]
     assert r["host"] == "h-0" and r["checkpoint"] == "checkpoints/t10"
-    assert "died" in r["cause"]
+    assert "killed" in r["cause"]
     for name in ("metrics.parquet", "record/accesses.arrows", "record/digests.arrows"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name

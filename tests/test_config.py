@@ -239,13 +239,14 @@ def test_admission_errors(tmp_path: Path) -> None:
     assert "its 2 pinned VMs (a-0, a-1) is 1200 MB > memory_mb 1000 MB (over by 200 MB)" in msg
     vms = '[[vms]]\nname = "a"\nmemory_mb = 800\nmin_mb = 100\nhost = "h"\ncount = 2\n'
     msg = load_error(tmp_path, host + vms)
-    assert "sum of max_mb + vm_overhead_mb over its 2 pinned VMs (a-0, a-1) is 1600 MB" in msg
-    assert "> memory_mb + swap_mb = 1100 MB (over by 500 MB)" in msg
+    assert "sum of memory_mb + vm_overhead_mb over its 2 pinned VMs (a-0, a-1) is 1600 MB" in msg
+    assert "> memory_mb + swap_mb less two pages = 1099.99 MB (over by 500.008 MB)" in msg
     # The overhead counts too; unpinned VMs are not admitted anywhere yet.
     ok = '[[vms]]\nname = "a"\nmemory_mb = 500\nmin_mb = 100\nhost = "h"\n' + VM
     assert load_config(write(tmp_path, host + ok)).vm("a").host == "h"
     msg = load_error(tmp_path, "[policy]\nvm_overhead_mb = 700\n" + host + ok)
-    assert "admission: sum of max_mb + vm_overhead_mb over its 1 pinned VMs (a) is 1200 MB" in msg
+    assert "admission: sum of memory_mb + vm_overhead_mb over its 1 pinned VMs (a)" in msg
+    assert "(a) is 1200 MB > memory_mb + swap_mb less two pages" in msg
 
 
 def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:

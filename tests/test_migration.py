@@ -28,6 +28,7 @@ from cluster.runner import run
 from hosts import migration_host as mh
 from hosts import page_sharing as sh
 from hosts import page_state as ps
+from hosts.admission import Claim
 from hosts.specs import HostSpec
 from hosts.vm import vm_page_contents
 from workloads.patterns import SteadyParams
@@ -286,11 +287,11 @@ def test_long_pause_carries_over_whole_ticks():
 
 # ---------------------------------------------------------------------------- policy
 def _host(name, pressured=False, free=1000, images=(), busy=False):
-    return HostView(name, pressured, busy, free, 60, 0, 4000, frozenset(images))
+    return HostView(name, pressured, busy, free, 60, Claim(), 4000, 0, frozenset(images))
 
 
 def _vm(name, host, resident, allocated, image="linux", image_pages=0):
-    return VMView(name, host, image, resident, allocated, image_pages, 0, 500, False)
+    return VMView(name, host, image, resident, allocated, image_pages, 0, Claim(commit=500), False)
 
 
 def test_pressure_rule_prefers_cheap_moves_and_breaks_ties_by_name():
