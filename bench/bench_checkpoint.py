@@ -23,17 +23,16 @@ from pathlib import Path
 
 import pyarrow as pa
 from benchkit import best
-
-from cluster import checkpoint_format as cf
-from cluster.checkpoint import read_checkpoint, write_checkpoint
-from cluster.config import parse_config
-from cluster.coordinator import Coordinator
-from cluster.host_pool import InProcessPool
-from cluster.rerun import replay
-from cluster.runner import run
-from cluster.session import RunOptions
-from cluster.specs import host_policy, host_specs, sim_params, vm_spec
-from hosts.snapshot import restore_host
+from vmmsim.cluster import checkpoint_format as cf
+from vmmsim.cluster.checkpoint import read_checkpoint, write_checkpoint
+from vmmsim.cluster.config import parse_config
+from vmmsim.cluster.coordinator import Coordinator
+from vmmsim.cluster.host_pool import InProcessPool
+from vmmsim.cluster.rerun import replay
+from vmmsim.cluster.runner import run
+from vmmsim.cluster.session import RunOptions
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params, vm_spec
+from vmmsim.hosts.snapshot import restore_host
 
 
 def host_config(host_mb: int) -> dict:

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.config import parse_config
-from cluster.runner import run
+from vmmsim.cluster.config import parse_config
+from vmmsim.cluster.runner import run
 
 
 def config(hosts: int, vms_per_host: int, vm_mb: int, duration_s: int = 60) -> dict:
@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.backend == "ray":
-        from cluster.ray_runtime import init_ray
+        from vmmsim.cluster.ray_runtime import init_ray
 
         init_ray(None)  # one Ray for all runs: start-up is not what this measures
     for dim, points in SWEEPS.items():

@@ -21,13 +21,12 @@ import time
 import numpy as np
 import xxhash
 from benchkit import best
-
-from hosts.host_memory import HostMemory
-from hosts.phys_map import PhysMap
-from hosts.specs import SimParams, VMSpec
-from hosts.vm import VirtualMachine
-from workloads.content import page_bytes
-from workloads.patterns import Accesses
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.specs import SimParams, VMSpec
+from vmmsim.hosts.vm import VirtualMachine
+from vmmsim.workloads.content import page_bytes
+from vmmsim.workloads.patterns import Accesses
 
 
 def bench_scanner(n_pages: int, repeat: int, dup_fraction: float = 0.5) -> dict:

@@ -19,10 +19,9 @@ import gc
 import json
 
 import numpy as np
-
-from hosts.host_manager import HostMemoryManager
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from workloads.patterns import Accesses
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.workloads.patterns import Accesses
 
 
 def rss_bytes() -> int:

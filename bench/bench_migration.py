@@ -29,11 +29,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
-
-from cluster.config import parse_config  # noqa: E402
-from cluster.migration_transfer import CHUNK_BYTES, MAX_CHUNKS, admit, precopy_round  # noqa: E402
-from cluster.ray_runtime import RayPool, init_ray  # noqa: E402
-from cluster.specs import vm_spec  # noqa: E402
+from vmmsim.cluster.config import parse_config  # noqa: E402
+from vmmsim.cluster.migration_transfer import CHUNK_BYTES, MAX_CHUNKS, admit, precopy_round  # noqa: E402
+from vmmsim.cluster.ray_runtime import RayPool, init_ray  # noqa: E402
+from vmmsim.cluster.specs import vm_spec  # noqa: E402
 
 
 def config(mb: int) -> dict:

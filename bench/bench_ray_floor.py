@@ -42,9 +42,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-
-    from cluster.config import load_config
-    from cluster.ray_runtime import RayPool, init_ray
+    from vmmsim.cluster.config import load_config
+    from vmmsim.cluster.ray_runtime import RayPool, init_ray
 
     init_ray(num_cpus=os.cpu_count() or 1)
 

@@ -32,8 +32,8 @@ CHILD = r"""
 import json, os, sys, time
 from pathlib import Path
 os.sched_setaffinity(0, set(range(int(sys.argv[3]))))
-from cluster.config import load_config
-from cluster.runner import run
+from vmmsim.cluster.config import load_config
+from vmmsim.cluster.runner import run
 cfg = load_config(sys.argv[1])
 t = time.perf_counter()
 s = run(cfg, Path(sys.argv[2]), backend="ray", quiet=True, force=True)

@@ -341,7 +341,7 @@ def generate(seed: int, workdir: str | Path) -> Case:
         if wl["kind"] == "trace":
             n_pages = int(v["memory_mb"] * MB) // page_size
             workdir.mkdir(parents=True, exist_ok=True)
-            from workloads.trace import write_trace
+            from vmmsim.workloads.trace import write_trace
 
             arrays = _trace_arrays(seed * 1000 + len(traces), n_steps, n_pages)
             write_trace(wl["path"], *arrays)
@@ -412,7 +412,7 @@ def valid_assignment(raw: dict[str, Any]) -> dict[str, str] | None:
     Exhaustive backtracking over the (small) expanded config, largest VM first; written
     independently of :mod:`hosts.admission` so that it checks it.
     """
-    from cluster.config import config_from_dict
+    from vmmsim.cluster.config import config_from_dict
 
     cfg = config_from_dict(raw)
     ovh = cfg.policy.vm_overhead_mb

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster import checkpoint_format as cf
-from cluster.config import ConfigError, SimConfig, config_from_dict
-from cluster.outputs import OutputWriteError, write_json, writing
-from cluster.sealed_stream import LogError
-from cluster.specs import vm_spec
+from vmmsim.cluster import checkpoint_format as cf
+from vmmsim.cluster.config import ConfigError, SimConfig, config_from_dict
+from vmmsim.cluster.outputs import OutputWriteError, write_json, writing
+from vmmsim.cluster.sealed_stream import LogError
+from vmmsim.cluster.specs import vm_spec
 
 
 def checkpoint_name(cfg: SimConfig, tick: int) -> str:

@@ -38,8 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import xxhash
-
-from cluster.sealed_stream import LogError
+from vmmsim.cluster.sealed_stream import LogError
 
 FORMAT = "vmmsim-checkpoint/1"
 BLOCK = 8 * 2**20

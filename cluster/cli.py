@@ -22,7 +22,7 @@ import typing
 from collections.abc import Sequence
 from pathlib import Path
 
-from cluster.config import (
+from vmmsim.cluster.config import (
     ConfigError,
     SimConfig,
     config_warnings,
@@ -31,15 +31,15 @@ from cluster.config import (
     load_config,
     page_state_bytes,
 )
-from cluster.host_pool import HostFailure
-from cluster.outputs import OutputWriteError, RunDirError
-from cluster.placement import PlacementError, place
-from cluster.replay import ReplayDiverged
-from cluster.report import ReportError
-from cluster.runner import Terminated, signals_as_exceptions
-from cluster.sealed_stream import LogError
-from cluster.session import RecoveryFailed
-from workloads.bitbrains import ConvertError
+from vmmsim.cluster.host_pool import HostFailure
+from vmmsim.cluster.outputs import OutputWriteError, RunDirError
+from vmmsim.cluster.placement import PlacementError, place
+from vmmsim.cluster.replay import ReplayDiverged
+from vmmsim.cluster.report import ReportError
+from vmmsim.cluster.runner import Terminated, signals_as_exceptions
+from vmmsim.cluster.sealed_stream import LogError
+from vmmsim.cluster.session import RecoveryFailed
+from vmmsim.workloads.bitbrains import ConvertError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -278,12 +278,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(describe_schema())
         return 0
     if args.cmd == "report":
-        from cluster.report import report
+        from vmmsim.cluster.report import report
 
         print(report(args.dir))
         return 0
     if args.cmd == "trace" and args.trace_cmd == "export":
-        from cluster.replay import export_trace
+        from vmmsim.cluster.replay import export_trace
 
         try:
             rows = export_trace(args.record_dir, args.vm, args.out)
@@ -292,7 +292,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"vmmsim: {rows} accesses of {args.vm} -> {args.out} (use it with boot = false)")
         return 0
     if args.cmd == "trace":
-        from workloads.bitbrains import convert
+        from vmmsim.workloads.bitbrains import convert
 
         info = convert(
             str(args.input), str(args.out), vm_mb=args.vm_mb, tick_s=args.tick_s, seed=args.seed
@@ -323,7 +323,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cfg.sweep and (args.record or args.checkpoint_every or args.kill_host_at):
         raise ConfigError("--record/--checkpoint-every", "not supported with [sweep]")
     if cfg.sweep:
-        from cluster.sweep import run_sweep
+        from vmmsim.cluster.sweep import run_sweep
 
         table = run_sweep(
             args.config,
@@ -338,8 +338,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         print(f"vmmsim: sweep of {table.num_rows} points -> {args.out} (sweep.parquet)")
         return 0
-    from cluster.runner import run
-    from cluster.session import RunOptions
+    from vmmsim.cluster.runner import run
+    from vmmsim.cluster.session import RunOptions
 
     place(cfg)  # fail fast, before any Ray start-up
     opts = RunOptions(
@@ -369,7 +369,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _rerun(args: argparse.Namespace) -> int:
     """``vmmsim replay`` and ``vmmsim resume``."""
-    from cluster import rerun
+    from vmmsim.cluster import rerun
 
     kw = {
         "backend": "inprocess" if args.inprocess else "ray",

@@ -28,7 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cluster.config_schema import (
+from vmmsim.cluster.config_schema import (
     MAX_ACCESSES_PER_TICK,
     MAX_FILE_PAGES,
     MAX_HOSTS,
@@ -52,9 +52,9 @@ from cluster.config_schema import (
     fmt_value,
     join,
 )
-from hosts import admission
-from workloads import registry
-from workloads.images import BUILTIN_IMAGES, ImageSpec
+from vmmsim.hosts import admission
+from vmmsim.workloads import registry
+from vmmsim.workloads.images import BUILTIN_IMAGES, ImageSpec
 
 __all__ = [
     "PLACEMENTS",
@@ -619,15 +619,15 @@ def config_warnings(cfg: SimConfig) -> list[str]:
 
 def host_commitments(cfg: SimConfig, placement: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per host (config order): ``memory_mb``, ``swap_mb``, ``vms`` (count),
-    ``committed_mb`` (sum of ``max_mb`` + ``policy.vm_overhead_mb`` of the VMs that
-    ``placement`` (VM name -> host name) puts there) and ``overcommit``
-    (``committed_mb / memory_mb``)."""
+    ``committed_mb`` (sum of configured ``memory_mb`` + ``policy.vm_overhead_mb`` of the
+    VMs that ``placement`` (VM name -> host name) puts there: what admission holds
+    against memory + swap) and ``overcommit`` (``committed_mb / memory_mb``)."""
     committed = {h.name: 0.0 for h in cfg.hosts}
     count = {h.name: 0 for h in cfg.hosts}
     for vm in cfg.vms:
         host = placement.get(vm.name)
         if host in committed:
-            committed[host] += vm.effective_max_mb + cfg.policy.vm_overhead_mb
+            committed[host] += vm.memory_mb + cfg.policy.vm_overhead_mb
             count[host] += 1
     return {
         h.name: {

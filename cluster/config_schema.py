@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from workloads import registry
-from workloads.images import BUILTIN_IMAGES, ImageSpec
+from vmmsim.workloads import registry
+from vmmsim.workloads.images import BUILTIN_IMAGES, ImageSpec
 
 _NO_VALUE = object()
 

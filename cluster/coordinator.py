@@ -25,15 +25,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from cluster.config import SimConfig
-from cluster.host_pool import HostPool
-from cluster.metrics import merge_rounds
-from cluster.migration import Migrator
-from cluster.page_check import PageChecker
-from cluster.placement import place
-from cluster.specs import vm_spec
-from hosts.allocation import AllocationInput, allocate
+from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.host_pool import HostPool
+from vmmsim.cluster.metrics import merge_rounds
+from vmmsim.cluster.migration import Migrator
+from vmmsim.cluster.page_check import PageChecker
+from vmmsim.cluster.placement import place
+from vmmsim.cluster.specs import vm_spec
+from vmmsim.hosts.allocation import AllocationInput, allocate
 
 
 def targets_from_report(rep: dict[str, Any], tax_rate: float) -> dict[str, int]:

@@ -9,8 +9,7 @@ actors of a large run would otherwise each load at start-up (~0.15 CPU-s apiece 
 from __future__ import annotations
 
 import ray
-
-from cluster.host_pool import HostRuntime
+from vmmsim.cluster.host_pool import HostRuntime
 
 
 class _HostActorImpl(HostRuntime):

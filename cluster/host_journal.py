@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hosts.host_manager import HostMemoryManager
-from workloads.replay import AccessRows, ReplayWorkload
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.workloads.replay import AccessRows, ReplayWorkload
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-
-from cluster import host_journal as hj
-from hosts import migration_host as mh
-from hosts.host_manager import HostMemoryManager
-from hosts.snapshot import host_state, restore_host
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.cluster import host_journal as hj
+from vmmsim.hosts import migration_host as mh
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.snapshot import host_state, restore_host
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 
 
 class HostFailure(RuntimeError):
@@ -101,7 +100,7 @@ class HostRuntime:
 
     def check_pages(self, shadows: Any) -> list[str]:
         """Check mode: this host's VMs read back ``shadows`` (cluster/page_check.py)."""
-        from cluster.page_check import check_pages
+        from vmmsim.cluster.page_check import check_pages
 
         return check_pages(self.host, shadows)
 
@@ -186,7 +185,7 @@ def alloc_report(host: HostMemoryManager) -> dict[str, Any]:
 
 
 def vm_summary(host: HostMemoryManager, name: str) -> dict[str, Any]:
-    from hosts import page_state as ps
+    from vmmsim.hosts import page_state as ps
 
     vm = host.vms[name]
     mb = host.sim.page_size / 2**20

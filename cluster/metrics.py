@@ -11,8 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-
-from hosts.metrics_rows import COLUMNS
+from vmmsim.hosts.metrics_rows import COLUMNS
 
 _ARROW = {"int64": pa.int64(), "float64": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 

@@ -48,16 +48,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-
-from cluster.config import SimConfig
-from cluster.host_pool import HostPool
-from cluster.migration_policy import POLICIES, HostView, VMView
-from cluster.migration_transfer import admit, precopy_round, stop_and_copy
-from cluster.specs import host_policy, host_specs, vm_spec
-from hosts import admission
-from hosts.free_memory import reclaim_goal_pages
-from hosts.migration_host import vm_claim
-from workloads.images import BootLayout
+from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.host_pool import HostPool
+from vmmsim.cluster.migration_policy import POLICIES, HostView, VMView
+from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
+from vmmsim.cluster.specs import host_policy, host_specs, vm_spec
+from vmmsim.hosts import admission
+from vmmsim.hosts.free_memory import reclaim_goal_pages
+from vmmsim.hosts.migration_host import vm_claim
+from vmmsim.workloads.images import BootLayout
 
 REF_BYTES = 16  # a reference on the wire: the page's 128-bit strong digest
 NOT_SHRINKING = 0.9  # stop when the remainder is >= this fraction of the last round

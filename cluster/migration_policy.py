@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hosts.admission import Claim
-from hosts.migration_host import admission_reason
+from vmmsim.hosts.admission import Claim
+from vmmsim.hosts.migration_host import admission_reason
 
 
 @dataclass(frozen=True)

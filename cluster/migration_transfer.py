@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-from cluster.host_pool import HostPool
-from hosts.specs import VMSpec
+from vmmsim.cluster.host_pool import HostPool
+from vmmsim.hosts.specs import VMSpec
 
 CHUNK_BYTES = 128 * 2**20  # page content per pipelined range of a round (fewer, larger calls)
 MAX_CHUNKS = 64

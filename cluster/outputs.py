@@ -35,8 +35,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from cluster.metrics import SCHEMA
+from vmmsim.cluster.metrics import SCHEMA
 
 
 class RunDirError(ValueError):

@@ -25,13 +25,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from cluster.config import SimConfig
-from cluster.specs import vm_spec
-from hosts.errors import InvariantError
-from hosts.host_manager import HostMemoryManager
-from hosts.vm import vm_page_contents
-from workloads.content import page_bytes
+from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.specs import vm_spec
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.vm import vm_page_contents
+from vmmsim.workloads.content import page_bytes
 
 #: ``{vm: (key last written at each virtual page, whether that key is known)}``
 Shadows = dict[str, tuple[np.ndarray, np.ndarray]]

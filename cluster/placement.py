@@ -31,9 +31,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cluster.config import SimConfig, VMConfig, vm_claim
-from hosts import admission
-from hosts.admission import Claim
+from vmmsim.cluster.config import SimConfig, VMConfig, vm_claim
+from vmmsim.hosts import admission
+from vmmsim.hosts.admission import Claim
 
 SEARCH_WORK = 300_000  # host visits of the fallback search before giving up (a few s)
 

@@ -34,14 +34,13 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
-
-from cluster.config import config_from_dict  # noqa: E402
-from cluster.host_actor import HostActor  # noqa: E402
-from cluster.host_journal import HostMode  # noqa: E402
-from cluster.host_pool import HostFailure, HostPool  # noqa: E402
-from cluster.session import RunOptions, Session  # noqa: E402
-from cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
-from hosts.warmup import warm_kernels  # noqa: E402
+from vmmsim.cluster.config import config_from_dict  # noqa: E402
+from vmmsim.cluster.host_actor import HostActor  # noqa: E402
+from vmmsim.cluster.host_journal import HostMode  # noqa: E402
+from vmmsim.cluster.host_pool import HostFailure, HostPool  # noqa: E402
+from vmmsim.cluster.session import RunOptions, Session  # noqa: E402
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
+from vmmsim.hosts.warmup import warm_kernels  # noqa: E402
 
 
 def init_ray(

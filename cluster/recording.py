@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from cluster.config import ConfigError, SimConfig, config_from_dict
-from cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
-from workloads.replay import AccessRows
+from vmmsim.cluster.config import ConfigError, SimConfig, config_from_dict
+from vmmsim.cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
+from vmmsim.workloads.replay import AccessRows
 
 FORMAT = "vmmsim-record/1"
 

@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from cluster.config import ConfigError, SimConfig, with_overrides
-from cluster.recording import RecordLog
-from workloads.replay import AccessRows
-from workloads.trace import write_trace
+from vmmsim.cluster.config import ConfigError, SimConfig, with_overrides
+from vmmsim.cluster.recording import RecordLog
+from vmmsim.workloads.replay import AccessRows
+from vmmsim.workloads.trace import write_trace
 
 # Keys that shape a VM's access stream (or the simulation itself): fixed in a replay.
 _VM_WORKLOAD_KEYS = ("memory_mb", "image", "workload", "name", "count", "base_name")

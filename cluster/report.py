@@ -126,7 +126,7 @@ def report(path: Path) -> str:
     except ImportError:
         raise ReportError("plots need matplotlib: pip install 'vmmsim[plots]'") from None
     if (path / "sweep.parquet").exists():
-        from cluster.report_sweep import sweep_report
+        from vmmsim.cluster.report_sweep import sweep_report
 
         table = _read_parquet(path / "sweep.parquet")
         meta = _read_json(path / "sweep.json")
@@ -138,7 +138,7 @@ def report(path: Path) -> str:
             f"{path}: not a run directory (no metrics.parquet) or sweep directory "
             "(no sweep.parquet)"
         )
-    from cluster.report_plots import run_plots
+    from vmmsim.cluster.report_plots import run_plots
 
     data = load_run(path)
     written = run_plots(data, path / "plots")

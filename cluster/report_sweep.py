@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-
-from cluster.config import sweep_paths
+from vmmsim.cluster.config import sweep_paths
 
 
 def _groups(rows: list[dict[str, Any]], metric: str) -> list[str]:

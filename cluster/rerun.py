@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.checkpoint import Checkpoint, read_checkpoint
-from cluster.config import ConfigError
-from cluster.recording import RecordLog
-from cluster.replay import policy_unchanged, replay_config
-from cluster.runner import run
-from cluster.sealed_stream import LogError
-from cluster.session import RunOptions
-from cluster.specs import host_policy, host_specs, sim_params, vm_spec
-from hosts.snapshot import restore_host
+from vmmsim.cluster.checkpoint import Checkpoint, read_checkpoint
+from vmmsim.cluster.config import ConfigError
+from vmmsim.cluster.recording import RecordLog
+from vmmsim.cluster.replay import policy_unchanged, replay_config
+from vmmsim.cluster.runner import run
+from vmmsim.cluster.sealed_stream import LogError
+from vmmsim.cluster.session import RunOptions
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params, vm_spec
+from vmmsim.hosts.snapshot import restore_host
 
 
 def resume(

@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.config import SimConfig
-from cluster.host_pool import HostFailure, InProcessPool
-from cluster.migration_report import summary_block, write_migrations
-from cluster.outputs import RunDir, writing
-from cluster.progress import Progress
-from cluster.session import PASSED_THROUGH, RunOptions, Session
-from cluster.specs import host_policy, host_specs, sim_params
+from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.host_pool import HostFailure, InProcessPool
+from vmmsim.cluster.migration_report import summary_block, write_migrations
+from vmmsim.cluster.outputs import RunDir, writing
+from vmmsim.cluster.progress import Progress
+from vmmsim.cluster.session import PASSED_THROUGH, RunOptions, Session
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params
 
 
 def _version() -> str:
@@ -211,8 +211,7 @@ def _run_ray(
     opts: RunOptions,
 ) -> dict:
     import ray
-
-    from cluster.ray_runtime import init_ray, shutdown_ray, start_coordinator
+    from vmmsim.cluster.ray_runtime import init_ray, shutdown_ray, start_coordinator
 
     started = init_ray(address)
     coord = None

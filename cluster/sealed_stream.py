@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pyarrow as pa
-
-from cluster.outputs import writing
+from vmmsim.cluster.outputs import writing
 
 SEAL = b"vmmsim.seal"
 SEAL_TICK = b"vmmsim.tick"

@@ -29,16 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
-from cluster.checkpoint import Checkpointer, every_ticks, read_checkpoint, restore
-from cluster.config import SimConfig
-from cluster.coordinator import Coordinator
-from cluster.host_journal import HostMode
-from cluster.host_pool import HostFailure, HostPool
-from cluster.outputs import OutputWriteError
-from cluster.recording import Recorder, RecordLog
-from cluster.replay import DigestChecker, ReplayDiverged, ReplayFeeder
-from cluster.sealed_stream import LogError
+from vmmsim.cluster.checkpoint import Checkpointer, every_ticks, read_checkpoint, restore
+from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.coordinator import Coordinator
+from vmmsim.cluster.host_journal import HostMode
+from vmmsim.cluster.host_pool import HostFailure, HostPool
+from vmmsim.cluster.outputs import OutputWriteError
+from vmmsim.cluster.recording import Recorder, RecordLog
+from vmmsim.cluster.replay import DigestChecker, ReplayDiverged, ReplayFeeder
+from vmmsim.cluster.sealed_stream import LogError
 
 MAX_RECOVERIES = 3
 

@@ -6,9 +6,9 @@ config objects.
 
 from __future__ import annotations
 
-from cluster.config import SimConfig
-from hosts.free_memory import Thresholds
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.cluster.config import SimConfig
+from vmmsim.hosts.free_memory import Thresholds
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 
 
 def sim_params(cfg: SimConfig) -> SimParams:

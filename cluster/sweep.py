@@ -30,10 +30,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from cluster.config import SimConfig, load_config, sweep_paths, sweep_points
-from cluster.outputs import AsideDir, write_json
-from cluster.placement import place
+from vmmsim.cluster.config import SimConfig, load_config, sweep_paths, sweep_points
+from vmmsim.cluster.outputs import AsideDir, write_json
+from vmmsim.cluster.placement import place
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # in names and values; "=" and "," join them
 # Per-VM-group metrics in sweep.parquet: "<metric>.<group>" (means over the second half).
@@ -119,7 +118,7 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
 ) -> pa.Table:
     """Run every point of ``config``'s sweep into ``out``; return the sweep table."""
-    from cluster.runner import run
+    from vmmsim.cluster.runner import run
 
     log = log or (lambda s: print(s, file=sys.stderr))
     base = load_config(config, overrides)
@@ -136,7 +135,7 @@ def run_sweep(
     started = False
     try:
         if backend == "ray":
-            from cluster.ray_runtime import init_ray
+            from vmmsim.cluster.ray_runtime import init_ray
 
             started = init_ray(address)
         rows = []
@@ -179,7 +178,7 @@ def run_sweep(
         raise
     finally:
         if started:
-            from cluster.ray_runtime import shutdown_ray
+            from vmmsim.cluster.ray_runtime import shutdown_ray
 
             shutdown_ray()
 

@@ -35,11 +35,10 @@ import sys
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
-
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts.native import JIT
-from workloads.content import GOLDEN, MIX_M1, MIX_M2
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.native import JIT
+from vmmsim.workloads.content import GOLDEN, MIX_M1, MIX_M2
 
 #: Status codes (``res[ST]``): done; the guest must evict (general path); the host needs
 #: ``res[NEED]`` frames (make room, call again); a ballooned page was touched (general

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts.native import JIT
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.native import JIT
 
 #: Status of :func:`evict`: done; the guest swap needs ``res[R_NEED]`` free slots (grow it
 #: and call again); a dirty victim is ballooned at the VMM (the numpy path raises).

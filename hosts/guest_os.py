@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from hosts.errors import InvariantError
-from hosts.native import JIT
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.native import JIT
 
 NEVER, RESIDENT, SWAPPED, DROPPED = 0, 1, 2, 3
 FREE, BALLOON = -1, -2

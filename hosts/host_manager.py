@@ -24,16 +24,15 @@ from typing import Any
 
 import numpy as np
 import xxhash
-
-from hosts import page_state as ps
-from hosts.allocation import AllocationInput, allocate
-from hosts.errors import OutOfFrames, SwapFull
-from hosts.free_memory import ACTIONS, MemState, next_state, reclaim_goal_pages
-from hosts.host_memory import HostMemory
-from hosts.metrics_rows import MetricRows
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from hosts.tick_steps import TickSteps
-from hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.allocation import AllocationInput, allocate
+from vmmsim.hosts.errors import OutOfFrames, SwapFull
+from vmmsim.hosts.free_memory import ACTIONS, MemState, next_state, reclaim_goal_pages
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.metrics_rows import MetricRows
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.hosts.tick_steps import TickSteps
+from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
 
 #: Parts of a tick whose wall time ``HostMemoryManager.phase_s`` adds up.
 PHASES = ("sampling", "vm_steps", "sharing_scan", "reclaim", "accounting")

@@ -17,14 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from hosts import page_state as ps
-from hosts.errors import InvariantError
-from hosts.machine_memory import MachineMemory
-from hosts.page_sharing import SharingIndex, hash_page
-from hosts.phys_map import PhysMap
-from hosts.sharing_scan import merge_pages, scan_batch
-from hosts.vmm_swap import SwapStore
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.machine_memory import MachineMemory
+from vmmsim.hosts.page_sharing import SharingIndex, hash_page
+from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.sharing_scan import merge_pages, scan_batch
+from vmmsim.hosts.vmm_swap import SwapStore
 
 
 @dataclass

@@ -13,8 +13,7 @@ Not covered: which guest page maps which frame (:mod:`hosts.phys_map`), the shar
 from __future__ import annotations
 
 import numpy as np
-
-from hosts.errors import InvariantError, OutOfFrames
+from vmmsim.hosts.errors import InvariantError, OutOfFrames
 
 NO_OWNER = -1
 

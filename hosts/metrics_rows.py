@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from hosts import page_state as ps
+from vmmsim.hosts import page_state as ps
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hosts.host_manager import HostMemoryManager
-    from hosts.vm import VirtualMachine
+    from vmmsim.hosts.host_manager import HostMemoryManager
+    from vmmsim.hosts.vm import VirtualMachine
 
 # name -> numpy dtype; the order here is the column order of metrics.parquet.
 COLUMNS: dict[str, str] = {

@@ -53,16 +53,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from hosts import admission, native
-from hosts import migration_kernels as mk
-from hosts import page_state as ps
-from hosts.admission import Claim
-from hosts.free_memory import reclaim_goal_pages
-from hosts.host_manager import HostMemoryManager
-from hosts.phys_map import PhysMap
-from hosts.snapshot import restore_vm, vm_state
-from hosts.specs import VMSpec
+from vmmsim.hosts import admission, native
+from vmmsim.hosts import migration_kernels as mk
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.admission import Claim
+from vmmsim.hosts.free_memory import reclaim_goal_pages
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.snapshot import restore_vm, vm_state
+from vmmsim.hosts.specs import VMSpec
 
 _MIG = "mig."  # array-name prefix of the migration payload (vs the VM state arrays)
 

@@ -34,8 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-
-from hosts import native
+from vmmsim.hosts import native
 
 #: Seeds of the strong digest's two xxh3-64 halves (fixed: part of the wire format).
 STRONG_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)

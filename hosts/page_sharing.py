@@ -28,9 +28,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import xxhash
-
-from hosts.errors import InvariantError
-from hosts.native import JIT, xxh3_64
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.native import JIT, xxh3_64
 
 NONE, HINT, SHARED = 0, 1, 2
 EMPTY = -1

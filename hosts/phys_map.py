@@ -11,9 +11,8 @@ Not covered: changing frames or swap slots -- only :mod:`hosts.host_memory` does
 from __future__ import annotations
 
 import numpy as np
-
-from hosts import page_state as ps
-from hosts.errors import InvariantError
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.errors import InvariantError
 
 
 class PhysMap:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-
-from hosts.native import JIT, memcmp, xxh3_64
-from hosts.page_sharing import _MIX, HINT, NONE, SHARED, _delete, _forget, _insert, _lookup
-from hosts.page_state import SHARED as PAGE_SHARED
+from vmmsim.hosts.native import JIT, memcmp, xxh3_64
+from vmmsim.hosts.page_sharing import _MIX, HINT, NONE, SHARED, _delete, _forget, _insert, _lookup
+from vmmsim.hosts.page_state import SHARED as PAGE_SHARED
 
 
 @numba.njit(**JIT)

@@ -17,15 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from hosts.free_memory import MemState
-from hosts.host_manager import HostMemoryManager
-from hosts.host_memory import VMSlot
-from hosts.page_sharing import SharingIndex
-from hosts.page_state import N_STATES
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from hosts.vm import VirtualMachine, VMStats
-from workloads.replay import ReplayWorkload
+from vmmsim.hosts.free_memory import MemState
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.host_memory import VMSlot
+from vmmsim.hosts.page_sharing import SharingIndex
+from vmmsim.hosts.page_state import N_STATES
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.hosts.vm import VirtualMachine, VMStats
+from vmmsim.workloads.replay import ReplayWorkload
 
 Arrays = dict[str, np.ndarray]
 

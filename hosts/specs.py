@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hosts.free_memory import Thresholds
-from workloads.images import ImageSpec
+from vmmsim.hosts.free_memory import Thresholds
+from vmmsim.workloads.images import ImageSpec
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
-
-from hosts import access_kernel as ak
-from hosts.native import JIT
-from workloads.rng_kernels import _split
+from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts.native import JIT
+from vmmsim.workloads.rng_kernels import _split
 
 #: How a call ended: every VM done; VM ``q`` drawn, not applied; VM ``q`` applied, its
 #: ``to_free`` frames left for the caller.

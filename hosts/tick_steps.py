@@ -23,15 +23,14 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-
-from hosts import access_kernel as ak
-from hosts import tick_kernel as tk
-from hosts.errors import InvariantError
-from hosts.host_memory import HostMemory
-from hosts.vm import VirtualMachine
-from workloads.content import word_table
-from workloads.patterns import Accesses, SplitPlan
-from workloads.rng_kernels import _pointers
+from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts import tick_kernel as tk
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.vm import VirtualMachine
+from vmmsim.workloads.content import word_table
+from vmmsim.workloads.patterns import Accesses, SplitPlan
+from vmmsim.workloads.rng_kernels import _pointers
 
 MakeRoom = Callable[[int, VirtualMachine], None]
 

@@ -22,23 +22,22 @@ from typing import Any
 
 import numpy as np
 import xxhash
-
-from hosts import access_kernel as ak
-from hosts import eviction_kernel as ek
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts import vm_general
-from hosts.errors import InvariantError
-from hosts.guest_os import GuestOS
-from hosts.host_memory import HostMemory
-from hosts.native import hash_pages
-from hosts.phys_map import PhysMap
-from hosts.specs import SimParams, VMSpec
-from hosts.working_set import WorkingSetSampler
-from workloads import registry
-from workloads.content import page_bytes, stable_hash64, word_table
-from workloads.images import BootLayout, image_keys
-from workloads.patterns import Accesses, SplitPlan, WorkloadEnv
+from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts import eviction_kernel as ek
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts import vm_general
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.guest_os import GuestOS
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.native import hash_pages
+from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.specs import SimParams, VMSpec
+from vmmsim.hosts.working_set import WorkingSetSampler
+from vmmsim.workloads import registry
+from vmmsim.workloads.content import page_bytes, stable_hash64, word_table
+from vmmsim.workloads.images import BootLayout, image_keys
+from vmmsim.workloads.patterns import Accesses, SplitPlan, WorkloadEnv
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts.host_memory import HostMemory
-from workloads.content import page_bytes
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.workloads.content import page_bytes
 
 if TYPE_CHECKING:
-    from hosts.vm import MakeRoom, VirtualMachine
+    from vmmsim.hosts.vm import MakeRoom, VirtualMachine
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

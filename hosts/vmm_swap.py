@@ -7,8 +7,7 @@ store raises :class:`hosts.errors.SwapFull` rather than ever dropping a page.
 from __future__ import annotations
 
 import numpy as np
-
-from hosts.errors import InvariantError, SwapFull
+from vmmsim.hosts.errors import InvariantError, SwapFull
 
 
 class SwapStore:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from hosts import migration_kernels, native
-from hosts.host_manager import HostMemoryManager
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from workloads.images import ImageSpec
-from workloads.patterns import SteadyParams
+from vmmsim.hosts import migration_kernels, native
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.workloads.images import ImageSpec
+from vmmsim.workloads.patterns import SteadyParams
 
 
 def warm_kernels() -> float:

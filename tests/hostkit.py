@@ -9,16 +9,15 @@ on ``sys.path``).  Nothing here checks invariants by itself; the tests call
 from __future__ import annotations
 
 import numpy as np
-
-from hosts.free_memory import Thresholds
-from hosts.host_manager import HostMemoryManager
-from hosts.host_memory import HostMemory
-from hosts.phys_map import PhysMap
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from hosts.vm import VirtualMachine
-from workloads.content import page_bytes
-from workloads.images import ImageSpec
-from workloads.patterns import Accesses, IdleParams
+from vmmsim.hosts.free_memory import Thresholds
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.hosts.vm import VirtualMachine
+from vmmsim.workloads.content import page_bytes
+from vmmsim.workloads.images import ImageSpec
+from vmmsim.workloads.patterns import Accesses, IdleParams
 
 CB = 64  # content bytes per page: small, the tests are not about 4 KiB pages
 

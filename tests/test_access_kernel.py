@@ -21,17 +21,16 @@ import pytest
 from hostkit import TEST_IMAGE, make_host, make_vm, no_room, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hosts import access_kernel as ak
-from hosts import eviction_kernel as ek
-from hosts import page_state as ps
-from hosts.vm import VirtualMachine, vm_page_contents
-from hosts.vm_general import dedup as dedup_numpy
-from workloads import rng_kernels
-from workloads.content import page_bytes
-from workloads.images import image_keys
-from workloads.patterns import Accesses, SteadyParams
-from workloads.phased import PhasedParams
+from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts import eviction_kernel as ek
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.vm import VirtualMachine, vm_page_contents
+from vmmsim.hosts.vm_general import dedup as dedup_numpy
+from vmmsim.workloads import rng_kernels
+from vmmsim.workloads.content import page_bytes
+from vmmsim.workloads.images import image_keys
+from vmmsim.workloads.patterns import Accesses, SteadyParams
+from vmmsim.workloads.phased import PhasedParams
 
 
 # ---------------------------------------------------------------------------- draws
@@ -352,7 +351,7 @@ def test_cow_break_of_the_last_references_frees_the_shared_frame():
 def test_write_key_makes_page_bytes(cb):
     keys = np.array([0, 1, 2**63 + 5, 2**64 - 1, 123456789], dtype=np.uint64)
     table = page_bytes(np.zeros(0, np.uint64), cb)  # warm the table cache
-    from workloads.content import word_table
+    from vmmsim.workloads.content import word_table
 
     table = word_table(-(-cb // 8))
     for words in (True, False):

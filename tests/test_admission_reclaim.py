@@ -13,15 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hostkit import apply, make_host, make_policy, make_vm, vm_spec
-
-from cluster.config import ConfigError, parse_config
-from cluster.placement import PlacementError, place
-from cluster.runner import run
-from hosts import admission
-from hosts import migration_host as mh
-from hosts import page_state as ps
-from hosts.admission import Claim
-from hosts.free_memory import Thresholds
+from vmmsim.cluster.config import ConfigError, parse_config
+from vmmsim.cluster.placement import PlacementError, place
+from vmmsim.cluster.runner import run
+from vmmsim.hosts import admission
+from vmmsim.hosts import migration_host as mh
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.admission import Claim
+from vmmsim.hosts.free_memory import Thresholds
 
 # --------------------------------------------------------------------- the configs
 SWAP_FULL = {  # item 1: passes admission exactly (256 MB of max in 223 + 34 MB)

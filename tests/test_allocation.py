@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from hosts.allocation import (
+from vmmsim.hosts.allocation import (
     AllocationInput,
     allocate,
     reclaim_order,

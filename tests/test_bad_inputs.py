@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from cluster.cli import main
-from cluster.config import (
+from vmmsim.cluster.cli import main
+from vmmsim.cluster.config import (
     ConfigError,
     config_warnings,
     host_commitments,
@@ -180,7 +179,7 @@ def test_bad_flags_are_one_line_exit_2(
 
 
 def test_checkpoint_every_zero_stays_valid() -> None:
-    from cluster.cli import _parser
+    from vmmsim.cluster.cli import _parser
 
     args = _parser().parse_args(["run", "c.toml", "--out", "o", "--checkpoint-every", "0"])
     assert args.checkpoint_every == 0.0
@@ -285,8 +284,8 @@ def test_validate_shows_committed_memory_and_overcommit(
     assert set(shown) >= {"config_hash", "placement", "hosts", "warnings"}
     assert shown["placement"] == {"v": "h", "w": "h"}
     h = shown["hosts"]["h"]
-    assert h["committed_mb"] == pytest.approx(32 + 2 + 40 + 2)
-    assert h["overcommit"] == pytest.approx(76 / 64, abs=1e-4)
+    assert h["committed_mb"] == pytest.approx(32 + 2 + 48 + 2)  # configured size, not max
+    assert h["overcommit"] == pytest.approx(84 / 64, abs=1e-4)
     assert h["vms"] == 2 and h["memory_mb"] == 64
 
 
@@ -412,7 +411,7 @@ def test_empty_required_tables_are_refused(key: str) -> None:
 def test_run_whose_page_state_exceeds_this_machine_is_refused_before_simulating(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cluster.cli as cli
+    import vmmsim.cluster.cli as cli
 
     monkeypatch.setattr(cli, "_machine_memory", lambda: 2**30)  # a 1 GiB machine
     cfg = tmp_path / "c.toml"

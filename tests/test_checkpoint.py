@@ -13,14 +13,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from runkit import small_config, write_config
-
-from cluster import checkpoint_format as cf
-from cluster.cli import main
-from cluster.config import load_config
-from cluster.host_pool import HostFailure, InProcessPool
-from cluster.runner import run
-from cluster.session import RunOptions, Session
-from cluster.specs import host_policy, host_specs, sim_params
+from vmmsim.cluster import checkpoint_format as cf
+from vmmsim.cluster.cli import main
+from vmmsim.cluster.config import load_config
+from vmmsim.cluster.host_pool import HostFailure, InProcessPool
+from vmmsim.cluster.runner import run
+from vmmsim.cluster.session import RunOptions, Session
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params
 
 TICKS = 30  # rounds of 5 ticks; --checkpoint-every 8 -> checkpoints at ticks 10, 20, 25
 HOST_MB = 18  # overcommitted: balloons and swap are part of the checkpointed state

@@ -9,13 +9,15 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from runkit import small_config, write_config
-
-from cluster.cli import main
+from vmmsim.cluster.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "vmmsim.cluster.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

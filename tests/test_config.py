@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from cluster.config import (
+from vmmsim.cluster.config import (
     ConfigError,
     PolicyConfig,
     SimConfig,
@@ -19,8 +18,8 @@ from cluster.config import (
     sweep_points,
     with_overrides,
 )
-from workloads import registry
-from workloads.images import BUILTIN_IMAGES, ImageSpec
+from vmmsim.workloads import registry
+from vmmsim.workloads.images import BUILTIN_IMAGES, ImageSpec
 
 MINIMAL = """
 [[hosts]]

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from hosts.free_memory import (
+from vmmsim.hosts.free_memory import (
     ACTIONS,
     MemState,
     Thresholds,

@@ -22,7 +22,7 @@ fuzz = importlib.util.module_from_spec(_spec)
 sys.modules["vmm_fuzz"] = fuzz  # dataclasses resolve their module by name
 _spec.loader.exec_module(fuzz)
 
-from cluster.config import load_config  # noqa: E402
+from vmmsim.cluster.config import load_config  # noqa: E402
 
 N_CI = 24  # seeds 0..N_CI-1 run in CI (~1 s each in-process)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from hostkit import TEST_IMAGE, apply, keyed, make_vm
-
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts.guest_os import GuestOS
-from hosts.vm import vm_page_contents
-from workloads.images import image_keys
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.guest_os import GuestOS
+from vmmsim.hosts.vm import vm_page_contents
+from vmmsim.workloads.images import image_keys
 
 
 def guest_with_all_mapped(n: int = 8, n_pinned: int = 0) -> GuestOS:

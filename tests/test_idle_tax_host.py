@@ -9,11 +9,10 @@ balloon actually moves the memory.
 from __future__ import annotations
 
 import pytest
-
-from hosts.host_manager import HostMemoryManager
-from hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
-from workloads.images import BUILTIN_IMAGES
-from workloads.patterns import IdleParams, SteadyParams
+from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
+from vmmsim.workloads.images import BUILTIN_IMAGES
+from vmmsim.workloads.patterns import IdleParams, SteadyParams
 
 PAGES = 2048
 
@@ -47,8 +46,7 @@ def run_host(tax_rate: float) -> HostMemoryManager:
     )
     # The idle VM first touches most of its memory (its boot, say), then goes quiet.
     import numpy as np
-
-    from workloads.patterns import Accesses
+    from vmmsim.workloads.patterns import Accesses
 
     idle = host.vms["idle"]
     idle.apply(host.mem, host._make_room, Accesses(reads=np.arange(int(PAGES * 0.8))))

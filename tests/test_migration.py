@@ -19,19 +19,18 @@ import pytest
 from hostkit import TEST_IMAGE, apply, keyed, make_policy, sim_params, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from cluster.config import parse_config
-from cluster.host_pool import InProcessPool
-from cluster.migration_policy import HostView, VMView, pressure_rule
-from cluster.migration_transfer import admit, precopy_round, stop_and_copy
-from cluster.runner import run
-from hosts import migration_host as mh
-from hosts import page_sharing as sh
-from hosts import page_state as ps
-from hosts.admission import Claim
-from hosts.specs import HostSpec
-from hosts.vm import vm_page_contents
-from workloads.patterns import SteadyParams
+from vmmsim.cluster.config import parse_config
+from vmmsim.cluster.host_pool import InProcessPool
+from vmmsim.cluster.migration_policy import HostView, VMView, pressure_rule
+from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
+from vmmsim.cluster.runner import run
+from vmmsim.hosts import migration_host as mh
+from vmmsim.hosts import page_sharing as sh
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.admission import Claim
+from vmmsim.hosts.specs import HostSpec
+from vmmsim.hosts.vm import vm_page_contents
+from vmmsim.workloads.patterns import SteadyParams
 
 CB = 64
 N = 48  # pages of the migrating VM
@@ -113,8 +112,7 @@ def test_pages_read_back_after_migration_with_writes_during_precopy():
 @pytest.mark.parametrize("width", [CB, 4096])
 def test_kernels_equal_the_xxhash_package_whatever_the_split(monkeypatch, width):
     import xxhash
-
-    from hosts import migration_kernels as mk
+    from vmmsim.hosts import migration_kernels as mk
 
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 256, (40, width), dtype=np.uint8)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 from test_migration import MOVE, PRESSURE, TWO_HOSTS, config, writer
-
-from cluster.config import parse_config
-from cluster.host_pool import HostFailure
-from cluster.runner import run
+from vmmsim.cluster.config import parse_config
+from vmmsim.cluster.host_pool import HostFailure
+from vmmsim.cluster.runner import run
 
 pytestmark = pytest.mark.ray
 
@@ -43,7 +42,7 @@ def test_ray_equals_inprocess_byte_for_byte(ray_session, tmp_path, text):
 
 
 def test_gather_names_the_failing_host_even_upstream_in_a_chain(ray_session):
-    from cluster.ray_runtime import RayPool
+    from vmmsim.cluster.ray_runtime import RayPool
 
     pool = RayPool(_cfg(SCHEDULED).to_dict(), timeout_s=60)
     try:

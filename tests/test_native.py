@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xxhash
-
-from hosts import native
-from hosts.warmup import warm_kernels
+from vmmsim.hosts import native
+from vmmsim.hosts.warmup import warm_kernels
 
 
 @pytest.mark.parametrize("width", [1, 7, 8, 64, 240, 241, 4096])
@@ -29,8 +28,8 @@ def test_hash_pages_of_no_rows_is_empty() -> None:
 
 
 def test_warm_up_runs_a_host_through_its_kernels() -> None:
-    from hosts import access_kernel, eviction_kernel, guest_os, sharing_scan, tick_kernel
-    from workloads import rng_kernels
+    from vmmsim.hosts import access_kernel, eviction_kernel, guest_os, sharing_scan, tick_kernel
+    from vmmsim.workloads import rng_kernels
 
     assert warm_kernels() > 0.0
     # Each hot kernel met its arguments (compiled, or loaded from the disk cache): an

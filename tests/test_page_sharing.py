@@ -18,10 +18,9 @@ import pytest
 from hostkit import attach, keyed, make_mem, pages, write_keys
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from hosts import page_sharing
-from hosts import page_state as ps
-from hosts.errors import InvariantError
+from vmmsim.hosts import page_sharing
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.errors import InvariantError
 
 
 def scan2(mem, vm, ppns):

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 from runkit import small_config, write_config
-
-from cluster.config import load_config
-from cluster.runner import run
+from vmmsim.cluster.config import load_config
+from vmmsim.cluster.runner import run
 
 pytestmark = pytest.mark.ray
 
@@ -50,8 +49,8 @@ def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
 
 @pytest.mark.parametrize("n_hosts", [2, 4], ids=["all-at-once", "windowed"])
 def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path, n_hosts):
-    from cluster.host_pool import HostFailure
-    from cluster.ray_runtime import start_coordinator
+    from vmmsim.cluster.host_pool import HostFailure
+    from vmmsim.cluster.ray_runtime import start_coordinator
 
     cfg = load_config(write_config(tmp_path, small_config(n_hosts=n_hosts, duration_s=20)))
     coord = start_coordinator(cfg.to_dict(), timeout_s=60)
@@ -73,7 +72,7 @@ def test_killed_host_actor_is_named_with_its_tick(ray_session, tmp_path, n_hosts
 
 @pytest.mark.parametrize("bad", ["0", "-1", "two"])
 def test_round_window_override_must_be_a_positive_integer(monkeypatch, bad):
-    from cluster.ray_runtime import _round_window
+    from vmmsim.cluster.ray_runtime import _round_window
 
     monkeypatch.setenv("VMMSIM_ROUND_WINDOW", bad)
     with pytest.raises(ValueError, match="VMMSIM_ROUND_WINDOW must be a positive integer"):
@@ -83,7 +82,7 @@ def test_round_window_override_must_be_a_positive_integer(monkeypatch, bad):
 
 
 def test_round_window_is_one_call_per_cpu_unless_hosts_crowd_the_cpus(monkeypatch):
-    from cluster.ray_runtime import WINDOW_MAX_HOSTS_PER_CPU, _round_window
+    from vmmsim.cluster.ray_runtime import WINDOW_MAX_HOSTS_PER_CPU, _round_window
 
     monkeypatch.delenv("VMMSIM_ROUND_WINDOW", raising=False)
     assert _round_window(16, 2.0) == 2  # 8 hosts per CPU: one call per CPU
@@ -135,7 +134,7 @@ def test_address_joins_a_ray_start_head_cluster(tmp_path):
                 [
                     sys.executable,
                     "-m",
-                    "cluster.cli",
+                    "vmmsim.cluster.cli",
                     "run",
                     str(cfg),
                     "--out",
@@ -166,8 +165,8 @@ import json, os, sys
 from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
-from cluster.config import load_config
-from cluster.runner import run
+from vmmsim.cluster.config import load_config
+from vmmsim.cluster.runner import run
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
 cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hostkit import apply, attach, keyed, make_host, make_mem, pages, vm_spec, write_keys
-
-from hosts import guest_os as gos
-from hosts import page_state as ps
-from hosts.errors import SwapFull
-from hosts.free_memory import MemState
-from hosts.vm import vm_page_contents
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.errors import SwapFull
+from vmmsim.hosts.free_memory import MemState
+from vmmsim.hosts.vm import vm_page_contents
 
 
 def fill(vm, host_or_mem, keys):

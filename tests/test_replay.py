@@ -13,13 +13,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from runkit import small_config, write_config
-
-from cluster.cli import main
-from cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
-from cluster.replay import export_trace
-from cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
-from workloads.patterns import Accesses
-from workloads.replay import AccessRows, ReplayWorkload
+from vmmsim.cluster.cli import main
+from vmmsim.cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
+from vmmsim.cluster.replay import export_trace
+from vmmsim.cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
+from vmmsim.workloads.patterns import Accesses
+from vmmsim.workloads.replay import AccessRows, ReplayWorkload
 
 TICKS = 30  # rounds of 5 ticks (small_config: realloc_period_s = 5)
 HOST_MB = 18  # two 16 MB VMs a host, one busy, one idle: overcommitted

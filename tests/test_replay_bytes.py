@@ -24,19 +24,18 @@ import numpy as np
 import pytest
 import xxhash
 from runkit import small_config, write_config
-
-from cluster.checkpoint import read_checkpoint, write_checkpoint
-from cluster.cli import main
-from cluster.config import load_config
-from cluster.host_pool import HostFailure, InProcessPool
-from cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
-from cluster.sealed_stream import SealedStreamWriter, read_sealed
-from cluster.session import RunOptions, Session
-from cluster.specs import host_policy, host_specs, sim_params
-from hosts import guest_os as gos
-from hosts import page_sharing
-from hosts import page_state as ps
-from hosts.vm import vm_page_contents, vm_page_hashes
+from vmmsim.cluster.checkpoint import read_checkpoint, write_checkpoint
+from vmmsim.cluster.cli import main
+from vmmsim.cluster.config import load_config
+from vmmsim.cluster.host_pool import HostFailure, InProcessPool
+from vmmsim.cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
+from vmmsim.cluster.sealed_stream import SealedStreamWriter, read_sealed
+from vmmsim.cluster.session import RunOptions, Session
+from vmmsim.cluster.specs import host_policy, host_specs, sim_params
+from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import page_sharing
+from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.vm import vm_page_contents, vm_page_hashes
 
 TICKS = 30  # rounds of 5 ticks (small_config: realloc_period_s = 5)
 HOST_MB = 18  # overcommitted: balloons and swap happen

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 from runkit import small_config, write_config
-
-from cluster.cli import main
+from vmmsim.cluster.cli import main
 
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -31,7 +30,7 @@ def vmmsim(
     *args: str, cwd: Path | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args],
+        [sys.executable, "-m", "vmmsim.cluster.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -187,7 +186,7 @@ def test_ray_host_failure_is_the_same_line(tmp_path):
 def test_exception_inside_a_host_is_a_host_failure(tmp_path, monkeypatch):
     """An error raised inside a host method (in-process) is the same one line and exit 1
     as with Ray, where the actor's exception becomes a HostFailure."""
-    from hosts.host_manager import HostMemoryManager
+    from vmmsim.hosts.host_manager import HostMemoryManager
 
     cfg = write_config(tmp_path, small_config())
     keep, before = finished_run(tmp_path, cfg)
@@ -205,7 +204,7 @@ def test_exception_inside_a_host_is_a_host_failure(tmp_path, monkeypatch):
 
 
 def test_exception_inside_a_host_cli_line(tmp_path, capsys, monkeypatch):
-    from hosts.host_manager import HostMemoryManager
+    from vmmsim.hosts.host_manager import HostMemoryManager
 
     cfg = write_config(tmp_path, small_config())
 
@@ -227,7 +226,7 @@ def _start(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "cluster.cli",
+            "vmmsim.cluster.cli",
             "run",
             str(cfg),
             "--out",
@@ -271,7 +270,7 @@ def test_signal_inprocess_removes_partial_and_exits(tmp_path, sig, code):
 
 
 def _ray_descendants(pid: int) -> set[int]:
-    from cluster.ray_runtime import _proc_table
+    from vmmsim.cluster.ray_runtime import _proc_table
 
     table = _proc_table()
     found, todo = set(), [pid]
@@ -286,7 +285,7 @@ def _ray_descendants(pid: int) -> set[int]:
 
 
 def _alive(pids: set[int]) -> set[int]:
-    from cluster.ray_runtime import _proc_table
+    from vmmsim.cluster.ray_runtime import _proc_table
 
     table = _proc_table()
     return {p for p in pids if p in table}
@@ -381,8 +380,8 @@ def _enospc_fallback(tmp_path: Path, monkeypatch, cfg: Path, extra: list[str], n
     written (the file-write layer: pyarrow's writers, ``open``)."""
     import builtins
 
-    import cluster.checkpoint as ck
-    import cluster.outputs as outputs
+    import vmmsim.cluster.checkpoint as ck
+    import vmmsim.cluster.outputs as outputs
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -431,8 +430,8 @@ def test_failed_run_removes_the_parent_directories_it_created(tmp_path):
 def test_signal_during_commit_is_held_until_the_run_is_in_place(tmp_path, monkeypatch):
     """SIGTERM between the two renames of a commit (old run aside, new run in) arrives
     only once the new run is in place and the old one removed: never a missing --out."""
-    from cluster.outputs import AsideDir
-    from cluster.runner import Terminated, signals_as_exceptions
+    from vmmsim.cluster.outputs import AsideDir
+    from vmmsim.cluster.runner import Terminated, signals_as_exceptions
 
     out = tmp_path / "out"
     out.mkdir()

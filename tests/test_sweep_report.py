@@ -7,10 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from runkit import write_config
-
-from cluster.cli import main
-from cluster.config import ConfigError, load_config, sweep_points
-from cluster.sweep import point_name
+from vmmsim.cluster.cli import main
+from vmmsim.cluster.config import ConfigError, load_config, sweep_points
+from vmmsim.cluster.sweep import point_name
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

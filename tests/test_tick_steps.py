@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from hostkit import TEST_IMAGE, make_host, vm_spec
 from test_access_kernel import tick_twins
-
-from hosts import tick_kernel as tk
-from hosts.errors import InvariantError
-from hosts.tick_steps import DTYPES, vm_arrays
-from workloads.images import ImageSpec
-from workloads.patterns import IdleParams, SteadyParams
-from workloads.phased import PhasedParams
+from vmmsim.hosts import tick_kernel as tk
+from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.tick_steps import DTYPES, vm_arrays
+from vmmsim.workloads.images import ImageSpec
+from vmmsim.workloads.patterns import IdleParams, SteadyParams
+from vmmsim.workloads.phased import PhasedParams
 
 OTHER_IMAGE = ImageSpec("otherimg", shared_fraction=0.6, zero_fraction=0.0)
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cluster.cli import main
-from workloads.bitbrains import HEADER, ConvertError, convert, read_usage
-from workloads.trace import read_trace
+from vmmsim.cluster.cli import main
+from vmmsim.workloads.bitbrains import HEADER, ConvertError, convert, read_usage
+from vmmsim.workloads.trace import read_trace
 
 SAMPLE = Path(__file__).parent / "data" / "bitbrains_sample.csv"
 
@@ -82,7 +81,10 @@ path = "{trace}"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "vmmsim.cluster.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -7,9 +7,8 @@ import math
 import numpy as np
 import pytest
 from hostkit import make_host, vm_spec
-
-from hosts.working_set import FAST_GAIN, SLOW_GAIN, WorkingSetSampler
-from workloads.patterns import Accesses
+from vmmsim.hosts.working_set import FAST_GAIN, SLOW_GAIN, WorkingSetSampler
+from vmmsim.workloads.patterns import Accesses
 
 N_PAGES = 400
 SAMPLE = 100

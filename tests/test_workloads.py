@@ -6,16 +6,15 @@ import json
 
 import numpy as np
 import pytest
-
-from cluster.config import ConfigError, parse_config
-from workloads import registry
-from workloads.batch import BatchParams
-from workloads.content import nonzero_keys
-from workloads.fileserver import FileserverParams
-from workloads.images import BUILTIN_IMAGES, BootLayout, ImageSpec
-from workloads.patterns import Accesses, SteadyParams, WorkloadEnv
-from workloads.phased import PhasedParams
-from workloads.trace import TraceParams, write_trace
+from vmmsim.cluster.config import ConfigError, parse_config
+from vmmsim.workloads import registry
+from vmmsim.workloads.batch import BatchParams
+from vmmsim.workloads.content import nonzero_keys
+from vmmsim.workloads.fileserver import FileserverParams
+from vmmsim.workloads.images import BUILTIN_IMAGES, BootLayout, ImageSpec
+from vmmsim.workloads.patterns import Accesses, SteadyParams, WorkloadEnv
+from vmmsim.workloads.phased import PhasedParams
+from vmmsim.workloads.trace import TraceParams, write_trace
 
 N_PAGES = 512  # 2 MB VMs
 
@@ -260,7 +259,7 @@ def test_trace_checked_against_vm_size_and_schema(trace_file, tmp_path):
 
 
 def test_phases_round_trip_through_config_dict():
-    from cluster.config import config_from_dict
+    from vmmsim.cluster.config import config_from_dict
 
     cfg = load(_vm_toml('kind = "phased"\nphases = [[10, 1], [5.5, 2]]'))
     assert cfg.vm("a").workload.params.phases == ((10.0, 1.0), (5.5, 2.0))
@@ -275,7 +274,7 @@ def test_accesses_concat_keeps_disk_reads():
 
 def test_batch_vms_share_program_pages_on_a_host(tmp_path):
     """End to end: same program -> its pages merge across VMs; other programs do not."""
-    from cluster.runner import run
+    from vmmsim.cluster.runner import run
 
     def shared(prog_b: str) -> float:
         text = f"""

@@ -19,9 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from workloads.content import derived_keys, nonzero_keys, stable_hash64
-from workloads.patterns import _EMPTY_I, _EMPTY_K, Accesses, Workload, WorkloadEnv, check_range
+from vmmsim.workloads.content import derived_keys, nonzero_keys, stable_hash64
+from vmmsim.workloads.patterns import (
+    _EMPTY_I,
+    _EMPTY_K,
+    Accesses,
+    Workload,
+    WorkloadEnv,
+    check_range,
+)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-
-from workloads.trace import write_trace
+from vmmsim.workloads.trace import write_trace
 
 HEADER = (
     "Timestamp [ms]",

@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-
-from workloads import rng_kernels
+from vmmsim.workloads import rng_kernels
 
 ZERO_KEY = 0
 

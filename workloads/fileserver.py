@@ -31,10 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from workloads.content import nonzero_keys
-from workloads.images import boot_writes, image_keys
-from workloads.patterns import _EMPTY_I, Accesses, Workload, WorkloadEnv, check_range
+from vmmsim.workloads.content import nonzero_keys
+from vmmsim.workloads.images import boot_writes, image_keys
+from vmmsim.workloads.patterns import _EMPTY_I, Accesses, Workload, WorkloadEnv, check_range
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from workloads.content import ZERO_KEY, derived_keys, stable_hash64
+from vmmsim.workloads.content import ZERO_KEY, derived_keys, stable_hash64
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-
-from workloads import rng_kernels
-from workloads.content import nonzero_keys
-from workloads.images import BootLayout, ImageSpec, boot_writes
+from vmmsim.workloads import rng_kernels
+from vmmsim.workloads.content import nonzero_keys
+from vmmsim.workloads.images import BootLayout, ImageSpec, boot_writes
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 _EMPTY_K = np.zeros(0, dtype=np.uint64)

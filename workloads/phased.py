@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 
 import numpy as np
-
-from workloads.patterns import Accesses, SplitPlan, Workload, WorkloadEnv, check_range
+from vmmsim.workloads.patterns import Accesses, SplitPlan, Workload, WorkloadEnv, check_range
 
 
 @dataclass(frozen=True)

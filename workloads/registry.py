@@ -6,11 +6,11 @@ dataclass whose fields (with ``metadata["help"]``) are exactly the keys that kin
 
 from __future__ import annotations
 
-from workloads.batch import Batch
-from workloads.fileserver import Fileserver
-from workloads.patterns import Idle, Steady, Workload
-from workloads.phased import Phased
-from workloads.trace import Trace
+from vmmsim.workloads.batch import Batch
+from vmmsim.workloads.fileserver import Fileserver
+from vmmsim.workloads.patterns import Idle, Steady, Workload
+from vmmsim.workloads.phased import Phased
+from vmmsim.workloads.trace import Trace
 
 WORKLOADS: dict[str, type[Workload]] = {
     cls.kind: cls for cls in (Idle, Steady, Phased, Fileserver, Batch, Trace)

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from workloads.patterns import Accesses
+from vmmsim.workloads.patterns import Accesses
 
 _I64 = np.zeros(0, dtype=np.int64)
 _U64 = np.zeros(0, dtype=np.uint64)

@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-
-from workloads.patterns import Accesses, Workload, WorkloadEnv
+from vmmsim.workloads.patterns import Accesses, Workload, WorkloadEnv
 
 SCHEMA = pa.schema(
     [

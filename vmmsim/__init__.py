@@ -1,0 +1,47 @@
+"""vmmsim: a distributed simulator of VMM memory management after Waldspurger's ESX paper.
+
+The Python API (see ``docs/api.md``)::
+
+    import vmmsim
+    r = vmmsim.run("configs/quickstart.toml", backend="inprocess")
+    r.metrics            # pyarrow.Table, one row per (tick, host, VM)
+    r.summary["final_digest"]
+
+Subpackages: :mod:`vmmsim.hosts` (one host's memory manager, no Ray),
+:mod:`vmmsim.cluster` (coordinator, migration, recording, CLI; the only Ray code),
+:mod:`vmmsim.workloads` (guest behaviour and page contents), :mod:`vmmsim.policies`
+(the plug-in registry).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from vmmsim.api import Config, Run, load_config, load_run, run, sweep
+from vmmsim.cluster.config import ConfigError
+from vmmsim.cluster.host_pool import HostFailure
+from vmmsim.cluster.outputs import RunDirError
+from vmmsim.cluster.placement import PlacementError
+from vmmsim.cluster.replay import ReplayDiverged
+from vmmsim.cluster.sealed_stream import LogError
+
+try:
+    __version__ = version("vmmsim")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "HostFailure",
+    "LogError",
+    "PlacementError",
+    "ReplayDiverged",
+    "Run",
+    "RunDirError",
+    "__version__",
+    "load_config",
+    "load_run",
+    "run",
+    "sweep",
+]
