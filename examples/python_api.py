@@ -5,7 +5,8 @@ Run from the repository root after ``pip install -e .``::
     python examples/python_api.py
 
 It runs the quickstart config for 60 simulated seconds in-process (no Ray start-up),
-prints per-VM means from the metrics table, then sweeps the tax rate over two values.
+prints per-VM means from the metrics table, then sweeps the idle memory tax over two values (90 s each: the tax acts once a
+sampling period has closed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
     points = vmmsim.sweep(
         "configs/quickstart.toml",
         {"policy.tax_rate": [0.0, 0.75]},
-        overrides=["simulation.duration_s=30"],
+        overrides=["simulation.duration_s=90"],
         backend="inprocess",
     )
     for row in points.to_pylist():
