@@ -18,6 +18,7 @@ help text), the generic strict builder and :class:`ConfigError` live in
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import json
@@ -56,6 +57,8 @@ from vmmsim.hosts import admission
 from vmmsim.workloads import registry
 from vmmsim.workloads.images import BUILTIN_IMAGES, ImageSpec
 
+from vmmsim import policies
+
 __all__ = [
     "PLACEMENTS",
     "ConfigError",
@@ -85,6 +88,16 @@ SweepSpec = tuple[tuple[str, tuple[Any, ...]], ...]
 _SECTIONS = {"simulation": SimulationConfig, "policy": PolicyConfig, "migration": MigrationConfig}
 _LISTS = {"hosts": HostConfig, "vms": VMConfig, "images": ImageSpec, "migrations": None}
 _TOP_LEVEL = sorted([*_SECTIONS, *_LISTS, "sweep"])
+#: Policy keys (section, key) -> policy kind (:mod:`vmmsim.policies`).
+POLICY_KEYS = {
+    ("policy", "placement"): "placement",
+    ("policy", "allocation"): "allocation",
+    ("policy", "reclamation"): "reclamation",
+    ("policy", "working_set"): "working_set",
+    ("migration", "policy"): "migration",
+}
+# Folder relative policy file paths resolve from while a config is parsed.
+_BASE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("base_dir", default=None)
 
 
 @dataclass(frozen=True)
@@ -322,8 +335,16 @@ def _parse(
             path = path.strip()
             if not sep:
                 raise ConfigError(f"--set {text}", "expected path=value")
-            _apply_override(raw, path, _parse_value(value.strip()), f"--set {path}", resolved)
-        cfg = _build(raw, resolved)
+            parsed = _parse_value(value.strip())
+            if isinstance(parsed, str) and (_policy_path(path) or path.endswith("workload.kind")):
+                parsed = policies.canonical(parsed)  # a path given here: from the cwd
+            _apply_override(raw, path, parsed, f"--set {path}", resolved)
+        src = Path(source)
+        token = _BASE_DIR.set(src.resolve().parent if src.is_file() else None)
+        try:
+            cfg = _check_policies(_build(raw, resolved))
+        finally:
+            _BASE_DIR.reset(token)
         if not resolved:  # a loaded config's sweep was checked against its file already
             _check_sweep(raw, cfg.sweep)
         return replace(cfg, source=source)
@@ -355,12 +376,33 @@ def _build_workload(data: Any, where: str) -> WorkloadConfig:
     kind = data.get("kind", "idle")
     if not isinstance(kind, str):
         raise ConfigError(join(where, "kind"), "expected a string", kind)
+    kind = policies.canonical(kind, _BASE_DIR.get())
     try:
         cls = registry.get(kind)
     except KeyError as e:
         raise ConfigError(join(where, "kind"), e.args[0]) from None
     params = build(cls.Params, {k: v for k, v in data.items() if k != "kind"}, where)
     return WorkloadConfig(kind, params)
+
+
+def _policy_path(path: str) -> bool:
+    return tuple(path.split(".")) in POLICY_KEYS
+
+
+def _check_policies(cfg: SimConfig) -> SimConfig:
+    """Every policy key resolved now (unknown name, missing module or attribute: a
+    one-line :class:`ConfigError` naming the key), relative file paths made absolute."""
+    base = _BASE_DIR.get()
+    for (section, key), kind in POLICY_KEYS.items():
+        spec = getattr(getattr(cfg, section), key)
+        try:
+            policies.resolve_callable(kind, spec, base)
+        except policies.PolicyError as e:
+            raise ConfigError(f"{section}.{key}", str(e)) from None
+        fixed = policies.canonical(spec, base)
+        if fixed != spec:
+            cfg = replace(cfg, **{section: replace(getattr(cfg, section), **{key: fixed})})
+    return cfg
 
 
 def _expand(key: str, items: list[Any]) -> list[tuple[str, Any]]:

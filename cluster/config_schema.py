@@ -46,11 +46,23 @@ class ConfigError(ValueError):
         self.got = got
         self.source = source
 
+    def __reduce__(self) -> tuple:  # survives Ray's exception transport intact
+        got = () if self.got is _NO_VALUE else (self.got,)
+        return (_config_error, (self.where, self.what, self.source, *got))
+
     def __str__(self) -> str:
         msg = ": ".join(p for p in (self.source, self.where, self.what) if p)
         if self.got is not _NO_VALUE:
             msg += f" (got {fmt_value(self.got)})"
         return msg.replace("\n", " ")
+
+
+def _config_error(where: str, what: str, source: str, *got: Any) -> ConfigError:
+    return (
+        ConfigError(where, what, *got, source=source)
+        if got
+        else ConfigError(where, what, source=source)
+    )
 
 
 # --- value checks declared in field metadata -------------------------------------------
@@ -275,6 +287,9 @@ def build(
 # --- the schema ------------------------------------------------------------------------------
 
 PLACEMENTS = ("most_free", "image_affinity", "round_robin")
+"""Built-in placement policies (more can be registered: :mod:`vmmsim.policies`)."""
+
+_PLUGIN = 'a registered name or "module:attr" / "file.py:attr" (see docs/policies.md)'
 
 # Size limits, checked when a config is loaded (before anything is allocated), so that a
 # config either runs or is refused with a one-line error; generous for any experiment
@@ -368,7 +383,23 @@ class PolicyConfig:
     vm_overhead_mb: float = opt(0.0, "VMM overhead memory reserved per VM, MB", ge(0))
     disk_latency_ms: float = opt(5.0, "cost of one swap-in from disk, ms", ge(0))
     minor_fault_us: float = opt(2.0, "cost of a minor fault (copy-on-write, remap), us", ge(0))
-    placement: str = opt("most_free", "initial host of VMs without `host`", one_of(*PLACEMENTS))
+    placement: str = opt(
+        "most_free",
+        f"placement policy, the initial host of VMs without `host`: "
+        f"{', '.join(PLACEMENTS)}, or {_PLUGIN}",
+    )
+    allocation: str = opt(
+        "share_idle_tax",
+        f"allocation policy, each host's VM targets: share_idle_tax, or {_PLUGIN}",
+    )
+    reclamation: str = opt(
+        "esx",
+        f"reclamation policy, which VMs balloon and swap: esx, or {_PLUGIN}",
+    )
+    working_set: str = opt(
+        "esx_sampler",
+        f"working-set estimator, active fraction from sampling: esx_sampler, or {_PLUGIN}",
+    )
 
     def validate(self) -> list[str]:
         levels = (self.free_high, self.free_soft, self.free_hard, self.free_low)
@@ -388,6 +419,10 @@ class MigrationConfig:
     max_rounds: int = opt(30, "pre-copy rounds before stop-and-copy is forced", ge(1))
     pressure_s: float = opt(30.0, "seconds of memory pressure before migrating off a host", ge(0))
     min_round_pages: int = opt(50, "stop pre-copy when a round sends fewer pages", ge(0))
+    policy: str = opt(
+        "pressure",
+        f"migration policy, which VM moves where under pressure: pressure, or {_PLUGIN}",
+    )
 
 
 @dataclass(frozen=True)

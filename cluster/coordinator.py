@@ -3,9 +3,16 @@
 Scope: placing VMs at start, then rounds.  A round is the ticks up to the next allocation
 point (``realloc_period_s``); every host runs it in parallel (one call each, carrying the
 targets computed after the previous round), the coordinator gathers the reports in
-host-name order, computes new targets with the same pure policy a host uses
-(:func:`hosts.allocation.allocate`, each host's memory shared among its VMs by shares and
-the idle memory tax), and moves on.  Nothing depends on which host answers first.
+host-name order, computes new targets with the allocation policy (``[policy] allocation``,
+default :func:`hosts.allocation.share_idle_tax`: each host's memory shared among its VMs
+by shares and the idle memory tax), and moves on.  Nothing depends on which host answers
+first.
+
+Coordinator-side policies (placement, allocation, migration choice; :mod:`vmmsim.policies`)
+run only inside :meth:`Coordinator.decide`, which checks and records what they return, so a
+recorded run replays with the same decisions whatever the policy's code does; a policy
+that fails or returns an invalid decision is a :class:`cluster.config.ConfigError` naming
+it (exit 2).
 
 Live migration (:mod:`cluster.migration`): while one is in flight, a round is run as
 several shorter steps that end when a pre-copy round does (still one ``run_round`` per
@@ -25,30 +32,54 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.config import ConfigError, SimConfig
 from vmmsim.cluster.host_pool import HostPool
 from vmmsim.cluster.metrics import merge_rounds
 from vmmsim.cluster.migration import Migrator
 from vmmsim.cluster.page_check import PageChecker
 from vmmsim.cluster.placement import place
 from vmmsim.cluster.specs import vm_spec
-from vmmsim.hosts.allocation import AllocationInput, allocate
+from vmmsim.hosts.allocation import AllocationView, check_targets, share_idle_tax
+
+from vmmsim.policies import PolicyError, resolve_callable
 
 
-def targets_from_report(rep: dict[str, Any], tax_rate: float) -> dict[str, int]:
-    """One host's allocation report -> {vm: target pages}."""
+def allocation_view(rep: dict[str, Any], tax_rate: float, host: str = "") -> AllocationView:
+    """One host's allocation report as the read-only view an allocation policy gets."""
+    return AllocationView(
+        host=host,
+        vms=tuple(rep["vms"]),
+        shares=tuple(np.asarray(rep["shares"], dtype=np.float64).tolist()),
+        pages=tuple(np.asarray(rep["pages"], dtype=np.float64).tolist()),
+        active=tuple(np.asarray(rep["active"], dtype=np.float64).tolist()),
+        min_pages=tuple(np.asarray(rep["min_pages"], dtype=np.int64).tolist()),
+        max_pages=tuple(np.asarray(rep["max_pages"], dtype=np.int64).tolist()),
+        available_pages=int(rep["available_pages"]),
+        tax_rate=float(tax_rate),
+    )
+
+
+def targets_from_report(
+    rep: dict[str, Any],
+    tax_rate: float,
+    policy: Callable[[AllocationView], Any] = share_idle_tax,
+    name: str = "share_idle_tax",
+    host: str = "",
+) -> dict[str, int]:
+    """One host's allocation report -> {vm: target pages}, from ``policy`` (checked by
+    :func:`hosts.allocation.check_targets`; :class:`PolicyError` naming ``name``)."""
     if not rep["vms"]:
         return {}
-    inp = AllocationInput(
-        shares=np.asarray(rep["shares"]),
-        pages=np.asarray(rep["pages"]),
-        active=np.asarray(rep["active"]),
-        min_pages=np.asarray(rep["min_pages"]),
-        max_pages=np.asarray(rep["max_pages"]),
-        available_pages=int(rep["available_pages"]),
-        tax_rate=tax_rate,
-    )
-    return dict(zip(rep["vms"], allocate(inp).tolist(), strict=True))
+    view = allocation_view(rep, tax_rate, host)
+    try:
+        decision = policy(view)
+    except PolicyError:
+        raise
+    except Exception as e:
+        raise PolicyError(
+            f"allocation policy {name!r} on host {host} failed: {type(e).__name__}: {e}"
+        ) from None
+    return check_targets(view, decision, name)
 
 
 class Coordinator:
@@ -62,7 +93,8 @@ class Coordinator:
         self.round_ticks = max(1, round(cfg.policy.realloc_period_s / sim.tick_s))
         self.tick = 0
         self.hosts = list(cfg.host_names())
-        self.placement = place(cfg)
+        self.allocation = resolve_callable("allocation", cfg.policy.allocation)
+        self.placement = self.decide("placement", lambda: place(cfg), record=False)
         self.targets: dict[str, dict[str, int]] = {}
         self.round_digests: list[dict[str, str]] = []
         self.vm_steps = {v.name: 0 for v in cfg.vms}  # workload steps each VM has run
@@ -76,7 +108,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.placement = self.decide("placement", lambda: self.placement)
+        self.placement = self.decide("placement", lambda: self.placement)  # recorded here
         self.migrator.where = dict(self.placement)
         by_host: dict[str, list] = {h: [] for h in self.hosts}
         for v in self.cfg.vms:
@@ -95,7 +127,7 @@ class Coordinator:
         reallocation boundaries, so migrations never change the allocation cadence."""
         start, feed = self.tick, self.feeder
         boundary = start % self.round_ticks == 0
-        starts = self.migrator.propose(start)
+        starts = self._compute(lambda: self.migrator.propose(start))  # recorded if any
         if starts:
             starts = self.decide("migrations", lambda: starts)
         for vm, src in self.migrator.before_step(start, starts):
@@ -121,23 +153,35 @@ class Coordinator:
         return merge_rounds([r["metrics"] for r in results])
 
     def _reallocate(self, reports: list[dict[str, Any]]) -> None:
-        tau = self.cfg.policy.tax_rate
+        tau, name = self.cfg.policy.tax_rate, self.cfg.policy.allocation
         self.targets = self.decide(
             "targets",
             lambda: {
-                h: targets_from_report(rep, tau) for h, rep in zip(self.hosts, reports, strict=True)
+                h: targets_from_report(rep, tau, self.allocation, name, h)
+                for h, rep in zip(self.hosts, reports, strict=True)
             },
         )
 
-    def decide(self, kind: str, compute: Callable[[], Any]) -> Any:
+    def decide(self, kind: str, compute: Callable[[], Any], record: bool = True) -> Any:
         """A decision of ``kind`` at this tick: the recorded one when replaying under an
-        unchanged policy, else ``compute()``.  Every decision is appended to
-        :attr:`decisions` (the record log's ``decisions`` stream): payloads must be
-        JSON-able.  Use it for any new kind of decision (e.g. migrations)."""
+        unchanged policy, else ``compute()`` (which runs the policy).  Every decision is
+        appended to :attr:`decisions` (the record log's ``decisions`` stream): payloads
+        must be JSON-able.  Use it for any new kind of decision (e.g. migrations).
+        ``record=False``: compute only (a value recorded by a later ``decide``).  A
+        :class:`vmmsim.policies.PolicyError` (missing policy, invalid decision) becomes a
+        :class:`ConfigError` (one line, exit 2)."""
+        if not record:
+            return self._compute(compute)
         queue = self.recorded.get((self.tick, kind)) if self.recorded is not None else None
-        value = queue.pop(0) if queue else compute()
+        value = queue.pop(0) if queue else self._compute(compute)
         self.decisions.append((self.tick, kind, value))
         return value
+
+    def _compute(self, compute: Callable[[], Any]) -> Any:
+        try:
+            return compute()
+        except PolicyError as e:
+            raise ConfigError("", str(e), source=self.cfg.source) from None
 
     def state(self) -> dict[str, Any]:
         """All the coordinator holds between rounds, JSON-able (checkpoints).  New

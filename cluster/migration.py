@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from vmmsim.cluster.config import SimConfig
 from vmmsim.cluster.host_pool import HostPool
-from vmmsim.cluster.migration_policy import POLICIES, HostView, VMView
+from vmmsim.cluster.migration_policy import HostView, VMView, choose
 from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
 from vmmsim.cluster.specs import host_policy, host_specs, vm_spec
 from vmmsim.hosts import admission
@@ -153,7 +153,8 @@ class Migrator:
         coordinator records it as a decision): scheduled ones due, then the policy's."""
         out = [[vm, to, "scheduled"] for t, _, vm, to in self.schedule if t <= tick]
         if self.mc.enabled:
-            out += [[p.vm, p.dest, p.trigger] for p in POLICIES["pressure"](*self._views(tick))]
+            proposals = choose(self.mc.policy, *self._views(tick))
+            out += [[p.vm, p.dest, p.trigger] for p in proposals]
         return out
 
     def before_step(self, tick: int, starts: list[list[str]]) -> list[tuple[str, str]]:

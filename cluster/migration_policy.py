@@ -2,8 +2,12 @@
 
 Scope: pure functions over small frozen records (no Ray, no host calls).  A policy
 *proposes* migrations; the coordinator's migration engine (:mod:`cluster.migration`)
-asks the destination for admission and carries them out.  Policies are chosen by key from
-:data:`POLICIES`.
+asks the destination for admission and carries them out.  Policies are chosen by
+``[migration] policy`` from :mod:`vmmsim.policies` (kind ``migration``; built in:
+``pressure``).  Protocol: ``(hosts: Sequence[HostView], vms: Sequence[VMView]) ->
+list[Proposal]`` (name order in both); :func:`choose` runs the configured one and checks
+its proposals (a known VM, not migrating, on ``source``; a known ``dest`` other than
+``source``; at most one per VM), else :class:`vmmsim.policies.PolicyError`.
 
 ``pressure`` rule: a host that has been in the HARD or LOW free-memory state for
 ``migration.pressure_s`` seconds (counted by :mod:`cluster.migration`: short recoveries
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.migration_host import admission_reason
+
+from vmmsim.policies import PolicyError, register, resolve_callable
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,7 @@ class Proposal:
     score: float
 
 
+@register("migration", "pressure")
 def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Proposal]:
     """Proposals of the ``pressure`` rule (see the module docstring)."""
     by_name = {h.name: h for h in hosts}
@@ -110,3 +117,28 @@ def pressure_rule(hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Prop
 POLICIES: dict[str, Callable[[Sequence[HostView], Sequence[VMView]], list[Proposal]]] = {
     "pressure": pressure_rule,
 }
+
+
+def choose(spec: str, hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Proposal]:
+    """The proposals of migration policy ``spec``, checked (module docstring)."""
+    policy = resolve_callable("migration", spec)
+    try:
+        out = list(policy(hosts, vms))
+    except Exception as e:
+        raise PolicyError(f"migration policy {spec!r} failed: {type(e).__name__}: {e}") from None
+    by_vm, names, seen = {v.name: v for v in vms}, {h.name for h in hosts}, set()
+    for p in out:
+        vm = by_vm.get(getattr(p, "vm", None))
+        bad = (
+            not isinstance(p, Proposal)
+            or vm is None
+            or vm.migrating
+            or vm.host != p.source
+            or p.dest not in names
+            or p.dest == p.source
+            or p.vm in seen
+        )
+        if bad:
+            raise PolicyError(f"migration policy {spec!r} returned an invalid proposal {p!r}")
+        seen.add(p.vm)
+    return out

@@ -1,4 +1,4 @@
-"""Initial placement of VMs whose config names no host (a small policy registry).
+"""Initial placement of VMs whose config names no host (placement policies and packing).
 
 Scope: a pure, deterministic function from the config to {vm: host}.  Pinned VMs stay
 where the config puts them; every host must then pass ESX admission control
@@ -12,6 +12,12 @@ memory_mb + overhead of the VMs placed so far):
   the most VMs of the same image (so page sharing can find the image's pages) first, then
   most free; the other hosts after them, as ``most_free``;
 * ``round_robin``: name order, starting after the host chosen last.
+
+These are the built-in ``placement`` policies of :mod:`vmmsim.policies` (``[policy]
+placement`` selects one, or a user's ``module:attr``).  Protocol: a function
+``(PlacementView) -> sequence of host names``, the hosts to try for one VM, best first
+(hosts left out are not tried); unknown or repeated names are a
+:class:`vmmsim.policies.PolicyError`.  Admission is checked here, not by the policy.
 
 Packing, in three passes (the first that places every VM wins):
 
@@ -34,6 +40,8 @@ from dataclasses import dataclass
 from vmmsim.cluster.config import SimConfig, VMConfig, vm_claim
 from vmmsim.hosts import admission
 from vmmsim.hosts.admission import Claim
+
+from vmmsim.policies import PolicyError, register, resolve_callable
 
 SEARCH_WORK = 300_000  # host visits of the fallback search before giving up (a few s)
 
@@ -74,39 +82,86 @@ class _Hosts:
         return self.cfg.host(host).memory_mb - self.used[host].commit
 
 
-# A policy ranks hosts for one VM: (config, vm, its claim, host state, round-robin state).
-Policy = Callable[[SimConfig, VMConfig, Claim, _Hosts, list], list[str]]
+@dataclass(frozen=True)
+class PlacementHost:
+    """One host as a placement policy sees it."""
+
+    name: str
+    free_mb: float  # memory_mb less the commitments (memory_mb + overhead) placed so far
+    same_image: int  # VMs of the VM's image already placed here
+
+
+@dataclass(frozen=True)
+class PlacementView:
+    """What a placement policy sees when one VM is placed (read-only)."""
+
+    vm: str
+    image: str
+    commit_mb: float  # the VM's memory_mb + overhead
+    hosts: tuple[PlacementHost, ...]  # config order
+    next_index: int  # index into ``hosts`` after the host chosen last (round robin)
+
+
+Policy = Callable[[PlacementView], Sequence[str]]
 
 
 def _by_name(h: str) -> list[int]:
     return [-ord(c) for c in h]  # in a max(): ties go to the first name
 
 
-def most_free(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
-    return sorted(cfg.host_names(), key=lambda h: (st.free(h), _by_name(h)), reverse=True)
+@register("placement", "most_free")
+def most_free(view: PlacementView) -> list[str]:
+    """The most uncommitted memory first (ties: name order)."""
+    ranked = sorted(view.hosts, key=lambda h: (h.free_mb, _by_name(h.name)), reverse=True)
+    return [h.name for h in ranked]
 
 
-def image_affinity(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
+@register("placement", "image_affinity")
+def image_affinity(view: PlacementView) -> list[str]:
+    """Hosts where the VM fits in memory, most VMs of its image first; then most free."""
     # Prefer hosts where the VM's max fits in *memory* (swap is for overcommit, not for
     # packing); among those, the one running the most VMs of the same image.
-    def key(h: str) -> tuple:
-        return (st.images[h].get(vm.image, 0), st.free(h), _by_name(h))
+    fits = [h for h in view.hosts if h.free_mb >= view.commit_mb]
+    fits.sort(key=lambda h: (h.same_image, h.free_mb, _by_name(h.name)), reverse=True)
+    in_mem = [h.name for h in fits]
+    return in_mem + [h for h in most_free(view) if h not in in_mem]
 
-    in_mem = sorted((h for h in cfg.host_names() if st.free(h) >= c.commit), key=key, reverse=True)
-    return in_mem + [h for h in most_free(cfg, vm, c, st, rr) if h not in in_mem]
+
+@register("placement", "round_robin")
+def round_robin(view: PlacementView) -> list[str]:
+    """Config order, starting after the host chosen last."""
+    n = len(view.hosts)
+    return [view.hosts[(view.next_index + i) % n].name for i in range(n)]
 
 
-def round_robin(cfg: SimConfig, vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
+def _ranker(cfg: SimConfig) -> Callable[[VMConfig, Claim, _Hosts, list], list[str]]:
+    """The configured placement policy as a host ranking over the packing state."""
+    spec = cfg.policy.placement
+    policy = resolve_callable("placement", spec)
     names = cfg.host_names()
-    start = rr[0] if rr else 0
-    return [names[(start + i) % len(names)] for i in range(len(names))]
 
+    def rank(vm: VMConfig, c: Claim, st: _Hosts, rr: list) -> list[str]:
+        view = PlacementView(
+            vm.name,
+            vm.image,
+            c.commit,
+            tuple(PlacementHost(h, st.free(h), st.images[h].get(vm.image, 0)) for h in names),
+            rr[0] if rr else 0,
+        )
+        try:
+            ranked = list(policy(view))
+        except Exception as e:
+            raise PolicyError(
+                f"placement policy {spec!r} failed for VM {vm.name}: {type(e).__name__}: {e}"
+            ) from None
+        if len(set(ranked)) != len(ranked) or not set(ranked) <= set(names):
+            raise PolicyError(
+                f"placement policy {spec!r} for VM {vm.name}: expected distinct host names, "
+                f"got {ranked[:5]!r}"
+            )
+        return ranked
 
-PLACEMENTS: dict[str, Policy] = {
-    "most_free": most_free,
-    "image_affinity": image_affinity,
-    "round_robin": round_robin,
-}
+    return rank
 
 
 def _page_mb(cfg: SimConfig) -> float:
@@ -122,13 +177,13 @@ def _greedy(
 ) -> tuple[dict[str, str], VMConfig | None]:
     """Each VM of ``order`` to the policy's first admissible host; stops at the first VM
     that fits nowhere (returned).  Changes ``st``."""
-    policy = PLACEMENTS[cfg.policy.placement]
+    policy = _ranker(cfg)
     names = cfg.host_names()
     rr: list = []
     out: dict[str, str] = {}
     for vm in order:
         c = _claim(cfg, vm)
-        host = next((h for h in policy(cfg, vm, c, st, rr) if st.admits(h, c)), None)
+        host = next((h for h in policy(vm, c, st, rr) if st.admits(h, c)), None)
         if host is None:
             return out, vm
         out[vm.name] = host
@@ -140,7 +195,7 @@ def _greedy(
 def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, str] | None:
     """Depth-first search for an admissible assignment of ``order`` (largest first),
     hosts in the policy's order; None if there is none or the work budget runs out."""
-    policy = PLACEMENTS[cfg.policy.placement]
+    policy = _ranker(cfg)
     names = cfg.host_names()
     claims = [_claim(cfg, vm) for vm in order]
     # Room still needed by the VMs from position i on (for pruning).
@@ -171,7 +226,7 @@ def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, 
             return False
         vm, c = order[i], claims[i]
         seen: set[tuple] = set()
-        for h in policy(cfg, vm, c, st, rr):
+        for h in policy(vm, c, st, rr):
             hc, u = cfg.host(h), st.used[h]
             state = (hc.memory_mb, hc.swap_mb, u.reserve, u.pinned, u.commit)
             if state in seen or not st.admits(h, c):
@@ -192,7 +247,15 @@ def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, 
 
 
 def place(cfg: SimConfig) -> dict[str, str]:
-    """{vm name: host name} for every VM, pinned ones as configured (module docstring)."""
+    """{vm name: host name} for every VM, pinned ones as configured (module docstring).
+    A placement policy that fails or returns unknown hosts is a :class:`PlacementError`."""
+    try:
+        return _place(cfg)
+    except PolicyError as e:
+        raise PlacementError(f"{cfg.source}: policy.placement: {e}") from None
+
+
+def _place(cfg: SimConfig) -> dict[str, str]:
     st = _Hosts(cfg, {h: Claim() for h in cfg.host_names()}, {h: {} for h in cfg.host_names()})
     pinned: dict[str, str] = {}
     for v in cfg.vms:

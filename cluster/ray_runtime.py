@@ -12,6 +12,12 @@ files, so the coordinator can live on any node.
 :func:`init_ray` / :func:`shutdown_ray` start and end embedded Ray (no dashboard; its
 agents ended too) on every exit path, signals included.
 
+User policies (:mod:`vmmsim.policies`): when the config names ``module:attr`` or
+``file.py:attr`` policies or workload kinds that are not installed, the host actors and
+the coordinator actor get them through Ray's ``runtime_env`` ``py_modules`` (a ``.py``
+file or the package folder, uploaded by Ray; :func:`policy_runtime_env`), embedded Ray or
+``--address`` alike, so nothing is installed on the nodes by hand.
+
 Host actors declare a fractional CPU (the cluster's CPUs divided among the hosts, at most
 1) so many fit on a laptop, and use the SPREAD strategy across the nodes of a cluster.
 """
@@ -23,6 +29,7 @@ import contextlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -34,13 +41,15 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
-from vmmsim.cluster.config import config_from_dict  # noqa: E402
+from vmmsim.cluster.config import POLICY_KEYS, SimConfig, config_from_dict  # noqa: E402
 from vmmsim.cluster.host_actor import HostActor  # noqa: E402
 from vmmsim.cluster.host_journal import HostMode  # noqa: E402
 from vmmsim.cluster.host_pool import HostFailure, HostPool  # noqa: E402
 from vmmsim.cluster.session import RunOptions, Session  # noqa: E402
 from vmmsim.cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
 from vmmsim.hosts.warmup import warm_kernels  # noqa: E402
+
+from vmmsim import policies  # noqa: E402
 
 
 def init_ray(
@@ -220,6 +229,36 @@ def _round_window(n_hosts: int, cpus: float) -> int:
     return max(1, int(cpus))
 
 
+def policy_runtime_env(cfg: SimConfig) -> dict[str, Any] | None:
+    """The ``runtime_env`` that ships ``cfg``'s user policy modules (None: nothing to
+    ship).  Ray 2.60 takes local paths in ``py_modules`` only at the job level
+    (``ray.init``), so the ``.py`` files and package folders are uploaded to the
+    cluster here (Ray's own ``upload_py_modules_if_needed``, content-addressed: a no-op
+    when already there) and the actors get ``gcs://`` URIs; that works with embedded Ray,
+    ``--address`` and a Ray the caller started.  A shipped file is imported by its stem on
+    a node where its path does not exist (:data:`vmmsim.policies.SHIPPED_ENV`).  Paths
+    that do not exist here (the coordinator actor on another node) are left out: actors
+    started by an actor inherit its ``runtime_env``."""
+    specs = [getattr(getattr(cfg, sec), key) for sec, key in POLICY_KEYS]
+    specs += sorted({v.workload.kind for v in cfg.vms})
+    paths = [p for p in policies.ship_paths(specs) if os.path.exists(p)]
+    if not paths:
+        return None
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    files = [p for p in paths if p.endswith(".py")]
+    env: dict[str, Any] = {
+        "py_modules": list(paths),
+        "env_vars": {policies.SHIPPED_ENV: os.pathsep.join(files)},
+    }
+    with tempfile.TemporaryDirectory(prefix="vmmsim-ship-") as scratch:
+        return upload_py_modules_if_needed(env, include_gitignore=True, scratch_dir=scratch)
+
+
+def _with_env(options: dict[str, Any], env: dict[str, Any] | None) -> dict[str, Any]:
+    return {**options, "runtime_env": env} if env else options
+
+
 class RayPool(HostPool):
     """Host actors spread over the cluster; results in host-name order."""
 
@@ -246,11 +285,11 @@ class RayPool(HostPool):
         specs = host_specs(self.cfg)
         cpus = max(0.01, min(1.0, cluster_cpus() / max(1, len(specs))))
         sim, pol = sim_params(self.cfg), host_policy(self.cfg)
+        opts = _with_env(
+            {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}, policy_runtime_env(self.cfg)
+        )
         self.actors = {
-            s.name: HostActor.options(num_cpus=cpus, scheduling_strategy="SPREAD").remote(
-                s, sim, pol, self.mode
-            )
-            for s in specs
+            s.name: HostActor.options(**opts).remote(s, sim, pol, self.mode) for s in specs
         }
         self.call("ping", [()] * len(self.names))
 
@@ -458,6 +497,7 @@ def start_coordinator(
     """The coordinator actor, placed on this (the driver's) node: it writes the record
     log and checkpoints under ``out`` (the driver's run directory)."""
     node = ray.get_runtime_context().get_node_id()
+    env = policy_runtime_env(config_from_dict(cfg_dict))
     return CoordinatorActor.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
+        **_with_env({"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}, env)
     ).remote(cfg_dict, timeout_s, opts, out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from vmmsim.cluster.report import RunData
+from vmmsim.cluster.run_data import RunData
 
 MAX_PANELS = 12
 STATE_COLORS = {"high": "#7fc97f", "soft": "#fdc086", "hard": "#f0027f", "low": "#386cb0"}

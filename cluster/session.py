@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 from vmmsim.cluster.checkpoint import Checkpointer, every_ticks, read_checkpoint, restore
-from vmmsim.cluster.config import SimConfig
+from vmmsim.cluster.config import ConfigError, SimConfig
 from vmmsim.cluster.coordinator import Coordinator
 from vmmsim.cluster.host_journal import HostMode
 from vmmsim.cluster.host_pool import HostFailure, HostPool
@@ -47,7 +47,7 @@ class RecoveryFailed(RuntimeError):
 
 
 # Errors the Ray driver re-raises as they are (not as a remote traceback).
-PASSED_THROUGH = (LogError, ReplayDiverged, RecoveryFailed, OutputWriteError)
+PASSED_THROUGH = (LogError, ReplayDiverged, RecoveryFailed, OutputWriteError, ConfigError)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         thresholds=Thresholds(p.free_high, p.free_soft, p.free_hard, p.free_low),
         disk_latency_s=p.disk_latency_ms / 1e3,
         minor_fault_s=p.minor_fault_us / 1e6,
+        reclamation=p.reclamation,
+        working_set=p.working_set,
     )
 
 

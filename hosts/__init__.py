@@ -1,13 +1,21 @@
 """One host's VMM memory manager: pure mechanism and per-host policy, no Ray.
 
-Layers, bottom up:
+Each mechanism's home (see ``docs/layout.md``):
 
-* :mod:`hosts.machine_memory` -- machine frames: contents, refcounts, free stack.
-* :mod:`hosts.phys_map` -- one VM's physical-to-machine map (numpy arrays per page).
-* :mod:`hosts.page_sharing` -- content-based page sharing (xxh3 index, hints, COW).
-* :mod:`hosts.vmm_swap` -- the host's swap store (real bytes).
-* :mod:`hosts.host_memory` -- page-level operations over all of the above.
-* :mod:`hosts.guest_os`, :mod:`hosts.balloon`, :mod:`hosts.working_set` -- inside a VM.
-* :mod:`hosts.allocation`, :mod:`hosts.free_memory` -- pure policies.
-* :mod:`hosts.host_manager` -- :class:`HostMemoryManager`, one host's tick loop.
+* ballooning -- :mod:`hosts.balloon` (guest-side bookkeeping in :mod:`hosts.guest_os`).
+* page sharing -- :mod:`hosts.sharing` (``index``: the xxh3 index; ``scan``: scan + merge).
+* VMM swapping -- :mod:`hosts.vmm_swap` (store); victim choice ``VirtualMachine.swap_out_random``.
+* the guest OS -- :mod:`hosts.guest_os` (page table, clock, guest swap),
+  kernel :mod:`hosts.eviction_kernel`.
+* working-set sampling -- :mod:`hosts.working_set`.
+* free-memory states -- :mod:`hosts.free_memory`; reclamation -- :mod:`hosts.reclamation`.
+* allocation -- :mod:`hosts.allocation`.
+* migration (host side) -- :mod:`hosts.migration_host`, kernels :mod:`hosts.migration_kernels`.
+* one VM step -- :mod:`hosts.vm` (+ runtime numpy fallback :mod:`hosts.vm_general`,
+  kernels :mod:`hosts.access_kernel`); the fused tick -- :mod:`hosts.tick_steps` +
+  :mod:`hosts.tick_kernel`, the one place the mechanisms meet.
+* frames, maps, page ops -- :mod:`hosts.machine_memory`, :mod:`hosts.phys_map`,
+  :mod:`hosts.host_memory`; the tick loop -- :mod:`hosts.host_manager`.
+
+The numpy oracles of the kernels live in ``tests/oracles/`` (not runtime code).
 """

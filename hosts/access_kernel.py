@@ -19,7 +19,7 @@ The kernel first checks, without changing anything, that the chunk needs no gues
 touches no ballooned page and fits in the host's free frames; otherwise it returns a status
 and the caller makes room (``make_room``) and retries, or takes the general path.  A shared
 frame whose last reference a COW break drops is *not* freed here: its reference is left for
-the caller to drop with :meth:`hosts.host_memory.HostMemory._decref`, which also updates the
+the caller to drop with :meth:`hosts.host_memory.HostMemory.decref`, which also updates the
 sharing index -- exactly what the general path does, in the same order (after all
 allocations of the chunk).
 
@@ -62,7 +62,7 @@ OK, EVICT, FRAMES, BALLOON, CHUNK, RANGE = 0, 1, 2, 3, 4, 5
     F_FREE,  # free frames after
     S_FREE,  # VMM swap free slots after
     ZERO_D,  # change of the VM's zero-shared page count
-    N_FREE,  # frames left in ``to_free`` for the caller's ``_decref``
+    N_FREE,  # frames left in ``to_free`` for the caller's ``decref``
     GS_TAKEN,  # guest swap slots freed (n_used decreases by this)
     N_RES,
 ) = range(17)
@@ -214,7 +214,7 @@ def dedup(
 
 
 @numba.njit(**JIT)
-def _apply_chunk(
+def apply_chunk_kernel(
     rd: np.ndarray,
     wr: np.ndarray,
     keys: np.ndarray,
@@ -511,7 +511,7 @@ def _apply_chunk(
                     zero_d -= 1
                 state[p], loc[p] = _MAP, f
                 refcount[old] -= 1
-                if refcount[old] == 0:  # the last reference: the caller's _decref frees it
+                if refcount[old] == 0:  # the last reference: the caller's decref frees it
                     refcount[old] = 1
                     to_free[n_tf] = old
                     n_tf += 1
@@ -554,8 +554,9 @@ def _apply_chunk(
     res[N_FREE] = n_tf
 
 
-#: The kernel for one deduplicated chunk (``step`` calls the same function directly).
-apply_chunk = _apply_chunk
+#: The kernel for one deduplicated chunk, as Python callers name it (``step`` and the
+#: batched kernel call :func:`apply_chunk_kernel` itself, so a spy here sees Python's calls).
+apply_chunk = apply_chunk_kernel
 
 
 @numba.njit(**JIT)
@@ -616,7 +617,7 @@ def step(
             res[i] = 0
         res[ST] = RANGE if m < 0 else CHUNK
         return
-    _apply_chunk(
+    apply_chunk_kernel(
         rd[:m], wr[:j], keys[:j],
         vstate, v2p, p2v, vslot, clean, pref, g_free, g_n_free,
         gs_content, gs_free, gs_n_free,

@@ -19,17 +19,29 @@ reclaim order). All functions are deterministic and free of side effects.
 reclaimed (sharing, ballooning, swapping: the host manager and ``hosts/free_memory.py``),
 when to reallocate (the coordinator, every 15 s in ESX), and feedback of a new allocation
 on ``f``. This module proposes targets; the caller decides and acts.
+
+Allocation is a policy kind (:mod:`vmmsim.policies`, ``[policy] allocation``): a policy
+is a function ``(AllocationView) -> targets`` (a ``{vm: pages}`` mapping or a sequence in
+``view.vms`` order); :func:`share_idle_tax` (the default) is :func:`allocate` behind that
+protocol, and :func:`check_targets` is the contract every decision must meet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from vmmsim.policies import PolicyError, register
+
 __all__ = [
     "AllocationInput",
+    "AllocationView",
     "allocate",
+    "check_targets",
+    "share_idle_tax",
     "reclaim_order",
     "shares_per_page",
     "tax_cost",
@@ -258,3 +270,84 @@ def allocate(inp: AllocationInput) -> np.ndarray:
     lam = _water_level(w, lo, hi, avail)  # lam = 1 / rho*
     x = np.clip(w * lam, lo, hi)  # real-valued targets at the water level
     return _round_to_budget(x, lo, hi, avail)
+
+
+@dataclass(frozen=True)
+class AllocationView:
+    """What an allocation policy sees of one host at a reallocation point (read-only).
+
+    Per-VM tuples in ``vms`` order (VM names sorted): ``shares``; ``pages`` (resident
+    pages now); ``active`` (the working-set estimate, in [0, 1]); ``min_pages`` /
+    ``max_pages`` (bounds every target must respect: ``min`` counts pinned pages).
+    Host-wide: ``available_pages`` (pages the VMs may hold in all: memory less overheads
+    and the free margin, plus what sharing saves) and ``tax_rate``.
+    """
+
+    host: str
+    vms: tuple[str, ...]
+    shares: tuple[float, ...]
+    pages: tuple[float, ...]
+    active: tuple[float, ...]
+    min_pages: tuple[int, ...]
+    max_pages: tuple[int, ...]
+    available_pages: int
+    tax_rate: float
+
+    def to_input(self) -> AllocationInput:
+        """The same problem as an :class:`AllocationInput` (numpy arrays)."""
+        return AllocationInput(
+            shares=np.asarray(self.shares, dtype=np.float64),
+            pages=np.asarray(self.pages, dtype=np.float64),
+            active=np.asarray(self.active, dtype=np.float64),
+            min_pages=np.asarray(self.min_pages, dtype=np.int64),
+            max_pages=np.asarray(self.max_pages, dtype=np.int64),
+            available_pages=self.available_pages,
+            tax_rate=self.tax_rate,
+        )
+
+
+@register("allocation", "share_idle_tax")
+def share_idle_tax(view: AllocationView) -> list[int]:
+    """ESX's share-based allocation with the idle memory tax (:func:`allocate`)."""
+    if not view.vms:
+        return []
+    return allocate(view.to_input()).tolist()
+
+
+def check_targets(view: AllocationView, decision: Any, policy: str) -> dict[str, int]:
+    """``decision`` as ``{vm: pages}`` after checking the allocation contract:
+
+    one whole number per VM of ``view.vms`` (a mapping with exactly those keys, or a
+    sequence in that order), ``min_pages <= t <= max_pages``, and
+    ``sum(t) <= max(available_pages, sum(min_pages))`` (minimums always fit: the host
+    reclaims to them).  Anything else is a :class:`PolicyError` naming ``policy``."""
+    where = f"allocation policy {policy!r} on host {view.host}"
+    if isinstance(decision, Mapping):
+        keys = set(decision)
+        if keys != set(view.vms):
+            extra, missing = sorted(map(str, keys - set(view.vms))), sorted(set(view.vms) - keys)
+            raise PolicyError(
+                f"{where}: returned targets for the wrong VMs "
+                f"(missing {missing[:5]}, unknown {extra[:5]})"
+            )
+        values = [decision[v] for v in view.vms]
+    elif isinstance(decision, (Sequence, np.ndarray)) and not isinstance(decision, (str, bytes)):
+        values = list(decision)
+        if len(values) != len(view.vms):
+            raise PolicyError(f"{where}: returned {len(values)} targets for {len(view.vms)} VMs")
+    else:
+        raise PolicyError(
+            f"{where}: must return a {{vm: pages}} mapping or a sequence, "
+            f"got {type(decision).__name__}"
+        )
+    out: dict[str, int] = {}
+    for vm, t, lo, hi in zip(view.vms, values, view.min_pages, view.max_pages, strict=True):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise PolicyError(f"{where}: target of {vm} is not a whole number ({t!r})")
+        if not lo <= t <= hi:
+            raise PolicyError(f"{where}: target of {vm} = {int(t)} outside [{lo}, {hi}] pages")
+        out[vm] = int(t)
+    total, cap = sum(out.values()), max(view.available_pages, sum(view.min_pages))
+    if total > cap:
+        raise PolicyError(f"{where}: targets sum to {total} pages > {cap} available")
+    return out

@@ -1,11 +1,11 @@
 """Compiled guest eviction: the guest pages out its clock's victims in one call.
 
-Scope: the work of :func:`hosts.vm_general.guest_evict` with
+Scope: the work of the numpy oracle ``tests/oracles/guest_evict.py`` with
 :meth:`hosts.guest_os.GuestOS.evict` -- dirty victims' bytes read from the VMM (a frame,
 or the host's swap store: double paging) and written to the guest's swap disk, clean ones
 dropped, the pages' table entries cleared and the physical pages pushed on the guest's
-free list -- with the exact slot and free-list order of that numpy path, which stays as
-the reference (``VirtualMachine.fast_path = False``) and is tested against this one.
+free list -- with the exact slot and free-list order of that numpy oracle, which the twin
+tests compare this kernel with.
 
 Not covered: choosing the victims (:meth:`hosts.guest_os.GuestOS.choose_victims`); growing
 the guest's swap disk (the caller grows it when :func:`evict` asks for slots).

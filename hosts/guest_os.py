@@ -129,8 +129,8 @@ class GuestOS:
         protected); pages with a clear reference bit are taken in sweep order; the bits of
         pages passed over are cleared, and if a full sweep finds too few, a second sweep
         takes pages in order.  The hand stops just after the last victim.  One compiled
-        sweep that stops at the ``k``-th victim (:func:`_clock`); :func:`clock_reference`
-        is the vectorised numpy version it replaced, kept for the tests.
+        sweep that stops at the ``k``-th victim (:func:`_clock`); the vectorised numpy
+        version it replaced is the tests' oracle (``tests/oracles/clock.py``).
         """
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
@@ -204,37 +204,6 @@ class GuestOS:
             raise InvariantError("guest swap slots in use != swapped pages")
         if (self.p2v[self.pinned] < 0).any():
             raise InvariantError("a pinned page is not resident")
-
-
-def clock_reference(g: GuestOS, k: int, protect: np.ndarray | None = None) -> np.ndarray:
-    """:meth:`GuestOS.choose_victims` in vectorised numpy (O(pages) per call): the
-    reference the compiled sweep is tested against.  Changes ``g`` the same way."""
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    order = (g.hand + np.arange(g.n_pages)) % g.n_pages
-    ok = (g.p2v[order] >= 0) & ~g.pinned[order]
-    if protect is not None and len(protect):
-        prot = np.zeros(g.n_pages, dtype=bool)
-        prot[protect] = True
-        ok &= ~prot[order]
-    cand = order[ok]
-    if len(cand) == 0:
-        return np.zeros(0, dtype=np.int64)
-    cold = np.flatnonzero(~g.pref[cand])
-    if len(cold) >= k:
-        last = cold[k - 1]
-        victims = cand[cold[:k]]
-        g.pref[cand[: last + 1]] = False  # passed over: second chance used
-    else:
-        g.pref[cand] = False
-        taken = np.zeros(len(cand), dtype=bool)
-        taken[cold] = True
-        extra = np.flatnonzero(~taken)[: k - len(cold)]
-        sel = np.sort(np.concatenate([cold, extra]))
-        victims = cand[sel]
-        last = sel[-1] if len(sel) else 0
-    g.hand = int((cand[last] + 1) % g.n_pages)
-    return victims.astype(np.int64)
 
 
 _NO_PAGES = np.zeros(0, dtype=np.int64)

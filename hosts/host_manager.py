@@ -6,13 +6,16 @@ Scope, per tick, in this fixed order (VMs always in name order):
 2. each VM runs one workload step (unless blocked in the LOW state or paused);
 3. the page-sharing scanner visits pages at ``scan_vm_pages_per_s`` per VM, capped at
    ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
-4. reclamation by free-memory state (:mod:`hosts.free_memory`): balloon in SOFT (swap a VM
-   only if it cannot be ballooned), swap random victims in HARD, and in LOW also block VMs
-   above target on the next tick; in HIGH, balloons of VMs below target deflate;
+4. reclamation by free-memory state (:mod:`hosts.reclamation`, victims chosen by the
+   ``reclamation`` policy): balloon in SOFT (swap a VM only if it cannot be ballooned),
+   swap in HARD, and in LOW also block VMs above target on the next tick; in HIGH,
+   balloons of VMs below target deflate;
 5. one metrics row per VM.
 
-Targets come from :func:`hosts.allocation.allocate` -- set by the coordinator
-(:meth:`set_targets`) or, for a host on its own, :meth:`self_allocate`.
+Targets come from the allocation policy -- set by the coordinator (:meth:`set_targets`)
+or, for a host on its own, :meth:`self_allocate` (:func:`hosts.allocation.allocate`).
+Host-side policies (:mod:`vmmsim.policies`: reclamation victims, the working-set
+estimator) are resolved from :class:`hosts.specs.HostPolicy` when the host is built.
 
 Not covered: migration transfer and time across hosts (``cluster/``).
 """
@@ -25,14 +28,17 @@ from typing import Any
 import numpy as np
 import xxhash
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts import reclamation
 from vmmsim.hosts.allocation import AllocationInput, allocate
-from vmmsim.hosts.errors import OutOfFrames, SwapFull
-from vmmsim.hosts.free_memory import ACTIONS, MemState, next_state, reclaim_goal_pages
+from vmmsim.hosts.errors import OutOfFrames
+from vmmsim.hosts.free_memory import MemState, reclaim_goal_pages
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
 from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
+
+from vmmsim.policies import resolve_callable
 
 #: Parts of a tick whose wall time ``HostMemoryManager.phase_s`` adds up.
 PHASES = ("sampling", "vm_steps", "sharing_scan", "reclaim", "accounting")
@@ -83,6 +89,13 @@ class HostMemoryManager:
         self.tick_digests: list[str] = []
         self.access_log: list[tuple[str, int, int, Any]] | None = None  # (vm, step, tick, acc)
         self.tick_steps = TickSteps()  # the tick's VM steps, batched (hosts.tick_steps)
+        # Host-side policies (vmmsim.policies); the built-in estimator runs inline (None).
+        self.reclaim_policy = resolve_callable("reclamation", policy.reclamation)
+        self.estimator = (
+            None
+            if policy.working_set == "esx_sampler"
+            else (resolve_callable("working_set", policy.working_set), policy.working_set)
+        )
 
     # ------------------------------------------------------------------ VMs
     def boot_vm(self, spec: VMSpec, workload: Any = None) -> VirtualMachine:
@@ -101,6 +114,7 @@ class HostMemoryManager:
         group = self.groups.setdefault(vm.spec.sharing_group, len(self.groups))
         vm.group_id = group
         vm.vm_id = self.mem.attach(vm.pmap, group, vm.spec.sharing, vm.overhead_pages)
+        vm.sampler.estimator = self.estimator
         self.vms[vm.name] = vm
         self.order = sorted(self.vms)
 
@@ -252,30 +266,11 @@ class HostMemoryManager:
             vm.sampler.start_period(alloc, vm.vmm_rng)
             vm.pmap.accessed[:] = False
 
-    def _make_room(self, k: int, requester: VirtualMachine) -> None:
-        """Free ``k`` frames now by VMM-swapping random victims (over-target VMs first),
-        pages that free a frame first; whatever the policy's rates, which pace only the
-        background reclamation of :meth:`_reclaim` (a rate of 0 turns that off)."""
-        freed = 0
-        over = sorted(
-            (v for v in self.vms.values() if v.resident > v.target),
-            key=lambda v: (v.target - v.resident, v.name),
-        )
-        rest = [requester] + [self.vms[n] for n in self.order if self.vms[n] is not requester]
-        for vm in over + rest:
-            while freed < k:
-                before = vm.resident
-                freed += vm.swap_out_random(self.mem, k - freed, frames_first=True)
-                self.emergency_swaps += before - vm.resident  # pages swapped
-                if vm.resident == before:
-                    break  # nothing left to swap in this VM (all pinned or swapped)
-            if freed >= k:
-                return
-        if freed < k:  # the caller needs all k: never return short (it would loop)
-            raise SwapFull(
-                f"host {self.name}: out of memory and swap at tick {self.tick} "
-                f"(needed {k} frames; swap {self.mem.swap.n_used}/{self.mem.swap.n_slots})"
-            )
+    def make_room(self, k: int, requester: VirtualMachine) -> None:
+        """Free ``k`` frames now (:func:`hosts.reclamation.make_room`)."""
+        reclamation.make_room(self, k, requester)
+
+    _make_room = make_room  # the name the VM steps and older tests use
 
     def _scan(self, t: int) -> None:
         p = self.policy
@@ -305,50 +300,7 @@ class HostMemoryManager:
             st.collisions += s.collisions
 
     def _reclaim(self) -> None:
-        p, mem = self.policy, self.mem
-        total = self.spec.n_frames
-        self.mstate = next_state(self.mstate, mem.n_free / total, p.thresholds)
-        acts = ACTIONS[self.mstate]
-        tick_s = self.sim.tick_s
-        goal = max(0, self.free_target() - mem.n_free)  # reclaim_goal_pages(n_free, ...)
-        vms = [self.vms[n] for n in self.order]
-        if self.mstate == MemState.HIGH:
-            for vm in vms:  # give memory back to VMs below target
-                room = vm.target - vm.resident
-                if room > 0 and vm.guest.n_ballooned:
-                    vm.deflate_balloon(mem, min(room, int(p.balloon_rate_pages_per_s * tick_s)))
-        self.blocked = set()
-        if goal <= 0:
-            return
-        over = sorted(
-            ((vm, vm.resident - vm.target) for vm in vms if vm.resident > vm.target),
-            key=lambda x: (-x[1], x[0].name),
-        )
-        left = goal
-        swap_rate = int(p.swap_rate_pages_per_s * tick_s)
-        if "balloon" in acts:
-            rate = int(p.balloon_rate_pages_per_s * tick_s)
-            for vm, excess in over:
-                if left <= 0:
-                    break
-                left -= vm.inflate_balloon(mem, min(excess, rate, left))
-            if self.mstate == MemState.SOFT:
-                # Swap only VMs that cannot be ballooned (no driver, or at the cap).
-                for vm, _ in over:
-                    if left <= 0:
-                        break
-                    excess = vm.resident - vm.target
-                    if excess > 0 and vm.guest.n_ballooned >= vm.balloon_cap:
-                        left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
-        if "swap" in acts and left > 0:
-            victims = [vm for vm, _ in over] or sorted(vms, key=lambda v: -v.resident)[:1]
-            for vm in victims:
-                if left <= 0:
-                    break
-                excess = max(vm.resident - vm.target, 0) or left
-                left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
-        if "block" in acts:
-            self.blocked = {vm.name for vm in vms if vm.resident > vm.target}
+        reclamation.reclaim(self, self.reclaim_policy, self.policy.reclamation)
 
     def _account(self, vm: VirtualMachine, t: int, rows: MetricRows, host_part: tuple) -> None:
         c = vm.tick

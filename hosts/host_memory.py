@@ -20,9 +20,9 @@ import numpy as np
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.machine_memory import MachineMemory
-from vmmsim.hosts.page_sharing import SharingIndex, hash_page
 from vmmsim.hosts.phys_map import PhysMap
-from vmmsim.hosts.sharing_scan import merge_pages, scan_batch
+from vmmsim.hosts.sharing.index import SharingIndex, hash_page
+from vmmsim.hosts.sharing.scan import merge_pages, scan_batch
 from vmmsim.hosts.vmm_swap import SwapStore
 
 
@@ -64,13 +64,13 @@ class HostMemory:
         self.zero = np.zeros(n_frames, dtype=bool)  # shared frames known to hold zeros
         self.zero_hash = hash_page(np.zeros(content_bytes, dtype=np.uint8))
         self.vms: dict[int, VMSlot] = {}
-        self._next_id = 0
+        self.next_id = 0
         self._locked: int | None = None  # cache of n_locked (None: count again)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
-        vm = self._next_id
-        self._next_id += 1
+        vm = self.next_id
+        self.next_id += 1
         overhead = self.frames.alloc(overhead_pages, zero=False)
         self.frames.owner_vm[overhead] = vm
         self.vms[vm] = VMSlot(pmap, group, sharing, overhead)
@@ -169,7 +169,7 @@ class HostMemory:
             self._own(vm, cow, frames)
             pmap.n_zero_shared -= int(self.zero[old].sum())
             pmap.set_state(cow, ps.MAPPED, frames)
-            self._decref(old)
+            self.decref(old)
             f.cow += len(cow)
         self.frames.content[pmap.loc[ppns]] = data
         pmap.accessed[ppns] = True
@@ -190,7 +190,7 @@ class HostMemory:
         return out
 
     # ------------------------------------------------------------------ reclamation
-    def _decref(self, frames: np.ndarray) -> int:
+    def decref(self, frames: np.ndarray) -> int:
         freed = self.frames.decref(frames)
         self.index.forget(freed)
         self.zero[freed] = False
@@ -206,7 +206,7 @@ class HostMemory:
         sw = ppns[st == ps.VMM_SWAPPED]
         self.swap.free(pmap.loc[sw].copy())
         pmap.set_state(ppns, to_state, -1)
-        return self._decref(frames)
+        return self.decref(frames)
 
     def swap_out(self, vm: int, ppns: np.ndarray) -> int:
         """Write resident pages to the swap store; return how many frames that freed.
@@ -222,7 +222,7 @@ class HostMemory:
         slots = self.swap.put(self.frames.content[frames])
         pmap.n_zero_shared -= int(self.zero[frames].sum())
         pmap.set_state(ppns, ps.VMM_SWAPPED, slots)
-        return self._decref(frames)
+        return self.decref(frames)
 
     # ------------------------------------------------------------------ sharing
     def scan(self, vm: int, ppns: np.ndarray) -> ScanStats:
@@ -236,8 +236,8 @@ class HostMemory:
         Hashing, classification (sequential, as if earlier pages of the batch had already
         been applied), verification (hints from the index re-hashed, every pair
         byte-compared) and the index updates run in one compiled kernel,
-        :func:`hosts.sharing_scan.scan_batch`; the verified pairs are applied by a second
-        one, :func:`hosts.sharing_scan.merge_pages` (after the owner pages of promoted
+        :func:`hosts.sharing.scan.scan_batch`; the verified pairs are applied by a second
+        one, :func:`hosts.sharing.scan.merge_pages` (after the owner pages of promoted
         frames, which may belong to other VMs, are made shared here).  A proposal that
         fails verification is simply not applied; the page is seen again on the scanner's
         next pass.

@@ -7,7 +7,7 @@ have any refcount >= 1 and is marked ``shared``.  Contents are ``uint8[n_frames,
 content_bytes]``; accounting is always in whole pages, whatever ``content_bytes`` is.
 
 Not covered: which guest page maps which frame (:mod:`hosts.phys_map`), the sharing index
-(:mod:`hosts.page_sharing`).
+(:mod:`hosts.sharing.index`).
 """
 
 from __future__ import annotations

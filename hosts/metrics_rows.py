@@ -6,14 +6,25 @@ plain numpy columns; ``cluster`` turns them into Arrow and Parquet.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from vmmsim.hosts import page_state as ps
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vmmsim.hosts.host_manager import HostMemoryManager
     from vmmsim.hosts.vm import VirtualMachine
+
+
+class HostView(Protocol):
+    """What a row reads off its host (:class:`hosts.host_manager.HostMemoryManager`;
+    a protocol, so this module does not import the host manager that imports it)."""
+
+    name: str
+    sim: Any  # hosts.specs.SimParams: page_size, tick_s
+    mstate: Any  # hosts.free_memory.MemState
+    mem: Any  # hosts.host_memory.HostMemory: n_free
+    tick_saved: int
+
 
 # name -> numpy dtype; the order here is the column order of metrics.parquet.
 COLUMNS: dict[str, str] = {
@@ -50,7 +61,7 @@ class MetricRows:
         self.rows: list[tuple] = []
 
     @staticmethod
-    def host_part(host: HostMemoryManager, t: int) -> tuple:
+    def host_part(host: HostView, t: int) -> tuple:
         """The values every row of host ``host`` at tick ``t`` shares (computed once)."""
         mb = host.sim.page_size / 2**20
         return (
@@ -63,9 +74,7 @@ class MetricRows:
             mb,
         )
 
-    def add(
-        self, host: HostMemoryManager, vm: VirtualMachine, throughput: float, host_part: tuple
-    ) -> None:
+    def add(self, host: HostView, vm: VirtualMachine, throughput: float, host_part: tuple) -> None:
         """One row: VM ``vm`` of ``host`` in the tick of ``host_part`` (:meth:`host_part`)."""
         t, time_s, host_name, state, free_mb, saved_mb, mb = host_part
         counts = vm.pmap.counts.tolist()

@@ -20,8 +20,8 @@ import numpy as np
 from vmmsim.hosts.free_memory import MemState
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.host_memory import VMSlot
-from vmmsim.hosts.page_sharing import SharingIndex
 from vmmsim.hosts.page_state import N_STATES
+from vmmsim.hosts.sharing.index import SharingIndex
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.vm import VirtualMachine, VMStats
 from vmmsim.workloads.replay import ReplayWorkload
@@ -146,7 +146,7 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
         "emergency_swaps": host.emergency_swaps,
         "frames_n_free": mem.frames.n_free,
         "swap_n_free": mem.swap.n_free,
-        "next_id": mem._next_id,
+        "next_id": mem.next_id,
         "vms": vms,
     }
     return a, meta
@@ -172,7 +172,7 @@ def restore_host(
     mem.zero = _own(a["zero"])
     mem.frames.n_free = meta["frames_n_free"]
     mem.swap.n_free = meta["swap_n_free"]
-    mem._next_id = meta["next_id"]
+    mem.next_id = meta["next_id"]
     _rebuild_index(mem.index)
     host.tick, host.mstate = meta["tick"], MemState(meta["mstate"])
     host.scan_credit = meta["scan_credit"]

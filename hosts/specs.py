@@ -34,6 +34,8 @@ class HostPolicy:
     thresholds: Thresholds = Thresholds()
     disk_latency_s: float = 0.005
     minor_fault_s: float = 2e-6
+    reclamation: str = "esx"  # reclamation victim policy (vmmsim.policies)
+    working_set: str = "esx_sampler"  # working-set estimator (vmmsim.policies)
 
 
 @dataclass(frozen=True)

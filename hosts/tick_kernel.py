@@ -2,7 +2,7 @@
 
 Scope: for each VM of a run of planned steps (:class:`workloads.patterns.SplitPlan`: counts
 already drawn by numpy), draw its pages and content keys from the VM's own generator
-(:func:`workloads.rng_kernels._split`), deduplicate them and apply them
+(:func:`workloads.rng_kernels.split_draw`), deduplicate them and apply them
 (:func:`hosts.access_kernel.step`'s two parts) -- what ``vm.run_step`` does on its fast
 path, VM after VM, in the host's order, without returning to Python in between.
 
@@ -13,7 +13,7 @@ The call stops at the first VM that needs Python:
   or the step is too large for one chunk.  Nothing of that VM changed, so the caller
   applies the drawn accesses with ``vm.apply`` (which handles all of those) and resumes;
 * ``DECREF`` -- it was applied, and a copy-on-write break dropped the last reference of a
-  shared frame: the caller frees it (``HostMemory._decref``, which updates the sharing
+  shared frame: the caller frees it (``HostMemory.decref``, which updates the sharing
   index) before the next VM allocates frames, as the one-VM path does.
 
 Per-VM arrays come as a table of data addresses and lengths, viewed here as numpy arrays
@@ -32,7 +32,7 @@ from numba import types
 from numba.extending import intrinsic
 from vmmsim.hosts import access_kernel as ak
 from vmmsim.hosts.native import JIT
-from vmmsim.workloads.rng_kernels import _split
+from vmmsim.workloads.rng_kernels import split_draw
 
 #: How a call ended: every VM done; VM ``q`` drawn, not applied; VM ``q`` applied, its
 #: ``to_free`` frames left for the caller.
@@ -122,7 +122,7 @@ def run_steps(
         if n_r or n_w:  # (draw_split makes no draw at all for an empty step)
             pool_r = _view(a, n, A_POOL_R, np.int64)[: v[V_LEN_R]]
             pool_w = _view(a, n, A_POOL_W, np.int64)[: v[V_LEN_W]]
-            _split(k[K_F32], k[K_F64], k[K_STATE], pool_r, pool_w, rd_in, wr_in, k_in)
+            split_draw(k[K_F32], k[K_F64], k[K_STATE], pool_r, pool_w, rd_in, wr_in, k_in)
         row = res[q]
         rd = np.empty(n_r, dtype=np.int64)
         wr = np.empty(n_w, dtype=np.int64)
@@ -133,7 +133,7 @@ def run_steps(
             row[ak.ST] = ak.RANGE if m < 0 else ak.CHUNK
             return q, DECLINED
         gs_content = numba.carray(_voidptr(a[A_GS_CONTENT]), (n[A_GS_CONTENT], cb), np.uint8)
-        ak._apply_chunk(
+        ak.apply_chunk_kernel(
             rd[:m], wr[:j], keys[:j],
             _view(a, n, A_VSTATE, np.int8), _view(a, n, A_V2P, np.int32),
             _view(a, n, A_P2V, np.int32), _view(a, n, A_VSLOT, np.int32),

@@ -30,7 +30,7 @@ from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.vm import VirtualMachine
 from vmmsim.workloads.content import word_table
 from vmmsim.workloads.patterns import Accesses, SplitPlan
-from vmmsim.workloads.rng_kernels import _pointers
+from vmmsim.workloads.rng_kernels import rng_pointers
 
 MakeRoom = Callable[[int, VirtualMachine], None]
 
@@ -46,7 +46,7 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan) -> tuple[Any, ...]:
         g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
         pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
-        vm.sampler.marks, vm._scratch, plan.pool_r, plan.pool_w,
+        vm.sampler.marks, vm.scratch, plan.pool_r, plan.pool_w,
         vm.workload.rng,
     )  # fmt: skip
 
@@ -116,7 +116,7 @@ class TickSteps:
         max_r = max_w = 0
         for i, (vm, p) in enumerate(zip(vms, plans, strict=True)):
             g = vm.guest
-            cut = (vm._img or vm._image_params())[2]
+            cut = vm.image_params()[2]
             cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
             n_r = p.n_r if p.n_r > 0 and p.len_r > 0 else 0
             n_w = p.n_w if p.n_w > 0 and p.len_w > 0 else 0
@@ -146,7 +146,7 @@ class TickSteps:
         self._addr = np.array([[a.ctypes.data for a in t[: tk.N_ARR]] for t in arrays], np.int64)
         self._alen = np.array([[len(a) for a in t[: tk.N_ARR]] for t in arrays], np.int64)
         keys = [
-            (*(vm._img or vm._image_params())[:2], *_pointers(t[-1]))
+            (*vm.image_params()[:2], *rng_pointers(t[-1]))
             for vm, t in zip(vms, arrays, strict=True)
         ]
         self._vkey = np.array(keys, dtype=np.uint64).reshape(len(vms), tk.N_VKEY)

@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import xxhash
 from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts import balloon, vm_general
 from vmmsim.hosts import eviction_kernel as ek
 from vmmsim.hosts import guest_os as gos
 from vmmsim.hosts import page_state as ps
-from vmmsim.hosts import vm_general
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.guest_os import GuestOS
 from vmmsim.hosts.host_memory import HostMemory
@@ -107,8 +107,8 @@ class VirtualMachine:
 
     ``fast_path`` (default on) applies each step with the compiled kernels of
     :mod:`hosts.access_kernel` whenever their preconditions hold; off, every step takes the
-    general numpy path (the reference the tests compare the kernels with).  Both give the
-    same state, bit for bit.
+    general numpy path (:mod:`hosts.vm_general`, also the fallback when a kernel declines a
+    step).  Both give the same state, bit for bit.
     """
 
     fast_path: bool = True
@@ -152,7 +152,7 @@ class VirtualMachine:
         self.scan_a, self.scan_b, self.scan_pos = 1, 0, n  # forces a new permutation
         self.vm_id = -1  # set when attached to a host
         self.group_id = 0
-        self._scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
+        self.scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
         self._evict_res = np.zeros(ek.N_RES, dtype=np.int64)
         self._img: tuple[np.uint64, np.uint64, int] | None = None  # image key parameters
         self._fast: tuple | None = None  # fast path's per-host views and buffers
@@ -164,15 +164,11 @@ class VirtualMachine:
 
     @property
     def balloon_cap(self) -> int:
-        """Most pages the balloon may hold.  Pinned pages count against the cap (balloon +
-        pinned <= ``balloon_max_fraction`` of the VM's memory), and the guest always keeps
-        at least one page it can run in, so a ballooned guest evicts and never finds
-        itself with nothing but pinned pages."""
-        if not self.spec.balloon:
-            return 0
-        n = self.spec.n_pages
-        cap = min(int(n * self.balloon_max_fraction), n - 1)
-        return max(0, cap - self.spec.pinned_pages)
+        """Most pages the balloon may hold (:func:`hosts.balloon.balloon_cap`)."""
+        sp = self.spec
+        return balloon.balloon_cap(
+            sp.n_pages, sp.pinned_pages, self.balloon_max_fraction, sp.balloon
+        )
 
     # ------------------------------------------------------------------ one tick
     def plan_step(self) -> SplitPlan | None:
@@ -182,8 +178,8 @@ class VirtualMachine:
         if not self.fast_path:
             return None
         plan = self.workload.plan(self.steps)
-        if plan is not None and self._scratch is None:
-            self._scratch = np.full(self.spec.n_pages, -1, dtype=np.int32)
+        if plan is not None and self.scratch is None:
+            self.scratch = np.full(self.spec.n_pages, -1, dtype=np.int32)
         return plan
 
     def run_step(self, mem: HostMemory, make_room: MakeRoom) -> Accesses:
@@ -214,16 +210,16 @@ class VirtualMachine:
         cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
         try_fast, status = self.fast_path, ak.OK
         if try_fast:
-            if self._scratch is None:
-                self._scratch = np.full(n, -1, dtype=np.int32)
-            status = self._apply_fast(mem, make_room, (reads, wr, keys, self._scratch, cap))
+            if self.scratch is None:
+                self.scratch = np.full(n, -1, dtype=np.int32)
+            status = self._apply_fast(mem, make_room, (reads, wr, keys, self.scratch, cap))
             if status == ak.OK:
                 return
             # CHUNK: chunk by chunk; EVICT: evict, then the kernel; BALLOON, RANGE: the
             # general path, as is.
             try_fast = status in (ak.CHUNK, ak.EVICT)
         if self.fast_path and status != ak.RANGE:
-            rd, wr, keys = ak.dedup(reads, wr, keys, self._scratch)
+            rd, wr, keys = ak.dedup(reads, wr, keys, self.scratch)
         else:  # (a page out of range: numpy's indexing raises, or wraps as it always did)
             rd, wr, keys = vm_general.dedup(reads, wr, keys, n)
         if len(rd) + len(wr) <= cap:
@@ -265,14 +261,14 @@ class VirtualMachine:
         if try_fast:
             status = ak.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
             if status == ak.EVICT:
-                self._make_guest_room(mem, rd, wr)
+                self.make_guest_room(mem, rd, wr)
                 evicted = True
                 status = self._apply_fast(mem, make_room, (rd, wr, keys))
             if status == ak.OK:
                 return
         vm_general.apply_chunk(self, mem, make_room, rd, wr, keys, evicted)
 
-    def _make_guest_room(self, mem: HostMemory, rd: np.ndarray, wr: np.ndarray) -> None:
+    def make_guest_room(self, mem: HostMemory, rd: np.ndarray, wr: np.ndarray) -> None:
         """Evict (clock) as many guest pages as the chunk's misses need beyond the free
         ones, sparing the chunk's resident pages."""
         g = self.guest
@@ -281,9 +277,9 @@ class VirtualMachine:
         short = int(np.count_nonzero(~r_res)) + int(np.count_nonzero(~w_res)) - g.n_free
         if short > 0:
             protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
-            self._guest_evict(mem, g.choose_victims(short, protect))
+            self.guest_evict(mem, g.choose_victims(short, protect))
 
-    def _image_params(self) -> tuple[np.uint64, np.uint64, int]:
+    def image_params(self) -> tuple[np.uint64, np.uint64, int]:
         """(own base, family base, family cut) of :func:`workloads.images.image_keys`."""
         if self._img is None:
             im, seed = self.spec.image, self.sim.seed
@@ -306,7 +302,7 @@ class VirtualMachine:
         """
         kernel = ak.step if len(head) == 5 else ak.apply_chunk
         g, gs, pm, fr, sw = self.guest, self.guest.swap, self.pmap, mem.frames, mem.swap
-        own, fam, cut = self._img or self._image_params()
+        own, fam, cut = self._img or self.image_params()
         if self._fast is None or self._fast[0] is not fr.content:  # per host (migration)
             n = self.spec.n_pages
             self._fast = (
@@ -360,64 +356,46 @@ class VirtualMachine:
         mem.swap.n_free = r[ak.S_FREE]
         self.pmap.n_zero_shared += r[ak.ZERO_D]
         if r[ak.N_FREE]:
-            mem._decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
+            mem.decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
 
-    def _image_keys(self, vpns: np.ndarray) -> np.ndarray:
+    def image_keys_of(self, vpns: np.ndarray) -> np.ndarray:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
 
-    def _guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
-        """The guest pages out ``victims`` (physical pages): dirty ones to its swap.
-
-        With ``fast_path``, one compiled call (:func:`hosts.eviction_kernel.evict`);
-        else its numpy reference, :func:`hosts.vm_general.guest_evict`."""
+    def guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
+        """The guest pages out ``victims`` (physical pages): dirty ones to its swap, in one
+        compiled call (:func:`hosts.eviction_kernel.evict`; its numpy oracle is
+        ``tests/oracles/guest_evict.py``)."""
         if not len(victims):
             return
         g = self.guest
-        if self.fast_path:
-            gs, res = g.swap, self._evict_res
-            while True:
-                ek.evict(
-                    victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
-                    g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
-                    self.pmap.loc, mem.frames.content, mem.swap.content, res,
-                )  # fmt: skip
-                r = res.tolist()
-                if r[ek.R_ST] != ek.SWAP_SLOTS:
-                    break
-                gs.reserve(r[ek.R_NEED])
-            if r[ek.R_ST] == ek.BALLOONED:
-                raise InvariantError("reading a ballooned page")
-            g.n_free, gs.n_free = r[ek.R_G_FREE], r[ek.R_GS_FREE]
-            gs.n_used += r[ek.R_SWAPPED]
-            self.tick.disk += r[ek.R_VMM_IN] + r[ek.R_SWAPPED]
-            self.tick.vmm_swapins += r[ek.R_VMM_IN]
-            self.stats.guest_swapouts += r[ek.R_SWAPPED]
-            return
-        vm_general.guest_evict(self, mem, victims)
+        gs, res = g.swap, self._evict_res
+        while True:
+            ek.evict(
+                victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
+                g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
+                self.pmap.loc, mem.frames.content, mem.swap.content, res,
+            )  # fmt: skip
+            r = res.tolist()
+            if r[ek.R_ST] != ek.SWAP_SLOTS:
+                break
+            gs.reserve(r[ek.R_NEED])
+        if r[ek.R_ST] == ek.BALLOONED:
+            raise InvariantError("reading a ballooned page")
+        g.n_free, gs.n_free = r[ek.R_G_FREE], r[ek.R_GS_FREE]
+        gs.n_used += r[ek.R_SWAPPED]
+        self.tick.disk += r[ek.R_VMM_IN] + r[ek.R_SWAPPED]
+        self.tick.vmm_swapins += r[ek.R_VMM_IN]
+        self.stats.guest_swapouts += r[ek.R_SWAPPED]
 
     # ------------------------------------------------------------------ reclamation
     def inflate_balloon(self, mem: HostMemory, k: int) -> int:
-        """Take ``k`` pages from the guest (free ones first, then its coldest)."""
-        g = self.guest
-        k = min(k, self.balloon_cap - g.n_ballooned)
-        if k <= 0:
-            return 0
-        short = k - g.n_free
-        if short > 0:
-            self._guest_evict(mem, g.choose_victims(short))
-        k = min(k, g.n_free)
-        ppns = g.alloc(k)
-        g.take_for_balloon(ppns)
-        return mem.release(self.vm_id, np.sort(ppns), ps.BALLOONED)
+        """Take ``k`` pages from the guest (:func:`hosts.balloon.inflate`)."""
+        evict = lambda victims: self.guest_evict(mem, victims)  # noqa: E731
+        return balloon.inflate(self.guest, mem, self.vm_id, k, self.balloon_cap, evict)
 
     def deflate_balloon(self, mem: HostMemory, k: int) -> int:
-        g = self.guest
-        ppns = g.ballooned_pages()[: max(0, k)]
-        if not len(ppns):
-            return 0
-        mem.release(self.vm_id, ppns, ps.UNTOUCHED)
-        g.return_from_balloon(ppns)
-        return len(ppns)
+        """Give ``k`` ballooned pages back (:func:`hosts.balloon.deflate`)."""
+        return balloon.deflate(self.guest, mem, self.vm_id, k)
 
     def swap_out_random(self, mem: HostMemory, k: int, frames_first: bool = False) -> int:
         """VMM swapping: ``k`` random resident, unpinned pages (ESX picks at random); fewer
@@ -520,7 +498,7 @@ def vm_page_contents(
     sw = np.flatnonzero(vs == gos.SWAPPED)
     out[sw] = g.swap.content[g.vslot[v[sw]]]
     dr = np.flatnonzero(vs == gos.DROPPED)
-    out[dr] = page_bytes(vm._image_keys(v[dr]), vm.sim.content_bytes)
+    out[dr] = page_bytes(vm.image_keys_of(v[dr]), vm.sim.content_bytes)
     return out
 
 
@@ -549,5 +527,5 @@ def vm_page_hashes(vm: VirtualMachine, mem: HostMemory, vpns: np.ndarray) -> np.
         out[sw] = hash_pages(g.swap.content, g.vslot[v[sw]])
     dr = np.flatnonzero(vs == gos.DROPPED)
     if len(dr):
-        out[dr] = hash_pages(page_bytes(vm._image_keys(v[dr]), cb), np.arange(len(dr)))
+        out[dr] = hash_pages(page_bytes(vm.image_keys_of(v[dr]), cb), np.arange(len(dr)))
     return out

@@ -1,11 +1,12 @@
-"""The general (numpy) path of a VM step: the reference for the compiled kernels.
+"""The general (numpy) path of a VM step: runtime code, and the kernels' reference.
 
-Scope: what :class:`hosts.vm.VirtualMachine` does when ``fast_path`` is off, or when the
-kernels decline a step (a page out of range, a ballooned page): deduplication
-(:func:`dedup`), one chunk of accesses through guest and VMM (:func:`apply_chunk`) and the
-guest's paging-out (:func:`guest_evict`), in plain numpy array operations.  The compiled
-paths (:mod:`hosts.access_kernel`, :mod:`hosts.eviction_kernel`) reproduce these bit for
-bit, which the tests check by running twin hosts side by side.
+Scope: what :class:`hosts.vm.VirtualMachine` does when the kernels decline a step (a page
+out of range, a ballooned page) -- so this is *runtime* code, not only an oracle -- and
+on every step when ``fast_path`` is off: deduplication (:func:`dedup`) and one chunk of
+accesses through guest and VMM (:func:`apply_chunk`), in plain numpy array operations.
+The compiled path (:mod:`hosts.access_kernel`) reproduces these bit for bit, which the
+tests check by running twin hosts side by side.  The guest's paging-out has a kernel only
+(:mod:`hosts.eviction_kernel`); its numpy oracle is ``tests/oracles/guest_evict.py``.
 
 Not covered: choosing guest victims (:meth:`hosts.guest_os.GuestOS.choose_victims`), the
 VMM's own operations (:mod:`hosts.host_memory`).
@@ -13,16 +14,35 @@ VMM's own operations (:mod:`hosts.host_memory`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 from vmmsim.hosts import guest_os as gos
-from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.workloads.content import page_bytes
 
-if TYPE_CHECKING:
-    from vmmsim.hosts.vm import MakeRoom, VirtualMachine
+
+class VirtualMachine(Protocol):
+    """What the general path uses of :class:`hosts.vm.VirtualMachine` (a protocol, so
+    this module does not import the module that calls it)."""
+
+    vm_id: int
+    guest: Any  # hosts.guest_os.GuestOS
+    pmap: Any  # hosts.phys_map.PhysMap
+    sampler: Any  # hosts.working_set.WorkingSetSampler
+    layout: Any  # workloads.images.BootLayout
+    sim: Any  # hosts.specs.SimParams
+    tick: Any  # hosts.vm.TickCounters
+    stats: Any  # hosts.vm.VMStats
+
+    def make_guest_room(self, mem: HostMemory, rd: np.ndarray, wr: np.ndarray) -> None: ...
+
+    def image_keys_of(self, vpns: np.ndarray) -> np.ndarray: ...
+
+
+#: ``make_room(frames_needed, vm)``: the host frees frames (:data:`hosts.vm.MakeRoom`).
+MakeRoom = Callable[[int, Any], None]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -39,12 +59,12 @@ def apply_chunk(
     """The general path of :meth:`VirtualMachine._apply_chunk` (numpy; any guest or host
     state): sorted, disjoint reads ``rd`` and writes ``wr`` (keys ``keys``).
 
-    ``evicted``: :meth:`VirtualMachine._make_guest_room` already ran for this chunk (not again).
+    ``evicted``: :meth:`VirtualMachine.make_guest_room` already ran for this chunk (not again).
     """
     g, c = vm.guest, vm.tick
     cb = vm.sim.content_bytes
     if not evicted:
-        vm._make_guest_room(mem, rd, wr)
+        vm.make_guest_room(mem, rd, wr)
     r_res = g.vstate[rd] == gos.RESIDENT
     w_res = g.vstate[wr] == gos.RESIDENT
     miss_r, miss_w = rd[~r_res], wr[~w_res]
@@ -71,7 +91,7 @@ def apply_chunk(
         # swap/disk copy, or zeros for a first touch.  Pages the step writes need no
         # restore (writes replace whole pages).
         restore_v = np.concatenate([r_sw, r_dr, r_nv])
-        dr_data = page_bytes(vm._image_keys(r_dr), cb)
+        dr_data = page_bytes(vm.image_keys_of(r_dr), cb)
         restore_d = np.concatenate([sw_data, dr_data, np.zeros((len(r_nv), cb), np.uint8)])
         rd = rd[r_res]
     wv = np.concatenate([restore_v, wr])
@@ -100,25 +120,8 @@ def apply_chunk(
         img = wr < vm.layout.n_image
         cl = np.zeros(len(wr), dtype=bool)
         if img.any():
-            cl[img] = vm._image_keys(wr[img]) == keys[img]
+            cl[img] = vm.image_keys_of(wr[img]) == keys[img]
         g.clean[wr] = cl
-
-
-def guest_evict(vm: VirtualMachine, mem: HostMemory, victims: np.ndarray) -> None:
-    """The guest pages out ``victims`` (physical pages): dirty ones to its swap, reading
-    their bytes from the VMM (a VMM-swapped victim is read back first: double paging)."""
-    g = vm.guest
-    need = g.needs_bytes(victims)
-    data = np.zeros((len(victims), vm.sim.content_bytes), dtype=np.uint8)
-    if need.any():
-        vp = victims[need]
-        vmm_sw = int((vm.pmap.state[vp] == ps.VMM_SWAPPED).sum())
-        vm.tick.disk += vmm_sw
-        vm.tick.vmm_swapins += vmm_sw
-        data[need] = mem.read_bytes(vm.vm_id, vp)
-    _, swapped = g.evict(victims, data)
-    vm.tick.disk += swapped
-    vm.stats.guest_swapouts += swapped
 
 
 def dedup(

@@ -10,19 +10,67 @@ Gains are per period: fast 0.5, slow 0.1 (documented defaults).  The true active
 (pages touched during the period / pages allocated, from the VMM's accessed bits) is kept
 beside the estimate so estimation error is visible.
 
+The estimator -- how ``f`` per period becomes the estimate -- is a policy (kind
+``working_set`` in :mod:`vmmsim.policies`, ``[policy] working_set``): a function
+``(WorkingSetView) -> float`` in [0, 1], called by the host whenever the estimate is read
+(reallocation reports, metrics).  The built-in ``esx_sampler`` is the rule above.  The
+sampling itself (which pages, the faults) is the mechanism and stays here.  A policy runs
+inside the host (actor): it must be a deterministic function of its view; a value that is
+not a finite number in [0, 1] is a :class:`vmmsim.policies.PolicyError` (the host fails).
+
 Not covered: what the estimate is used for (:mod:`hosts.allocation`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
+
+from vmmsim.policies import PolicyError, register
 
 FAST_GAIN = 0.5
 SLOW_GAIN = 0.1
 
 
+@dataclass(frozen=True)
+class WorkingSetView:
+    """What a working-set estimator sees of one VM's sampler (read-only).
+
+    ``periods``: sampling periods ended with a sample; ``fast`` / ``slow``: the EWMAs of
+    the per-period fraction ``f`` (gains :data:`FAST_GAIN`, :data:`SLOW_GAIN`; equal to
+    the first ``f`` after one period); ``sampled`` / ``touched``: the current period's
+    sample size and its pages touched so far (``partial = touched / sampled``).
+    """
+
+    periods: int
+    fast: float
+    slow: float
+    sampled: int
+    touched: int
+
+    @property
+    def partial(self) -> float:
+        return self.touched / self.sampled if self.sampled else 0.0
+
+
+@register("working_set", "esx_sampler")
+def esx_sampler(view: WorkingSetView) -> float:
+    """ESX: max(fast, slow, current partial); 1.0 until the first period ends."""
+    if view.periods == 0:
+        return 1.0  # nothing measured yet: assume fully active (no tax)
+    return max(view.fast, view.slow, view.partial)
+
+
 class WorkingSetSampler:
-    """Per-VM sampler state: the marked sample, touched count and the two averages."""
+    """Per-VM sampler state: the marked sample, touched count and the two averages.
+
+    ``estimator`` (set by the host): a ``working_set`` policy and its name; None is the
+    built-in ``esx_sampler`` computed inline."""
+
+    estimator: tuple[Callable[[WorkingSetView], float], str] | None = None
 
     def __init__(self, n_pages: int, n_sample: int) -> None:
         self.n_sample = n_sample
@@ -71,7 +119,24 @@ class WorkingSetSampler:
 
     @property
     def estimate(self) -> float:
-        """max(fast, slow, current partial); 1.0 until the first period ends."""
+        """The estimator's value (default: max(fast, slow, current partial); 1.0 until the
+        first period ends)."""
+        if self.estimator is not None:
+            return self._estimate_with(*self.estimator)
         if self.periods == 0:
             return 1.0  # nothing measured yet: assume fully active (no tax)
         return max(self.fast, self.slow, self.partial)
+
+    def _estimate_with(self, fn: Callable[[WorkingSetView], float], name: str) -> float:
+        view = WorkingSetView(self.periods, self.fast, self.slow, self.sampled, self.touched)
+        try:
+            f = fn(view)
+        except Exception as e:
+            raise PolicyError(
+                f"working-set policy {name!r} failed: {type(e).__name__}: {e}"
+            ) from None
+        if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)):
+            raise PolicyError(f"working-set policy {name!r} returned {f!r}, not a number")
+        if not (math.isfinite(float(f)) and 0.0 <= float(f) <= 1.0):
+            raise PolicyError(f"working-set policy {name!r} returned {f!r}, not in [0, 1]")
+        return float(f)

@@ -21,6 +21,7 @@ import pytest
 from hostkit import TEST_IMAGE, make_host, make_vm, no_room, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from oracles.guest_evict import use_reference_paths
 from vmmsim.hosts import access_kernel as ak
 from vmmsim.hosts import eviction_kernel as ek
 from vmmsim.hosts import page_state as ps
@@ -201,7 +202,7 @@ def twin_hosts(specs, n_frames: int, swap: int = 2048, seed: int = 3):
         host = make_host(n_frames, swap, seed=seed)
         for spec in specs:
             vm = host.boot_vm(spec)
-            vm.fast_path = fast
+            use_reference_paths(vm, fast)
         hosts.append(host)
     return hosts
 
@@ -316,11 +317,11 @@ def _keys_for(vm, wr: np.ndarray, choice: list[int], fresh) -> np.ndarray:
 
 def test_cow_break_of_the_last_references_frees_the_shared_frame():
     """Two pages of one VM share a frame; one step writes both: the frame's last
-    reference goes through ``_decref`` (index and zero flag updated) on both paths."""
+    reference goes through ``decref`` (index and zero flag updated) on both paths."""
     states = []
     for fast in (True, False):
         vm, mem = make_vm(16, n_frames=40, image=TEST_IMAGE)
-        vm.fast_path = fast
+        use_reference_paths(vm, fast)
         acc = Accesses(writes=np.array([9, 10, 11]), write_keys=np.array([5, 5, 0], np.uint64))
         vm.apply(mem, no_room, acc)
         mem.scan(vm.vm_id, vm.pmap.pages_in(ps.MAPPED))
@@ -368,7 +369,7 @@ def test_first_touch_read_zero_fills_a_recycled_frame(fast):
     """A pinned page is guest-resident from boot but never backed: reading it first
     touches a frame -- one just freed by VMM swapping, full of old bytes -- zero-filled."""
     vm, mem = make_vm(16, n_frames=12, image=TEST_IMAGE, pinned_pages=2)
-    vm.fast_path = fast
+    use_reference_paths(vm, fast)
     vm.apply(
         mem, no_room, Accesses(writes=np.arange(4, 12), write_keys=np.arange(1, 9, dtype=np.uint64))
     )
@@ -387,7 +388,7 @@ def test_a_page_outside_the_guest_takes_the_general_path():
     to the general path, whose numpy indexing raises as it always did."""
     for fast in (True, False):
         vm, mem = make_vm(16, n_frames=40)
-        vm.fast_path = fast
+        use_reference_paths(vm, fast)
         with pytest.raises(IndexError):
             vm.apply(mem, no_room, Accesses(reads=np.array([3, 16])))
         scratch = np.full(16, -1, dtype=np.int32)

@@ -152,7 +152,10 @@ def test_builtin_image_can_be_replaced(tmp_path: Path) -> None:
 VM = '[[vms]]\nname = "w"\nmemory_mb = 256\n'
 
 ERRORS = [
-    ("[policy]\ntax_rat = 0.1\n", ["policy.tax_rat: unknown key (known: balloon_max_fraction,"]),
+    (
+        "[policy]\ntax_rat = 0.1\n",
+        ["policy.tax_rat: unknown key (known: allocation, balloon_max_fraction,"],
+    ),
     ("[simulatoin]\nseed = 1\n", ["simulatoin: unknown section (known: hosts,"]),
     ('[policy]\ntax_rate = "abc"\n', ['policy.tax_rate: expected a float, got the string "abc"']),
     ("[simulation]\nseed = true\n", ["simulation.seed: expected an integer, got the boolean true"]),
@@ -161,7 +164,10 @@ ERRORS = [
     ("[simulation]\nseed = -1\n", ["simulation.seed: must be >= 0 (got -1)"]),
     ("[policy]\ntax_rate = 1\n", ["policy.tax_rate: must be in [0, 1) (got 1)"]),
     ("[policy]\ntax_rate = nan\n", ["policy.tax_rate: must be finite (got nan)"]),
-    ('[policy]\nplacement = "best"\n', ['policy.placement: must be one of "most_free"']),
+    (
+        '[policy]\nplacement = "best"\n',
+        ["policy.placement: no placement policy named 'best' (known: image_affinity, most_free"],
+    ),
     ("[policy]\nfree_hard = 0.05\n", ["policy.free_high: must satisfy free_high > free_soft"]),
     ("[simulation]\ntick_s = 7\n", ["simulation.tick_s: must divide duration_s 60 (got 7)"]),
     ("[simulation]\npage_size = 3000\n", ["simulation.page_size: must be a power of two"]),
@@ -309,7 +315,10 @@ def test_changing_workload_kind_keeps_strict_keys(tmp_path: Path) -> None:
 
 
 BAD_OVERRIDES = [
-    ("policy.tax_rat=0.1", "--set policy.tax_rat: unknown key (known: balloon_max_fraction,"),
+    (
+        "policy.tax_rat=0.1",
+        "--set policy.tax_rat: unknown key (known: allocation, balloon_max_fraction,",
+    ),
     ("polcy.tax_rate=0.1", "--set polcy.tax_rate: not an override path"),
     ("policy=1", "--set policy: not an override path"),
     ("vms.nope.shares=1", '--set vms.nope.shares: no VM named "nope" (known: v)'),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hostkit import TEST_IMAGE, apply, keyed, make_vm
+from oracles.clock import clock_reference
+from oracles.guest_evict import use_reference_paths
+from vmmsim.hosts import eviction_kernel as ek
 from vmmsim.hosts import guest_os as gos
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.guest_os import GuestOS
@@ -221,7 +225,7 @@ def test_compiled_clock_equals_the_vectorised_reference():
         twin = GuestOS(n, 8)
         twin.p2v, twin.pinned, twin.pref = g.p2v.copy(), g.pinned.copy(), g.pref.copy()
         twin.hand = g.hand
-        want = gos.clock_reference(twin, k, protect if trial % 3 else None)
+        want = clock_reference(twin, k, protect if trial % 3 else None)
         got = g.choose_victims(k, protect if trial % 3 else None)
         assert got.tolist() == want.tolist(), trial
         assert np.array_equal(g.pref, twin.pref) and g.hand == twin.hand, trial
@@ -234,7 +238,7 @@ def test_compiled_guest_eviction_equals_the_numpy_path():
     twins = []
     for fast in (True, False):
         vm, mem = make_vm(200, balloon_max_fraction=1.0, image=TEST_IMAGE)
-        vm.fast_path = fast
+        use_reference_paths(vm, fast)
         pages_ = np.arange(200, dtype=np.int64)
         apply(vm, mem, reads=pages_[:40])  # clean image pages (re-read, never written)
         apply(vm, mem, writes=pages_[40:], keys=pages_[40:] * 11 + 5)
@@ -256,3 +260,25 @@ def test_compiled_guest_eviction_equals_the_numpy_path():
     assert np.array_equal(vm_page_contents(a, ma), vm_page_contents(b, mb))
     a.check_invariants()
     ma.check_invariants()
+
+
+def test_the_reference_twin_pages_out_through_the_oracle_not_the_kernel(monkeypatch):
+    """``use_reference_paths`` really swaps the eviction: with the kernel broken, the
+    reference VM still pages out and the fast one fails."""
+
+    def broken(*a):
+        raise RuntimeError("kernel called")
+
+    monkeypatch.setattr(ek, "evict", broken)
+    for fast in (False, True):
+        vm, mem = make_vm(64, balloon_max_fraction=1.0, image=TEST_IMAGE)
+        use_reference_paths(vm, fast)
+        pages_ = np.arange(64, dtype=np.int64)
+        apply(vm, mem, writes=pages_, keys=pages_ + 1)  # no free guest page left
+        if fast:
+            with pytest.raises(RuntimeError, match="kernel called"):
+                vm.inflate_balloon(mem, 8)
+        else:
+            assert vm.inflate_balloon(mem, 8) == 8
+            assert vm.stats.guest_swapouts == 8
+            vm.check_invariants()

@@ -21,10 +21,10 @@ import pytest
 from hostkit import TEST_IMAGE, keyed, make_host, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vmmsim.hosts import page_sharing
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.sharing import index as page_sharing
 from vmmsim.hosts.vm import vm_page_contents
 from vmmsim.workloads.content import page_bytes
 from vmmsim.workloads.images import image_keys

@@ -25,9 +25,9 @@ from vmmsim.cluster.migration_policy import HostView, VMView, pressure_rule
 from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
 from vmmsim.cluster.runner import run
 from vmmsim.hosts import migration_host as mh
-from vmmsim.hosts import page_sharing as sh
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
+from vmmsim.hosts.sharing import index as sh
 from vmmsim.hosts.specs import HostSpec
 from vmmsim.hosts.vm import vm_page_contents
 from vmmsim.workloads.patterns import SteadyParams

@@ -28,7 +28,8 @@ def test_hash_pages_of_no_rows_is_empty() -> None:
 
 
 def test_warm_up_runs_a_host_through_its_kernels() -> None:
-    from vmmsim.hosts import access_kernel, eviction_kernel, guest_os, sharing_scan, tick_kernel
+    from vmmsim.hosts import access_kernel, eviction_kernel, guest_os, tick_kernel
+    from vmmsim.hosts.sharing import scan as sharing_scan
     from vmmsim.workloads import rng_kernels
 
     assert warm_kernels() > 0.0
@@ -41,7 +42,7 @@ def test_warm_up_runs_a_host_through_its_kernels() -> None:
         sharing_scan.merge_pages,
         guest_os._clock,
         eviction_kernel.evict,
-        rng_kernels._split,
+        rng_kernels.split_draw,
         tick_kernel.run_steps,
     ):
         assert k.signatures, k.__name__

@@ -18,9 +18,9 @@ import pytest
 from hostkit import attach, keyed, make_mem, pages, write_keys
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from vmmsim.hosts import page_sharing
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.sharing import index as page_sharing
 
 
 def scan2(mem, vm, ppns):
@@ -254,7 +254,7 @@ def test_merge_across_vms_and_swap_of_a_shared_page():
 def _enter(idx, f: int, kind: int, group: int, key: int) -> int:
     """Give frame ``f`` an entry (as the scan kernel does); returns the displaced frame."""
     idx.kind[f], idx.key[f], idx.group[f] = kind, np.uint64(key), group
-    d = page_sharing._insert(*idx.table_args(), f)
+    d = page_sharing.insert(*idx.table_args(), f)
     if d >= 0:
         idx.kind[d] = page_sharing.NONE
     else:
@@ -268,7 +268,7 @@ def _keys_homed_at(idx, group: int, home: int, n: int, seed: int = 0) -> list[in
     out: list[int] = []
     while len(out) < n:
         h = int(rng.integers(0, 2**63)) * 2 + 1
-        if page_sharing._home(np.uint64(h), np.int32(group), idx.shift) == home and h not in out:
+        if page_sharing.home(np.uint64(h), np.int32(group), idx.shift) == home and h not in out:
             out.append(h)
     return out
 

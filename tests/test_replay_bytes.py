@@ -33,8 +33,8 @@ from vmmsim.cluster.sealed_stream import SealedStreamWriter, read_sealed
 from vmmsim.cluster.session import RunOptions, Session
 from vmmsim.cluster.specs import host_policy, host_specs, sim_params
 from vmmsim.hosts import guest_os as gos
-from vmmsim.hosts import page_sharing
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.sharing import index as page_sharing
 from vmmsim.hosts.vm import vm_page_contents, vm_page_hashes
 
 TICKS = 30  # rounds of 5 ticks (small_config: realloc_period_s = 5)

@@ -31,6 +31,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import zlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -43,6 +44,15 @@ ENTRY_POINT_GROUP = "vmmsim.policies"
 SHIPPED_ENV = "VMMSIM_SHIPPED_POLICY_FILES"
 
 _REGISTRY: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+#: Where each kind's built-ins are registered (imported on first use of the kind).
+BUILTIN_MODULES = {
+    "placement": "vmmsim.cluster.placement",
+    "allocation": "vmmsim.hosts.allocation",
+    "migration": "vmmsim.cluster.migration_policy",
+    "reclamation": "vmmsim.hosts.reclamation",
+    "working_set": "vmmsim.hosts.working_set",
+    "workload": "vmmsim.workloads.registry",
+}
 _ENTRY_POINTS_LOADED = False
 
 
@@ -52,7 +62,7 @@ class PolicyError(ValueError):
 
 def register(kind: str, name: str) -> Callable[[Any], Any]:
     """Decorator: register ``obj`` as the ``kind`` policy called ``name``."""
-    _check_kind(kind)
+    _check_kind(kind, load=False)
 
     def deco(obj: Any) -> Any:
         _REGISTRY[kind][name] = obj
@@ -163,7 +173,7 @@ def load_module(module_name: str, base_dir: str | Path | None = None) -> Any:
         if str(path) in os.environ.get(SHIPPED_ENV, "").split(os.pathsep):
             return load_module(path.stem)  # shipped to this Ray node by py_modules
         raise PolicyError(f"policy module file {path} does not exist")
-    name = f"vmmsim_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    name = f"vmmsim_user_{path.stem}_{zlib.crc32(str(path).encode()):08x}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -181,9 +191,11 @@ def load_module(module_name: str, base_dir: str | Path | None = None) -> Any:
     return module
 
 
-def _check_kind(kind: str) -> None:
+def _check_kind(kind: str, load: bool = True) -> None:
     if kind not in KINDS:
         raise PolicyError(f"unknown policy kind {kind!r} (kinds: {', '.join(KINDS)})")
+    if load:
+        importlib.import_module(BUILTIN_MODULES[kind])  # registers the built-ins
 
 
 def _load_entry_points() -> None:

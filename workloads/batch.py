@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from vmmsim.workloads.content import derived_keys, nonzero_keys, stable_hash64
 from vmmsim.workloads.patterns import (
-    _EMPTY_I,
-    _EMPTY_K,
+    EMPTY_I,
+    EMPTY_K,
     Accesses,
     Workload,
     WorkloadEnv,
@@ -108,9 +108,9 @@ class Batch(Workload):
         n_prog = int(self.rng.binomial(n, p.program_weight)) if hi else 0
         n_heap = n - n_prog
         n_w = int(self.rng.binomial(n_heap, p.write_fraction)) if len(self.heap) else 0
-        prog_reads = self.prog_start + self.rng.integers(0, hi, size=n_prog) if n_prog else _EMPTY_I
+        prog_reads = self.prog_start + self.rng.integers(0, hi, size=n_prog) if n_prog else EMPTY_I
         heap_reads = self._draw(self.heap, n_heap - n_w)
         writes = self._draw(self.heap, n_w)
-        keys = nonzero_keys(self.rng, len(writes)) if len(writes) else _EMPTY_K
+        keys = nonzero_keys(self.rng, len(writes)) if len(writes) else EMPTY_K
         run = Accesses(np.concatenate([prog_reads, heap_reads]), writes, keys)
         return Accesses.concat(load, run)

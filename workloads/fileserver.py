@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from vmmsim.workloads.content import nonzero_keys
 from vmmsim.workloads.images import boot_writes, image_keys
-from vmmsim.workloads.patterns import _EMPTY_I, Accesses, Workload, WorkloadEnv, check_range
+from vmmsim.workloads.patterns import EMPTY_I, Accesses, Workload, WorkloadEnv, check_range
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class Fileserver(Workload):
         if n == 0:
             return Accesses()
         n_w = int(self.rng.binomial(n, p.write_fraction)) if len(self.dirty) else 0
-        reads, misses = _EMPTY_I, 0
+        reads, misses = EMPTY_I, 0
         if self.n_files:
             ranks = np.searchsorted(self.cdf, self.rng.random(n - n_w), side="right")
             ranks = np.minimum(ranks, self.n_files - 1)

@@ -22,8 +22,8 @@ from vmmsim.workloads import rng_kernels
 from vmmsim.workloads.content import nonzero_keys
 from vmmsim.workloads.images import BootLayout, ImageSpec, boot_writes
 
-_EMPTY_I = np.zeros(0, dtype=np.int64)
-_EMPTY_K = np.zeros(0, dtype=np.uint64)
+EMPTY_I = np.zeros(0, dtype=np.int64)
+EMPTY_K = np.zeros(0, dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ class Accesses:
     charge as disk stalls.  0 for every pattern except :mod:`workloads.fileserver`.
     """
 
-    reads: np.ndarray = field(default_factory=lambda: _EMPTY_I)
-    writes: np.ndarray = field(default_factory=lambda: _EMPTY_I)
-    write_keys: np.ndarray = field(default_factory=lambda: _EMPTY_K)
+    reads: np.ndarray = field(default_factory=lambda: EMPTY_I)
+    writes: np.ndarray = field(default_factory=lambda: EMPTY_I)
+    write_keys: np.ndarray = field(default_factory=lambda: EMPTY_K)
     disk_reads: int = 0
 
     @property
@@ -286,7 +286,7 @@ class Steady(Workload):
     def _skewed(self, hot: np.ndarray, cold: np.ndarray, n: int) -> np.ndarray:
         """``n`` pages: ``hot_weight`` of them (binomially) from ``hot``, the rest ``cold``."""
         if n <= 0:
-            return _EMPTY_I
+            return EMPTY_I
         w = self.params.hot_weight if len(cold) else 1.0
         w = w if len(hot) else 0.0
         n_hot = int(self.rng.binomial(n, w))

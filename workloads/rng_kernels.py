@@ -101,7 +101,7 @@ def _keys(f64: int, st: int, out: np.ndarray) -> None:
 
 
 @numba.njit(**JIT)
-def _split(
+def split_draw(
     f32: int,
     f64: int,
     st: int,
@@ -120,7 +120,7 @@ def _split(
 _FNS: dict[type, tuple[int, int]] = {}
 
 
-def _pointers(rng: np.random.Generator) -> tuple[int, int, int]:
+def rng_pointers(rng: np.random.Generator) -> tuple[int, int, int]:
     """(next_uint32, next_uint64, state) addresses of the generator's bit generator."""
     bg = rng.bit_generator
     c = bg.ctypes  # numpy caches this interface on the bit generator
@@ -149,8 +149,8 @@ def draw_split(
     reads = np.empty(n_r, dtype=np.int64)
     writes = np.empty(n_w, dtype=np.int64)
     keys = np.empty(n_w, dtype=np.uint64)
-    f32, f64, st = _pointers(rng)
-    _split(f32, f64, st, _pool(pool_r), _pool(pool_w), reads, writes, keys)
+    f32, f64, st = rng_pointers(rng)
+    split_draw(f32, f64, st, _pool(pool_r), _pool(pool_w), reads, writes, keys)
     return reads, writes, keys
 
 
@@ -159,7 +159,7 @@ def draw(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
     if n <= 0 or len(pool) == 0:
         return _EMPTY_I
     out = np.empty(n, dtype=np.int64)
-    f32, f64, st = _pointers(rng)
+    f32, f64, st = rng_pointers(rng)
     _pick(f32, f64, st, _pool(pool), out)
     return out
 
@@ -168,7 +168,7 @@ def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
     """``rng.integers(1, 2**64 - 1, size=n, dtype=uint64, endpoint=True)`` exactly."""
     out = np.empty(max(n, 0), dtype=np.uint64)
     if n > 0:
-        f32, f64, st = _pointers(rng)
+        f32, f64, st = rng_pointers(rng)
         _keys(f64, st, out)
     return out
 

@@ -12,7 +12,7 @@ can never disagree.  Linear probing; deletion shifts later entries back (no tomb
 A look-up names the kind it wants: shared entries and hint entries of one hash are
 distinct, and the scan asks for a shared frame first, then a hint.
 
-:func:`hosts.sharing_scan.scan_batch` is the ESX scan of one batch (hash, classify,
+:func:`hosts.sharing.scan.scan_batch` is the ESX scan of one batch (hash, classify,
 verify, update the index); :meth:`hosts.host_memory.HostMemory.scan` applies its result to
 the VMs' maps.
 
@@ -39,23 +39,23 @@ EMPTY = -1
 hash_page = xxhash.xxh3_64_intdigest
 
 ALL_BITS = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
-_MIX_G = np.uint64(0x9E37_79B9_7F4A_7C15)
-_MIX = np.uint64(0xBF58_476D_1CE4_E5B9)
+MIX_G = np.uint64(0x9E37_79B9_7F4A_7C15)
+MIX = np.uint64(0xBF58_476D_1CE4_E5B9)
 
 
 # ---------------------------------------------------------------------------- table kernels
 @numba.njit(**JIT)
-def _home(h: np.uint64, g: np.int32, shift: np.uint64) -> int:
+def home(h: np.uint64, g: np.int32, shift: np.uint64) -> int:
     """Home slot of key (group, hash): the top bits of a multiplicative mix."""
-    x = (h ^ (np.uint64(g) * _MIX_G)) * _MIX
+    x = (h ^ (np.uint64(g) * MIX_G)) * MIX
     return np.int64(x >> shift)
 
 
 @numba.njit(**JIT)
-def _lookup(slots, kind, key, grp, shift, g, h, k) -> int:
+def lookup(slots, kind, key, grp, shift, g, h, k) -> int:
     """Frame of the entry (group ``g``, hash ``h``, kind ``k``), or -1."""
     m = slots.shape[0] - 1
-    i = _home(h, g, shift)
+    i = home(h, g, shift)
     while True:
         f = slots[i]
         if f < 0:
@@ -66,14 +66,14 @@ def _lookup(slots, kind, key, grp, shift, g, h, k) -> int:
 
 
 @numba.njit(**JIT)
-def _insert(slots, kind, key, grp, shift, f) -> int:
+def insert(slots, kind, key, grp, shift, f) -> int:
     """Enter frame ``f`` under its record; return the frame it displaced (same key), or -1.
 
     ``f`` must not be in the table already.  The displaced frame's record is untouched:
     the caller decides what it becomes."""
     m = slots.shape[0] - 1
     h, g, k = key[f], grp[f], kind[f]
-    i = _home(h, g, shift)
+    i = home(h, g, shift)
     while True:
         o = slots[i]
         if o < 0:
@@ -86,13 +86,13 @@ def _insert(slots, kind, key, grp, shift, f) -> int:
 
 
 @numba.njit(**JIT)
-def _delete(slots, kind, key, grp, shift, f) -> bool:
+def delete(slots, kind, key, grp, shift, f) -> bool:
     """Remove frame ``f``'s entry (found through its record); False if it has none.
 
     Backward-shift deletion: later entries of the probe run move up so every remaining
     entry stays reachable from its home slot without tombstones."""
     m = slots.shape[0] - 1
-    i = _home(key[f], grp[f], shift)
+    i = home(key[f], grp[f], shift)
     while slots[i] != f:
         if slots[i] < 0:
             return False
@@ -103,7 +103,7 @@ def _delete(slots, kind, key, grp, shift, f) -> bool:
         o = slots[j]
         if o < 0:
             break
-        k = _home(key[o], grp[o], shift)
+        k = home(key[o], grp[o], shift)
         # The entry at j may move to the hole at i unless its home lies in (i, j].
         if i <= j:
             if i < k <= j:
@@ -117,14 +117,14 @@ def _delete(slots, kind, key, grp, shift, f) -> bool:
 
 
 @numba.njit(**JIT)
-def _forget(slots, kind, key, grp, shift, counts, frames) -> int:
+def forget(slots, kind, key, grp, shift, counts, frames) -> int:
     """Drop the entries of ``frames`` (records become NONE); -1, or a frame not found."""
     for x in range(frames.shape[0]):
         f = frames[x]
         k = kind[f]
         if k == NONE:
             continue
-        if not _delete(slots, kind, key, grp, shift, f):
+        if not delete(slots, kind, key, grp, shift, f):
             return f
         counts[k] -= 1
         kind[f] = NONE
@@ -135,9 +135,9 @@ def _forget(slots, kind, key, grp, shift, counts, frames) -> int:
 def _find(slots, kind, key, grp, shift, g, hashes, want_hint, out) -> None:
     """``out[i]``: shared frame under ``hashes[i]``, else (if asked) hint frame, else -1."""
     for i in range(hashes.shape[0]):
-        f = _lookup(slots, kind, key, grp, shift, g, hashes[i], SHARED)
+        f = lookup(slots, kind, key, grp, shift, g, hashes[i], SHARED)
         if f < 0 and want_hint:
-            f = _lookup(slots, kind, key, grp, shift, g, hashes[i], HINT)
+            f = lookup(slots, kind, key, grp, shift, g, hashes[i], HINT)
         out[i] = f
 
 
@@ -150,7 +150,7 @@ def _rebuild(slots, kind, key, grp, shift, counts) -> None:
         k = kind[f]
         if k == NONE:
             continue
-        d = _insert(slots, kind, key, grp, shift, f)
+        d = insert(slots, kind, key, grp, shift, f)
         if d >= 0:
             kind[d] = NONE
             counts[k] -= 1
@@ -192,7 +192,7 @@ def _check(slots, kind, key, grp, shift, counts, content, shared_flag, mask):
             return 3, f
         seen[f] = True
         got[k] += 1
-        if _lookup(slots, kind, key, grp, shift, grp[f], key[f], k) != f:
+        if lookup(slots, kind, key, grp, shift, grp[f], key[f], k) != f:
             return 4, f
         if k == SHARED:
             if not shared_flag[f]:
@@ -267,7 +267,7 @@ class SharingIndex:
         if len(frames) == 0:
             return
         f = np.ascontiguousarray(frames, dtype=np.int64)
-        bad = _forget(*self.table_args(), self.counts, f)
+        bad = forget(*self.table_args(), self.counts, f)
         if bad >= 0:
             raise InvariantError(f"frame {bad}: record has an entry the index does not hold")
 

@@ -1,12 +1,12 @@
 """The ESX page-sharing scan of one batch, as one compiled kernel (Waldspurger 2002, fig. 3).
 
 Scope: :func:`scan_batch` -- hash each candidate page (xxh3-64 of its bytes), classify it
-against the sharing index (:mod:`hosts.page_sharing`) exactly as if the pages were handled
+against the sharing index (:mod:`hosts.sharing.index`) exactly as if the pages were handled
 one after another, re-hash stale hints, byte-compare every proposed pair, and update the
 index (promotions, zero-page flags, hint records) -- in one call per batch, so the scan
 costs little more than hashing itself.
 
-Not covered: the index's own table operations (:mod:`hosts.page_sharing`); applying the
+Not covered: the index's own table operations (:mod:`hosts.sharing.index`); applying the
 verified pairs to the VMs' maps and freeing duplicates
 (:meth:`hosts.host_memory.HostMemory.scan`); scan rates and order
 (:mod:`hosts.host_manager`).
@@ -17,8 +17,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 from vmmsim.hosts.native import JIT, memcmp, xxh3_64
-from vmmsim.hosts.page_sharing import _MIX, HINT, NONE, SHARED, _delete, _forget, _insert, _lookup
 from vmmsim.hosts.page_state import SHARED as PAGE_SHARED
+from vmmsim.hosts.sharing.index import HINT, MIX, NONE, SHARED, delete, forget, insert, lookup
 
 
 @numba.njit(**JIT)
@@ -78,9 +78,9 @@ def scan_batch(
     for i in range(n):
         f = frames[i]
         h = hashes[i]
-        t = _lookup(slots, kind, key, grp, shift, g, h, SHARED)
+        t = lookup(slots, kind, key, grp, shift, g, h, SHARED)
         if t < 0:
-            j = np.int64((h * _MIX) >> lshift)
+            j = np.int64((h * MIX) >> lshift)
             while lused[j] and lh[j] != h:
                 j = (j + 1) & lm
             if not lused[j]:
@@ -91,7 +91,7 @@ def scan_batch(
             if t < 0:
                 t = lnh[j]
                 if t < 0:
-                    t = _lookup(slots, kind, key, grp, shift, g, h, HINT)
+                    t = lookup(slots, kind, key, grp, shift, g, h, HINT)
                     if t < 0 or t == f:
                         lnh[j] = f
                         continue
@@ -175,13 +175,13 @@ def scan_batch(
         t = pro[x]
         k = kind[t]
         if k != NONE:
-            if not _delete(slots, kind, key, grp, shift, t):
+            if not delete(slots, kind, key, grp, shift, t):
                 return ok_i, ok_t, pro[:0], nst, ncoll, t
             counts[k] -= 1
         kind[t] = SHARED
         key[t] = pro_h[x]
         grp[t] = g
-        if _insert(slots, kind, key, grp, shift, t) >= 0:
+        if insert(slots, kind, key, grp, shift, t) >= 0:
             return ok_i, ok_t, pro[:0], nst, ncoll, t
         counts[SHARED] += 1
         if pro_h[x] == zh:
@@ -198,7 +198,7 @@ def scan_batch(
         f = lnh[j]
         if f >= 0 and kind[f] != NONE:
             k = kind[f]
-            if not _delete(slots, kind, key, grp, shift, f):
+            if not delete(slots, kind, key, grp, shift, f):
                 return ok_i, ok_t, pro[:npro], nst, ncoll, f
             counts[k] -= 1
             kind[f] = NONE
@@ -209,7 +209,7 @@ def scan_batch(
         kind[f] = HINT
         key[f] = lh[j]
         grp[f] = g
-        d = _insert(slots, kind, key, grp, shift, f)
+        d = insert(slots, kind, key, grp, shift, f)
         if d >= 0:
             kind[d] = NONE
         else:
@@ -230,7 +230,7 @@ def merge_pages(
     duplicate frame ``dups`` (their private frames): a frame left with none goes back on
     the free stack (ascending frames pushed in descending order, owner and shared flags
     cleared), leaves the sharing index and loses its zero flag -- exactly
-    :meth:`hosts.host_memory.HostMemory._decref`.
+    :meth:`hosts.host_memory.HostMemory.decref`.
 
     Returns ``(zero-shared pages added, frames freed, free frames after, err)``; ``err``
     is -1, else a frame whose refcount went negative (-2 - frame) or whose record has an
@@ -264,7 +264,7 @@ def merge_pages(
         owner_ppn[f] = -1
         f_free[f_n_free + x] = freed[n_fr - 1 - x]
     f_n_free += n_fr
-    bad = _forget(slots, kind, key, grp, shift, icounts, freed)
+    bad = forget(slots, kind, key, grp, shift, icounts, freed)
     if bad >= 0:
         return nz, n_fr, f_n_free, bad
     for x in range(n_fr):
