@@ -5,8 +5,8 @@ Run from the repository root after ``pip install -e .``::
     python examples/python_api.py
 
 It runs the quickstart config for 60 simulated seconds in-process (no Ray start-up),
-prints per-VM means from the metrics table, then sweeps the idle memory tax over two values (90 s each: the tax acts once a
-sampling period has closed).
+prints per-VM means from the metrics table, then sweeps the idle memory tax over two
+values (90 s each: the tax acts once a sampling period has closed).
 """
 
 from __future__ import annotations
