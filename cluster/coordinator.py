@@ -42,6 +42,7 @@ from vmmsim.cluster.specs import vm_spec
 from vmmsim.hosts.allocation import AllocationView, check_targets, share_idle_tax
 
 from vmmsim.policies import PolicyError, resolve_callable
+from vmmsim.policies import call as call_policy
 
 
 def allocation_view(rep: dict[str, Any], tax_rate: float, host: str = "") -> AllocationView:
@@ -71,14 +72,7 @@ def targets_from_report(
     if not rep["vms"]:
         return {}
     view = allocation_view(rep, tax_rate, host)
-    try:
-        decision = policy(view)
-    except PolicyError:
-        raise
-    except Exception as e:
-        raise PolicyError(
-            f"allocation policy {name!r} on host {host} failed: {type(e).__name__}: {e}"
-        ) from None
+    decision = call_policy("allocation", name, policy, view, where=f" on host {host}")
     return check_targets(view, decision, name)
 
 

@@ -36,6 +36,7 @@ from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.migration_host import admission_reason
 
 from vmmsim.policies import PolicyError, register, resolve_callable
+from vmmsim.policies import call as call_policy
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,7 @@ POLICIES: dict[str, Callable[[Sequence[HostView], Sequence[VMView]], list[Propos
 def choose(spec: str, hosts: Sequence[HostView], vms: Sequence[VMView]) -> list[Proposal]:
     """The proposals of migration policy ``spec``, checked (module docstring)."""
     policy = resolve_callable("migration", spec)
-    try:
-        out = list(policy(hosts, vms))
-    except Exception as e:
-        raise PolicyError(f"migration policy {spec!r} failed: {type(e).__name__}: {e}") from None
+    out = list(call_policy("migration", spec, policy, hosts, vms))
     by_vm, names, seen = {v.name: v for v in vms}, {h.name for h in hosts}, set()
     for p in out:
         vm = by_vm.get(getattr(p, "vm", None))

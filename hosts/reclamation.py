@@ -45,6 +45,7 @@ from vmmsim.hosts.errors import SwapFull
 from vmmsim.hosts.free_memory import ACTIONS, MemState, next_state
 
 from vmmsim.policies import PolicyError, register
+from vmmsim.policies import call as call_policy
 
 __all__ = ["ReclaimView", "Victims", "VictimView", "esx", "make_room", "reclaim"]
 
@@ -139,14 +140,7 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
     if host.mstate == MemState.HIGH:  # free below the margin it may shrink to: no actions
         return
     view = _view(host, goal)
-    try:
-        decision = policy(view)
-    except PolicyError:
-        raise
-    except Exception as e:
-        raise PolicyError(
-            f"reclamation policy {name!r} on host {host.name} failed: {type(e).__name__}: {e}"
-        ) from None
+    decision = call_policy("reclamation", name, policy, view, where=f" on host {host.name}")
     victims = _checked(view, decision, name)
     left = goal
     swap_rate = int(p.swap_rate_pages_per_s * tick_s)

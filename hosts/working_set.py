@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vmmsim.policies import PolicyError, register
+from vmmsim.policies import call as call_policy
 
 FAST_GAIN = 0.5
 SLOW_GAIN = 0.1
@@ -129,12 +130,7 @@ class WorkingSetSampler:
 
     def _estimate_with(self, fn: Callable[[WorkingSetView], float], name: str) -> float:
         view = WorkingSetView(self.periods, self.fast, self.slow, self.sampled, self.touched)
-        try:
-            f = fn(view)
-        except Exception as e:
-            raise PolicyError(
-                f"working-set policy {name!r} failed: {type(e).__name__}: {e}"
-            ) from None
+        f = call_policy("working-set", name, fn, view)
         if isinstance(f, bool) or not isinstance(f, (int, float, np.floating, np.integer)):
             raise PolicyError(f"working-set policy {name!r} returned {f!r}, not a number")
         if not (math.isfinite(float(f)) and 0.0 <= float(f) <= 1.0):

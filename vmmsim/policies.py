@@ -191,6 +191,19 @@ def load_module(module_name: str, base_dir: str | Path | None = None) -> Any:
     return module
 
 
+def call(what: str, name: str, fn: Callable[..., Any], *args: Any, where: str = "") -> Any:
+    """``fn(*args)`` for the ``what`` policy ``name``: an exception it raises becomes one
+    :class:`PolicyError` line naming the policy (and ``where``, e.g. " on host h-0")."""
+    try:
+        return fn(*args)
+    except PolicyError:
+        raise
+    except Exception as e:
+        raise PolicyError(
+            f"{what} policy {name!r}{where} failed: {type(e).__name__}: {e}"
+        ) from None
+
+
 def _check_kind(kind: str, load: bool = True) -> None:
     if kind not in KINDS:
         raise PolicyError(f"unknown policy kind {kind!r} (kinds: {', '.join(KINDS)})")
