@@ -17,7 +17,7 @@ calls, alternating source and destination):
 2. destination :func:`known_pages` -> :class:`Offer`: the pages whose hash finds a frame
    in its sharing index (a shared frame, or a hint frame that still hashes to its key) in
    the VM's sharing group, with the *strong digest* of those frames
-   (:mod:`hosts.migration_kernels`: two differently seeded xxh3-64, 128 bits).  Their
+   (:mod:`hosts.migration_host_kernel`: two differently seeded xxh3-64, 128 bits).  Their
    bytes are copied aside at once, so later changes on the destination cannot lose them.
 3. source :func:`ship_pages` -> :class:`Shipment`: the offered pages whose strong digest
    equals its own (computed for offered pages only) go as references; the bytes of all
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 from vmmsim.hosts import admission, native
-from vmmsim.hosts import migration_kernels as mk
+from vmmsim.hosts import migration_host_kernel as mk
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.free_memory import reclaim_goal_pages

@@ -4,7 +4,7 @@ Scope: what ``vm.run_step`` does for each stepping VM of a tick, in the host's o
 the Python work per VM cut to the workload's count draws and the bookkeeping of results.
 A VM whose workload can :meth:`~workloads.patterns.Workload.plan` its step (steady, idle
 and phased guests after boot) has its pages and keys drawn and applied by
-:func:`hosts.tick_kernel.run_steps`, many VMs per call; the others, and any step the kernel
+:func:`hosts.tick_steps_kernel.run_steps`, many VMs per call; the others, and any step the kernel
 hands back (guest eviction, too few frames, oversized or invalid steps), go through
 ``vm.run_step`` / ``vm.apply`` as before.  Same draws, same order of frame allocations and
 frees, same state: bit for bit what the one-VM-at-a-time loop gives (the tests run both).
@@ -23,14 +23,14 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-from vmmsim.hosts import access_kernel as ak
-from vmmsim.hosts import tick_kernel as tk
+from vmmsim.hosts import tick_steps_kernel as tk
+from vmmsim.hosts import vm_kernel as vk
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.vm import VirtualMachine
 from vmmsim.workloads.content import word_table
 from vmmsim.workloads.patterns import Accesses, SplitPlan
-from vmmsim.workloads.rng_kernels import rng_pointers
+from vmmsim.workloads.patterns_kernel import rng_pointers
 
 MakeRoom = Callable[[int, VirtualMachine], None]
 
@@ -39,7 +39,7 @@ _EMPTY_K = np.zeros(0, dtype=np.uint64)
 
 
 def vm_arrays(vm: VirtualMachine, plan: SplitPlan) -> tuple[Any, ...]:
-    """The arrays of one VM the kernel takes (columns ``A_*`` of :mod:`hosts.tick_kernel`),
+    """The arrays of one VM the kernel takes (columns ``A_*`` of :mod:`hosts.tick_steps_kernel`),
     then the VM's workload generator (whose C entry points go in ``vkey``)."""
     g, pm = vm.guest, vm.pmap
     return (
@@ -74,7 +74,7 @@ class TickSteps:
         self._bufs = (_EMPTY_I, _EMPTY_I, _EMPTY_K, _EMPTY_I)  # reads, writes, keys, to_free
         self._vin = np.zeros((0, tk.N_VIN), dtype=np.int64)  # this tick's planned steps
         self._vkey = np.zeros((0, tk.N_VKEY), dtype=np.uint64)
-        self._res = np.zeros((0, ak.N_RES), dtype=np.int64)
+        self._res = np.zeros((0, vk.N_RES), dtype=np.int64)
         self._counts: list[tuple[int, int]] = []  # (reads, writes) drawn per row
         self.batched = 0  # steps the kernel applied (tests)
         self.stops = [0, 0, 0]  # compiled calls by how they ended (END, DECLINED, DECREF)
@@ -109,7 +109,7 @@ class TickSteps:
             self._table(vms, arrays)
         if not self._host or self._host[0] is not fr.content:
             n_words = -(-fr.content.shape[1] // 8)
-            self._host = (fr.content, ak.word_view(fr.content), word_table(n_words))
+            self._host = (fr.content, vk.word_view(fr.content), word_table(n_words))
         n = len(vms)
         self._vin = vin = np.empty((n, tk.N_VIN), dtype=np.int64)
         self._counts = counts = []
@@ -126,7 +126,7 @@ class TickSteps:
                 g.n_free, g.swap.n_free, vm.vm_id, cut, vm.layout.n_image,
                 cap, p.len_r, n_r, p.len_w, n_w,
             )  # fmt: skip
-        self._res = np.zeros((n, ak.N_RES), dtype=np.int64)
+        self._res = np.zeros((n, vk.N_RES), dtype=np.int64)
         self._buffers(max_r, max_w)
 
     def _table(self, vms: Sequence[VirtualMachine], arrays: list[tuple[Any, ...]]) -> None:

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import xxhash
-from vmmsim.hosts import access_kernel as ak
 from vmmsim.hosts import balloon, vm_general
-from vmmsim.hosts import eviction_kernel as ek
 from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import guest_os_kernel as gk
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts import vm_kernel as vk
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.guest_os import GuestOS
 from vmmsim.hosts.host_memory import HostMemory
@@ -106,7 +106,7 @@ class VirtualMachine:
     """A VM and all of its memory state; attached to one :class:`HostMemory` at a time.
 
     ``fast_path`` (default on) applies each step with the compiled kernels of
-    :mod:`hosts.access_kernel` whenever their preconditions hold; off, every step takes the
+    :mod:`hosts.vm_kernel` whenever their preconditions hold; off, every step takes the
     general numpy path (:mod:`hosts.vm_general`, also the fallback when a kernel declines a
     step).  Both give the same state, bit for bit.
     """
@@ -153,7 +153,7 @@ class VirtualMachine:
         self.vm_id = -1  # set when attached to a host
         self.group_id = 0
         self.scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
-        self._evict_res = np.zeros(ek.N_RES, dtype=np.int64)
+        self._evict_res = np.zeros(gk.N_RES, dtype=np.int64)
         self._img: tuple[np.uint64, np.uint64, int] | None = None  # image key parameters
         self._fast: tuple | None = None  # fast path's per-host views and buffers
 
@@ -194,7 +194,7 @@ class VirtualMachine:
 
         Deduplication: the last write to a page wins, a page read and written is a write.
         With ``fast_path`` the common step is one compiled call (deduplication and all,
-        :func:`hosts.access_kernel.step`); otherwise, or when it declines, the accesses are
+        :func:`hosts.vm_kernel.step`); otherwise, or when it declines, the accesses are
         deduplicated here and applied chunk by chunk.
         """
         n = self.spec.n_pages
@@ -208,22 +208,22 @@ class VirtualMachine:
         # backed at once, so a chunk larger than the frames the host can free (all but
         # overheads and pinned pages) could never be served.
         cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
-        try_fast, status = self.fast_path, ak.OK
+        try_fast, status = self.fast_path, vk.OK
         if try_fast:
             if self.scratch is None:
                 self.scratch = np.full(n, -1, dtype=np.int32)
             status = self._apply_fast(mem, make_room, (reads, wr, keys, self.scratch, cap))
-            if status == ak.OK:
+            if status == vk.OK:
                 return
             # CHUNK: chunk by chunk; EVICT: evict, then the kernel; BALLOON, RANGE: the
             # general path, as is.
-            try_fast = status in (ak.CHUNK, ak.EVICT)
-        if self.fast_path and status != ak.RANGE:
-            rd, wr, keys = ak.dedup(reads, wr, keys, self.scratch)
+            try_fast = status in (vk.CHUNK, vk.EVICT)
+        if self.fast_path and status != vk.RANGE:
+            rd, wr, keys = vk.dedup(reads, wr, keys, self.scratch)
         else:  # (a page out of range: numpy's indexing raises, or wraps as it always did)
             rd, wr, keys = vm_general.dedup(reads, wr, keys, n)
         if len(rd) + len(wr) <= cap:
-            self._apply_chunk(mem, make_room, rd, wr, keys, try_fast, status == ak.EVICT)
+            self._apply_chunk(mem, make_room, rd, wr, keys, try_fast, status == vk.EVICT)
             return
         # More distinct pages than the guest can hold at once: page ranges of <= cap.
         # rd and wr are sorted and disjoint: their union is a merge (np.union1d goes
@@ -259,12 +259,12 @@ class VirtualMachine:
         """
         evicted = False
         if try_fast:
-            status = ak.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
-            if status == ak.EVICT:
+            status = vk.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
+            if status == vk.EVICT:
                 self.make_guest_room(mem, rd, wr)
                 evicted = True
                 status = self._apply_fast(mem, make_room, (rd, wr, keys))
-            if status == ak.OK:
+            if status == vk.OK:
                 return
         vm_general.apply_chunk(self, mem, make_room, rd, wr, keys, evicted)
 
@@ -295,21 +295,21 @@ class VirtualMachine:
         """One compiled call; return its status (nothing changed unless ``OK``).
 
         ``head``: ``(reads, writes, keys, scratch, cap)`` -- raw accesses, for
-        :func:`hosts.access_kernel.step` -- or ``(rd, wr, keys)`` -- one deduplicated
-        chunk, for :func:`hosts.access_kernel.apply_chunk`.  When the host is short of
+        :func:`hosts.vm_kernel.step` -- or ``(rd, wr, keys)`` -- one deduplicated
+        chunk, for :func:`hosts.vm_kernel.apply_chunk`.  When the host is short of
         frames, ``make_room`` frees them and the kernel runs again, as the general path
         does.
         """
-        kernel = ak.step if len(head) == 5 else ak.apply_chunk
+        kernel = vk.step if len(head) == 5 else vk.apply_chunk
         g, gs, pm, fr, sw = self.guest, self.guest.swap, self.pmap, mem.frames, mem.swap
         own, fam, cut = self._img or self.image_params()
         if self._fast is None or self._fast[0] is not fr.content:  # per host (migration)
             n = self.spec.n_pages
             self._fast = (
                 fr.content,
-                ak.word_view(fr.content),
+                vk.word_view(fr.content),
                 word_table(-(-self.sim.content_bytes // 8)),
-                np.empty(ak.N_RES, dtype=np.int64),
+                np.empty(vk.N_RES, dtype=np.int64),
                 np.empty(n, dtype=np.int64),  # at most one COW-freed frame per page
             )
         _, words, table, res, to_free = self._fast
@@ -326,66 +326,66 @@ class VirtualMachine:
                 own, fam, cut, self.layout.n_image, to_free, res,
             )  # fmt: skip
             r = res.tolist()
-            if r[ak.ST] != ak.FRAMES:
+            if r[vk.ST] != vk.FRAMES:
                 break
             # make_room may VMM-swap pages of this very chunk: the kernel counts again.
-            make_room(r[ak.NEED] - mem.n_free, self)
-        if r[ak.ST] != ak.OK:
-            return r[ak.ST]
+            make_room(r[vk.NEED] - mem.n_free, self)
+        if r[vk.ST] != vk.OK:
+            return r[vk.ST]
         self.absorb(mem, r, to_free)
-        return ak.OK
+        return vk.OK
 
     def absorb(self, mem: HostMemory, r: list[int], to_free: np.ndarray) -> None:
         """Take in a kernel's results ``r`` (an applied chunk or step, ``res.tolist()``):
         this tick's counters, the free counts it changed, and the frames whose last
         reference it left in ``to_free`` (freed here, updating the sharing index)."""
         c = self.tick
-        c.disk += r[ak.DISK]
-        c.guest_swapins += r[ak.GUEST_IN]
-        c.minor += r[ak.MINOR]
-        c.first_touch += r[ak.FIRST]
-        c.cow += r[ak.COW]
-        c.vmm_swapins += r[ak.VMM_IN]
-        c.sample += r[ak.SAMPLE]
-        self.sampler.touched += r[ak.SAMPLE]
+        c.disk += r[vk.DISK]
+        c.guest_swapins += r[vk.GUEST_IN]
+        c.minor += r[vk.MINOR]
+        c.first_touch += r[vk.FIRST]
+        c.cow += r[vk.COW]
+        c.vmm_swapins += r[vk.VMM_IN]
+        c.sample += r[vk.SAMPLE]
+        self.sampler.touched += r[vk.SAMPLE]
         g, gs = self.guest, self.guest.swap
-        g.n_free = r[ak.G_FREE]
-        gs.n_free = r[ak.GS_FREE]
-        gs.n_used -= r[ak.GS_TAKEN]
-        mem.frames.n_free = r[ak.F_FREE]
-        mem.swap.n_free = r[ak.S_FREE]
-        self.pmap.n_zero_shared += r[ak.ZERO_D]
-        if r[ak.N_FREE]:
-            mem.decref(to_free[: r[ak.N_FREE]])  # last references of COW-broken frames
+        g.n_free = r[vk.G_FREE]
+        gs.n_free = r[vk.GS_FREE]
+        gs.n_used -= r[vk.GS_TAKEN]
+        mem.frames.n_free = r[vk.F_FREE]
+        mem.swap.n_free = r[vk.S_FREE]
+        self.pmap.n_zero_shared += r[vk.ZERO_D]
+        if r[vk.N_FREE]:
+            mem.decref(to_free[: r[vk.N_FREE]])  # last references of COW-broken frames
 
     def image_keys_of(self, vpns: np.ndarray) -> np.ndarray:
         return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
 
     def guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
         """The guest pages out ``victims`` (physical pages): dirty ones to its swap, in one
-        compiled call (:func:`hosts.eviction_kernel.evict`; its numpy oracle is
+        compiled call (:func:`hosts.guest_os_kernel.evict`; its numpy oracle is
         ``tests/oracles/guest_evict.py``)."""
         if not len(victims):
             return
         g = self.guest
         gs, res = g.swap, self._evict_res
         while True:
-            ek.evict(
+            gk.evict(
                 victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
                 g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
                 self.pmap.loc, mem.frames.content, mem.swap.content, res,
             )  # fmt: skip
             r = res.tolist()
-            if r[ek.R_ST] != ek.SWAP_SLOTS:
+            if r[gk.R_ST] != gk.SWAP_SLOTS:
                 break
-            gs.reserve(r[ek.R_NEED])
-        if r[ek.R_ST] == ek.BALLOONED:
+            gs.reserve(r[gk.R_NEED])
+        if r[gk.R_ST] == gk.BALLOONED:
             raise InvariantError("reading a ballooned page")
-        g.n_free, gs.n_free = r[ek.R_G_FREE], r[ek.R_GS_FREE]
-        gs.n_used += r[ek.R_SWAPPED]
-        self.tick.disk += r[ek.R_VMM_IN] + r[ek.R_SWAPPED]
-        self.tick.vmm_swapins += r[ek.R_VMM_IN]
-        self.stats.guest_swapouts += r[ek.R_SWAPPED]
+        g.n_free, gs.n_free = r[gk.R_G_FREE], r[gk.R_GS_FREE]
+        gs.n_used += r[gk.R_SWAPPED]
+        self.tick.disk += r[gk.R_VMM_IN] + r[gk.R_SWAPPED]
+        self.tick.vmm_swapins += r[gk.R_VMM_IN]
+        self.stats.guest_swapouts += r[gk.R_SWAPPED]
 
     # ------------------------------------------------------------------ reclamation
     def inflate_balloon(self, mem: HostMemory, k: int) -> int:

@@ -4,9 +4,9 @@ Scope: what :class:`hosts.vm.VirtualMachine` does when the kernels decline a ste
 out of range, a ballooned page) -- so this is *runtime* code, not only an oracle -- and
 on every step when ``fast_path`` is off: deduplication (:func:`dedup`) and one chunk of
 accesses through guest and VMM (:func:`apply_chunk`), in plain numpy array operations.
-The compiled path (:mod:`hosts.access_kernel`) reproduces these bit for bit, which the
+The compiled path (:mod:`hosts.vm_kernel`) reproduces these bit for bit, which the
 tests check by running twin hosts side by side.  The guest's paging-out has a kernel only
-(:mod:`hosts.eviction_kernel`); its numpy oracle is ``tests/oracles/guest_evict.py``.
+(:mod:`hosts.guest_os_kernel`); its numpy oracle is ``tests/oracles/guest_evict.py``.
 
 Not covered: choosing guest victims (:meth:`hosts.guest_os.GuestOS.choose_victims`), the
 VMM's own operations (:mod:`hosts.host_memory`).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from vmmsim.hosts import migration_kernels, native
+from vmmsim.hosts import migration_host_kernel, native
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.workloads.images import ImageSpec
@@ -25,7 +25,7 @@ def warm_kernels() -> float:
     """Run the tiny host; return the seconds it took (compiling, or loading the cache)."""
     t0 = time.perf_counter()
     native.warm()
-    migration_kernels.warm()
+    migration_host_kernel.warm()
     sim = SimParams(seed=1, tick_s=1.0, page_size=4096, content_bytes=64)
     policy = HostPolicy(sample_period_s=5.0, scan_vm_pages_per_s=400.0)
     host = HostMemoryManager(HostSpec("warmup", n_frames=700, n_swap_slots=2048), sim, policy)

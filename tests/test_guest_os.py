@@ -7,8 +7,8 @@ import pytest
 from hostkit import TEST_IMAGE, apply, keyed, make_vm
 from oracles.clock import clock_reference
 from oracles.guest_evict import use_reference_paths
-from vmmsim.hosts import eviction_kernel as ek
 from vmmsim.hosts import guest_os as gos
+from vmmsim.hosts import guest_os_kernel as gk
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.guest_os import GuestOS
 from vmmsim.hosts.vm import vm_page_contents
@@ -269,7 +269,7 @@ def test_the_reference_twin_pages_out_through_the_oracle_not_the_kernel(monkeypa
     def broken(*a):
         raise RuntimeError("kernel called")
 
-    monkeypatch.setattr(ek, "evict", broken)
+    monkeypatch.setattr(gk, "evict", broken)
     for fast in (False, True):
         vm, mem = make_vm(64, balloon_max_fraction=1.0, image=TEST_IMAGE)
         use_reference_paths(vm, fast)

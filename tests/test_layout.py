@@ -191,3 +191,30 @@ def test_the_mechanism_homes_exist():
         "vmmsim.hosts.allocation",
     ):
         assert m in mods, m
+
+
+def kernel_rule_violations(sources: dict[str, str]) -> list[str]:
+    """The naming rule of compiled code: a mechanism's kernels sit in its own module or,
+    when they are its larger part, in ``<module>_kernel.py`` beside it.  So every
+    ``*_kernel`` module has its mechanism's module as a sibling, and no other module name
+    says "kernel"."""
+    bad = []
+    for name in sources:
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.endswith("_kernel"):
+            sibling = name[: -len("_kernel")]
+            if sibling not in sources:
+                bad.append(f"{name}: no {sibling} beside it")
+        elif "kernel" in leaf:
+            bad.append(f"{name}: kernels go in <mechanism>_kernel")
+    return bad
+
+
+def test_kernels_sit_beside_their_mechanism():
+    assert kernel_rule_violations(_modules()) == []
+    planted = {"vmmsim.hosts.vm": "", "vmmsim.hosts.vm_kernel": "", "vmmsim.hosts.x_kernel": ""}
+    planted["vmmsim.hosts.rng_kernels"] = ""
+    assert kernel_rule_violations(planted) == [
+        "vmmsim.hosts.x_kernel: no vmmsim.hosts.x beside it",
+        "vmmsim.hosts.rng_kernels: kernels go in <mechanism>_kernel",
+    ]

@@ -112,7 +112,7 @@ def test_pages_read_back_after_migration_with_writes_during_precopy():
 @pytest.mark.parametrize("width", [CB, 4096])
 def test_kernels_equal_the_xxhash_package_whatever_the_split(monkeypatch, width):
     import xxhash
-    from vmmsim.hosts import migration_kernels as mk
+    from vmmsim.hosts import migration_host_kernel as mk
 
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 256, (40, width), dtype=np.uint8)

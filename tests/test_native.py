@@ -28,21 +28,21 @@ def test_hash_pages_of_no_rows_is_empty() -> None:
 
 
 def test_warm_up_runs_a_host_through_its_kernels() -> None:
-    from vmmsim.hosts import access_kernel, eviction_kernel, guest_os, tick_kernel
+    from vmmsim.hosts import guest_os, guest_os_kernel, tick_steps_kernel, vm_kernel
     from vmmsim.hosts.sharing import scan as sharing_scan
-    from vmmsim.workloads import rng_kernels
+    from vmmsim.workloads import patterns_kernel
 
     assert warm_kernels() > 0.0
     # Each hot kernel met its arguments (compiled, or loaded from the disk cache): an
     # actor started after the warm-up loads machine code instead of compiling it.
     for k in (
-        access_kernel.step,
-        access_kernel.dedup_kernel,
+        vm_kernel.step,
+        vm_kernel.dedup_kernel,
         sharing_scan.scan_batch,
         sharing_scan.merge_pages,
         guest_os._clock,
-        eviction_kernel.evict,
-        rng_kernels.split_draw,
-        tick_kernel.run_steps,
+        guest_os_kernel.evict,
+        patterns_kernel.split_draw,
+        tick_steps_kernel.run_steps,
     ):
         assert k.signatures, k.__name__

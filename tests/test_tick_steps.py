@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hostkit import TEST_IMAGE, make_host, vm_spec
-from test_access_kernel import tick_twins
-from vmmsim.hosts import tick_kernel as tk
+from test_vm_kernel import tick_twins
+from vmmsim.hosts import tick_steps_kernel as tk
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.tick_steps import DTYPES, vm_arrays
 from vmmsim.workloads.images import ImageSpec

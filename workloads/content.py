@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-from vmmsim.workloads import rng_kernels
+from vmmsim.workloads import patterns_kernel
 
 ZERO_KEY = 0
 
 #: SplitMix64's constants: what a content key means (the compiled twin in
-#: :mod:`hosts.access_kernel` uses these same values).
+#: :mod:`hosts.vm_kernel` uses these same values).
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 MIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
 MIX_M2 = np.uint64(0x94D049BB133111EB)
@@ -84,9 +84,9 @@ def nonzero_keys(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` fresh random content keys, never the zero key.
 
     The stream of ``rng.integers(1, 2**64 - 1, size=n, dtype=uint64, endpoint=True)``,
-    drawn by a compiled kernel (:mod:`workloads.rng_kernels`).
+    drawn by a compiled kernel (:mod:`workloads.patterns_kernel`).
     """
-    return rng_kernels.nonzero_keys(rng, n)
+    return patterns_kernel.nonzero_keys(rng, n)
 
 
 def derived_keys(base: int, index: np.ndarray) -> np.ndarray:

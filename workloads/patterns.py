@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
-from vmmsim.workloads import rng_kernels
+from vmmsim.workloads import patterns_kernel
 from vmmsim.workloads.content import nonzero_keys
 from vmmsim.workloads.images import BootLayout, ImageSpec, boot_writes
 
@@ -58,7 +58,7 @@ class Accesses:
 class SplitPlan(NamedTuple):
     """A step whose counts are drawn and whose pages and keys are not yet: ``n_r`` reads
     from ``pool_r[:len_r]``, then ``n_w`` writes from ``pool_w[:len_w]`` and their keys --
-    exactly :func:`workloads.rng_kernels.draw_split` of those pools, left to the caller
+    exactly :func:`workloads.patterns_kernel.draw_split` of those pools, left to the caller
     (:mod:`hosts.tick_steps` draws them inside one compiled call for many VMs).  The pools
     are whole arrays the workload keeps (prefixes by length), so a caller may keep
     references to them across steps."""
@@ -73,7 +73,7 @@ class SplitPlan(NamedTuple):
     def draw(self, rng: np.random.Generator) -> Accesses:
         """The accesses this plan stands for (numpy's stream, as if never split)."""
         pr, pw = self.pool_r[: self.len_r], self.pool_w[: self.len_w]
-        return Accesses(*rng_kernels.draw_split(rng, pr, self.n_r, pw, self.n_w))
+        return Accesses(*patterns_kernel.draw_split(rng, pr, self.n_r, pw, self.n_w))
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class Workload:
 
     def _draw(self, pool: np.ndarray, n: int) -> np.ndarray:
         """``pool[rng.integers(0, len(pool), size=n)]`` (compiled, same stream)."""
-        return rng_kernels.draw(self.rng, pool, n)
+        return patterns_kernel.draw(self.rng, pool, n)
 
     def _split_plan(self, pool: np.ndarray, n: int, write_fraction: float) -> SplitPlan:
         """``n`` accesses to ``pool``, each a write with probability ``write_fraction``."""

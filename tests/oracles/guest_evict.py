@@ -1,6 +1,6 @@
 """Oracle: the guest's paging-out in plain numpy, and the switch that puts a VM on it.
 
-:func:`guest_evict` is what :func:`vmmsim.hosts.eviction_kernel.evict` computes in one
+:func:`guest_evict` is what :func:`vmmsim.hosts.guest_os_kernel.evict` computes in one
 compiled call; the twin tests run one VM on each and compare every array.  Not runtime
 code: a VM uses the kernel unless :func:`use_reference_paths` installs this oracle on it.
 """

@@ -25,7 +25,7 @@ allocations of the chunk).
 
 Not covered: guest eviction (clock, guest swap-out), chunking of oversized steps, balloon
 errors -- those stay with the caller (``hosts/vm.py``: guest eviction through
-:mod:`hosts.eviction_kernel`) or on the general path (``hosts/vm_general.py``).
+:mod:`hosts.guest_os_kernel`) or on the general path (``hosts/vm_general.py``).
 """
 
 from __future__ import annotations

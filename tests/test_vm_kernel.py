@@ -1,10 +1,10 @@
 """The compiled fast paths must be indistinguishable from the numpy code they replace.
 
-* :mod:`workloads.rng_kernels` -- the same draws, and the same generator state after, as
+* :mod:`workloads.patterns_kernel` -- the same draws, and the same generator state after, as
   numpy's ``Generator.integers`` (page picks, content keys);
-* :func:`hosts.access_kernel.dedup` -- the same sorted unique reads/writes/keys as the
+* :func:`hosts.vm_kernel.dedup` -- the same sorted unique reads/writes/keys as the
   general path's numpy deduplication;
-* :meth:`VirtualMachine._apply_fast` (kernels :func:`hosts.access_kernel.step` and
+* :meth:`VirtualMachine._apply_fast` (kernels :func:`hosts.vm_kernel.step` and
   ``apply_chunk``) -- twin hosts, one with every VM on the general path
   (``fast_path = False``), driven through the same operations (ticks with workloads,
   sharing scans, reclamation, the test's own accesses, balloon, VMM swapping): after every
@@ -22,12 +22,12 @@ from hostkit import TEST_IMAGE, make_host, make_vm, no_room, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles.guest_evict import use_reference_paths
-from vmmsim.hosts import access_kernel as ak
-from vmmsim.hosts import eviction_kernel as ek
+from vmmsim.hosts import guest_os_kernel as gk
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts import vm_kernel as vk
 from vmmsim.hosts.vm import VirtualMachine, vm_page_contents
 from vmmsim.hosts.vm_general import dedup as dedup_numpy
-from vmmsim.workloads import rng_kernels
+from vmmsim.workloads import patterns_kernel
 from vmmsim.workloads.content import page_bytes
 from vmmsim.workloads.images import image_keys
 from vmmsim.workloads.patterns import Accesses, SteadyParams
@@ -48,7 +48,7 @@ def test_draws_match_numpy_and_leave_the_same_generator_state(seed):
         want_r = pool[a.integers(0, m, size=n_r)] if n_r else np.zeros(0, np.int64)
         want_w = pool[a.integers(0, m, size=n_w)] if n_w else np.zeros(0, np.int64)
         want_k = a.integers(1, 2**64 - 1, size=len(want_w), dtype=np.uint64, endpoint=True)
-        got_r, got_w, got_k = rng_kernels.draw_split(b, pool, n_r, pool, n_w)
+        got_r, got_w, got_k = patterns_kernel.draw_split(b, pool, n_r, pool, n_w)
         assert np.array_equal(got_r, want_r) and np.array_equal(got_w, want_w)
         assert np.array_equal(got_k, want_k) and got_k.dtype == np.uint64
         a.integers(0, 3)  # an odd 32-bit draw: the buffered half word must carry over
@@ -60,11 +60,11 @@ def test_draw_edge_cases_consume_nothing_when_numpy_consumes_nothing():
     a = np.random.Generator(np.random.PCG64(1))
     b = np.random.Generator(np.random.PCG64(1))
     one = np.array([42], dtype=np.int64)
-    assert np.array_equal(rng_kernels.draw(b, one, 5), one[a.integers(0, 1, size=5)])
-    assert len(rng_kernels.draw(b, np.zeros(0, np.int64), 5)) == 0
-    assert len(rng_kernels.draw(b, one, 0)) == 0
-    assert len(rng_kernels.nonzero_keys(b, 0)) == 0
-    r, w, k = rng_kernels.draw_split(b, one, 0, np.zeros(0, np.int64), 3)
+    assert np.array_equal(patterns_kernel.draw(b, one, 5), one[a.integers(0, 1, size=5)])
+    assert len(patterns_kernel.draw(b, np.zeros(0, np.int64), 5)) == 0
+    assert len(patterns_kernel.draw(b, one, 0)) == 0
+    assert len(patterns_kernel.nonzero_keys(b, 0)) == 0
+    r, w, k = patterns_kernel.draw_split(b, one, 0, np.zeros(0, np.int64), 3)
     assert len(r) == len(w) == len(k) == 0
     assert a.bit_generator.state == b.bit_generator.state
 
@@ -85,7 +85,7 @@ def test_dedup_matches_the_numpy_dedup(n, reads, writes, data):
         dtype=np.uint64,
     )
     scratch = np.full(n, -1, dtype=np.int32)
-    got = ak.dedup(rd, wr, keys, scratch)
+    got = vk.dedup(rd, wr, keys, scratch)
     want = dedup_numpy(rd, wr, keys, n)
     for g, w in zip(got, want, strict=True):
         assert np.array_equal(g, w)
@@ -158,25 +158,25 @@ def statuses(monkeypatch):
 
     def spy(self, *a):
         status = real(self, *a)
-        seen[status == ak.OK] += 1
+        seen[status == vk.OK] += 1
         return status
 
     monkeypatch.setattr(VirtualMachine, "_apply_fast", spy)
     for name in ("step", "apply_chunk"):
-        kernel = getattr(ak, name)
+        kernel = getattr(vk, name)
 
         def kernel_spy(*a, kernel=kernel):
             kernel(*a)
-            seen[("status", int(a[-1][ak.ST]))] += 1
+            seen[("status", int(a[-1][vk.ST]))] += 1
 
-        monkeypatch.setattr(ak, name, kernel_spy)
-    real_evict = ek.evict
+        monkeypatch.setattr(vk, name, kernel_spy)
+    real_evict = gk.evict
 
     def evict_spy(*a):
         real_evict(*a)
-        seen[("evict", int(a[-1][ek.R_ST]))] += 1
+        seen[("evict", int(a[-1][gk.R_ST]))] += 1
 
-    monkeypatch.setattr(ek, "evict", evict_spy)
+    monkeypatch.setattr(gk, "evict", evict_spy)
     return seen
 
 
@@ -243,16 +243,16 @@ def test_tick_loop_fast_and_general_paths_agree_under_pressure(statuses):
     fast, slow = twin_hosts(_specs(), n_frames=150)
     tick_twins(fast, slow, 0, 60, allocate_every=5)
     assert statuses[True] > 50 and statuses[False] > 0, statuses
-    assert statuses[("status", ak.FRAMES)] > 0, statuses  # make_room from the fast path
-    assert statuses[("status", ak.EVICT)] > 0, statuses  # guest eviction: general path
-    assert statuses[("status", ak.CHUNK)] > 0, statuses  # boot: more pages than a chunk
+    assert statuses[("status", vk.FRAMES)] > 0, statuses  # make_room from the fast path
+    assert statuses[("status", vk.EVICT)] > 0, statuses  # guest eviction: general path
+    assert statuses[("status", vk.CHUNK)] > 0, statuses  # boot: more pages than a chunk
     counts = Counter()
     for vm in fast.vms.values():
         s = vm.stats
         counts.update(cow=s.cow_breaks, vmm_in=s.vmm_swapins, guest_in=s.guest_swapins)
         counts.update(guest_out=s.guest_swapouts)
     assert all(counts[k] > 0 for k in ("cow", "vmm_in", "guest_in", "guest_out")), counts
-    assert statuses[("evict", ek.OK)] > 0, statuses  # the compiled guest eviction ran
+    assert statuses[("evict", gk.OK)] > 0, statuses  # the compiled guest eviction ran
 
 
 host_op = st.one_of(
@@ -357,10 +357,10 @@ def test_write_key_makes_page_bytes(cb):
     table = word_table(-(-cb // 8))
     for words in (True, False):
         rows = np.full((len(keys), cb), 0xAB, dtype=np.uint8)
-        view = ak.word_view(rows) if words else np.zeros((0, 1), dtype=np.uint64)
+        view = vk.word_view(rows) if words else np.zeros((0, 1), dtype=np.uint64)
         assert len(view) == (len(keys) if words and cb % 8 == 0 else 0)
         for i, k in enumerate(keys):
-            ak.write_key(rows, view, i, k, table)
+            vk.write_key(rows, view, i, k, table)
         assert np.array_equal(rows, page_bytes(keys, cb))
 
 
@@ -393,5 +393,5 @@ def test_a_page_outside_the_guest_takes_the_general_path():
             vm.apply(mem, no_room, Accesses(reads=np.array([3, 16])))
         scratch = np.full(16, -1, dtype=np.int32)
         with pytest.raises(IndexError):
-            ak.dedup(np.array([3]), np.array([99]), np.array([1], np.uint64), scratch)
+            vk.dedup(np.array([3]), np.array([99]), np.array([1], np.uint64), scratch)
         assert (scratch == -1).all()

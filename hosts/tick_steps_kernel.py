@@ -2,8 +2,8 @@
 
 Scope: for each VM of a run of planned steps (:class:`workloads.patterns.SplitPlan`: counts
 already drawn by numpy), draw its pages and content keys from the VM's own generator
-(:func:`workloads.rng_kernels.split_draw`), deduplicate them and apply them
-(:func:`hosts.access_kernel.step`'s two parts) -- what ``vm.run_step`` does on its fast
+(:func:`workloads.patterns_kernel.split_draw`), deduplicate them and apply them
+(:func:`hosts.vm_kernel.step`'s two parts) -- what ``vm.run_step`` does on its fast
 path, VM after VM, in the host's order, without returning to Python in between.
 
 The call stops at the first VM that needs Python:
@@ -30,9 +30,9 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
-from vmmsim.hosts import access_kernel as ak
+from vmmsim.hosts import vm_kernel as vk
 from vmmsim.hosts.native import JIT
-from vmmsim.workloads.rng_kernels import split_draw
+from vmmsim.workloads.patterns_kernel import split_draw
 
 #: How a call ended: every VM done; VM ``q`` drawn, not applied; VM ``q`` applied, its
 #: ``to_free`` frames left for the caller.
@@ -128,12 +128,12 @@ def run_steps(
         wr = np.empty(n_w, dtype=np.int64)
         keys = np.empty(n_w, dtype=np.uint64)
         scratch = _view(a, n, A_SCRATCH, np.int32)
-        m, j = ak.dedup_kernel(rd_in, wr_in, k_in, scratch, rd, wr, keys)
+        m, j = vk.dedup_kernel(rd_in, wr_in, k_in, scratch, rd, wr, keys)
         if m < 0 or m + j > v[V_CAP]:
-            row[ak.ST] = ak.RANGE if m < 0 else ak.CHUNK
+            row[vk.ST] = vk.RANGE if m < 0 else vk.CHUNK
             return q, DECLINED
         gs_content = numba.carray(_voidptr(a[A_GS_CONTENT]), (n[A_GS_CONTENT], cb), np.uint8)
-        ak.apply_chunk_kernel(
+        vk.apply_chunk_kernel(
             rd[:m], wr[:j], keys[:j],
             _view(a, n, A_VSTATE, np.int8), _view(a, n, A_V2P, np.int32),
             _view(a, n, A_P2V, np.int32), _view(a, n, A_VSLOT, np.int32),
@@ -148,10 +148,10 @@ def run_steps(
             zero, _view(a, n, A_MARKS, np.bool_), table, v[V_ID],
             k[K_OWN], k[K_FAM], v[V_CUT], v[V_N_IMAGE], to_free, row,
         )  # fmt: skip
-        if row[ak.ST] != ak.OK:
+        if row[vk.ST] != vk.OK:
             return q, DECLINED
-        f_n_free = row[ak.F_FREE]
-        s_n_free = row[ak.S_FREE]
-        if row[ak.N_FREE]:
+        f_n_free = row[vk.F_FREE]
+        s_n_free = row[vk.S_FREE]
+        if row[vk.N_FREE]:
             return q, DECREF
     return hi, END
