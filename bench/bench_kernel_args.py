@@ -65,12 +65,12 @@ def flat(
     s5,
     s6,
     s7,
-):  # noqa: E501, ANN001, ANN201, PLR0913
+):
     a0[0] += s0 + a31[0]
 
 
 @numba.njit
-def records(guest, gswap, pmap, frames, swap, scalars):  # noqa: ANN001, ANN201
+def records(guest, gswap, pmap, frames, swap, scalars):
     guest[0][0] += scalars[0] + swap[-1][0]
 
 
