@@ -46,6 +46,8 @@ def host_config(host_mb: int) -> dict:
                 "name": "vm",
                 "count": 3,
                 "memory_mb": vm_mb,
+                # admission: swap (host_mb / 8) holds the 3 VMs' memory_mb - min_mb
+                "min_mb": vm_mb - host_mb / 32,
                 "workload": {"kind": "steady", "wss_mb": vm_mb // 2},
             }
         ],
@@ -119,6 +121,7 @@ REPLAY_CFG = {
         "realloc_period_s": 5,
         "share_scan_vm_pages_per_s": 400,
         "share_scan_host_pages_per_s": 1600,
+        "vm_overhead_mb": 0,  # 48 MB VMs on 96 MB hosts, as measured before the 32 MB default
     },
     "hosts": [{"name": "esx", "count": 2, "memory_mb": 96, "swap_mb": 256}],
     "vms": [

@@ -24,6 +24,7 @@ def config(hosts: int, vms_per_host: int, vm_mb: int, duration_s: int = 60) -> d
     n = hosts * vms_per_host
     return {
         "simulation": {"seed": 3, "duration_s": duration_s, "content_bytes": 256},
+        "policy": {"vm_overhead_mb": 0},  # as measured before the 32 MB default
         "hosts": [
             {
                 "name": "h",

@@ -45,10 +45,12 @@ def config(mb: int) -> dict:
             "policy": {"share_scan_vm_pages_per_s": 0, "share_scan_host_pages_per_s": 0},
             "hosts": [{"name": "h", "count": 2, "memory_mb": 2 * mb + 64, "swap_mb": 0}],
             "vms": [
-                {"name": "peer", "memory_mb": 16, "host": "h-1", "image": "linux"},
+                # min_mb = memory_mb: no swap needed by admission (the hosts have none)
+                {"name": "peer", "memory_mb": 16, "min_mb": 16, "host": "h-1", "image": "linux"},
                 {
                     "name": "vm",
                     "memory_mb": mb,
+                    "min_mb": mb,
                     "host": "h-0",
                     "image": "blank",
                     "workload": {

@@ -1,15 +1,18 @@
 """Fuzz harness: seeded random *valid* experiment configs, run with invariants on.
 
 Scope: a deterministic generator of valid configs (every workload kind including a small
-generated trace, custom ``[[images]]``, overcommit 0.5-4x, pinned hosts, ``min_mb`` /
-``max_mb`` / ``pinned_mb``, balloon on/off, random ``[policy]`` and ``[migration]`` values
-in their valid ranges, scheduled ``[[migrations]]``, ``count`` expansion), a runner that
-runs each with the CLI in a subprocess (``vmmsim run CFG --out DIR --inprocess
---check-invariants --quiet``, with a timeout to catch hangs) and classifies the outcome,
-and a brute-force placement check that flags refusals of configs for which a valid
-assignment exists under the documented ESX admission rule (per host: sum of memory_mb +
-vm_overhead_mb <= memory + swap less two pages -- the configured size, not max_mb --,
-sum of min_mb + vm_overhead_mb <= memory; pinned VMs fixed).
+generated trace, custom ``[[images]]`` -- some with page-class tables, ``image_mb`` caps
+and ``kernel_fraction`` variations --, ``batch`` program classes, overcommit 0.5-4x,
+pinned hosts, ``min_mb`` / ``max_mb`` / ``pinned_mb``, balloon on/off, random
+``[policy]`` and ``[migration]`` values in their valid ranges, scheduled
+``[[migrations]]``, ``count`` expansion), a runner that runs each with the CLI in a
+subprocess (``vmmsim run CFG --out DIR --inprocess --check-invariants --quiet``, with a
+timeout to catch hangs) and classifies the outcome, and a brute-force placement check
+that flags refusals of configs for which a valid assignment exists under the documented
+ESX admission rule (per host, the paper's sec. 6: sum of min_mb + vm_overhead_mb <=
+memory, sum of memory_mb - min_mb <= swap -- the configured size, not max_mb --; pinned +
+overhead leaving a page of memory, memory_mb + overhead within memory + swap less two
+pages; pinned VMs fixed).
 
 Run ``python bench/fuzz.py --n 500 [--seed S] [--jobs J] [--ray K]``.  Config ``i`` uses
 seed ``S + i``; failing configs (and their traces and stderr) are saved under ``--save``
@@ -101,7 +104,33 @@ def _migration(rng: random.Random) -> dict[str, Any]:
     return m
 
 
+CLASS_NAMES = ("kernel", "libs", "cache", "data", "text", "input")
+
+
+def _classes(rng: random.Random, scopes: list[str]) -> list[list[Any]]:
+    """A valid page-class table: 1-4 rows ``[name, fraction, p, dup, scope]``, distinct
+    names (shared across tables, so family classes of two images can match), fractions in
+    thousandths summing to 1 (a zero-fraction row now and then), p and dup often at the
+    edges 0 and 1."""
+    k = rng.randint(1, 4)
+    names = rng.sample(CLASS_NAMES, k)
+    w = [0.0 if k > 1 and rng.random() < 0.1 else rng.uniform(0.05, 1) for _ in range(k)]
+    total = sum(w) or 1.0
+    milli = [int(1000 * x / total) for x in w[:-1]]
+    milli.append(1000 - sum(milli))
+    rows = []
+    for name, m in zip(names, milli, strict=True):
+        p = rng.choice([0.0, 1.0, _r(rng.uniform(0, 1)), _r(rng.uniform(0.5, 1))])
+        dup = rng.choice([0.0, 0.0, 0.0, _r(rng.uniform(0, 0.3)), 1.0])
+        rows.append([name, m / 1000, p, dup, rng.choice(scopes)])
+    return rows
+
+
 def _images(rng: random.Random) -> list[dict[str, Any]]:
+    """0-2 custom images: simple ones (``family_overlap``) or with a page-class table, some
+    with an ``image_mb`` cap and a ``kernel_fraction`` other than the default; a custom
+    image may replace a built-in one by name or join the built-in linux family (whose
+    ``kernel`` class a custom family class of that name then shares)."""
     out = []
     for i in range(rng.choice([0, 0, 1, 2])):
         name = rng.choice(["linux", "windows"]) if rng.random() < 0.2 else f"img{i}"
@@ -110,9 +139,20 @@ def _images(rng: random.Random) -> list[dict[str, Any]]:
         shared = _r(rng.uniform(0, 1))
         zero = _r(rng.uniform(0, 1 - shared))
         im: dict[str, Any] = {"name": name, "shared_fraction": shared, "zero_fraction": zero}
+        classes = rng.random() < 0.5
         if rng.random() < 0.4:
-            im["family"] = rng.choice(["fam", "other"])
-            im["family_overlap"] = _r(rng.uniform(0, 1))
+            im["family"] = rng.choice(["fam", "other", "linux"])  # linux: the built-ins
+            if not classes:
+                im["family_overlap"] = _r(rng.uniform(0, 1))
+        if classes:
+            im["classes"] = _classes(rng, ["image", "family"] if "family" in im else ["image"])
+        if rng.random() < 0.4:
+            im["image_mb"] = _r(rng.choice([0.0, rng.uniform(0.1, 64)]))
+        if rng.random() < 0.4:
+            # Now and then a large one, up to the 0.5 limit (with pinned pages the kernel
+            # then takes half of what is left).
+            kf = rng.choice([0.0, rng.uniform(0, 0.2), rng.uniform(0, 0.2), rng.uniform(0, 0.5)])
+            im["kernel_fraction"] = _r(kf)
         out.append(im)
     return out
 
@@ -155,6 +195,8 @@ def _workload(
         }
         if rng.random() < 0.3:
             w["accesses_per_s"] = _r(rng.uniform(0, 5000))
+        if rng.random() < 0.4:
+            w["classes"] = _classes(rng, ["program"])
     elif kind == "fileserver":
         w = {
             "files_mb": _r(rng.choice([0.0, rng.uniform(0, mem / 2)])),
@@ -181,21 +223,31 @@ def _trace_arrays(seed: int, n_steps: int, n_pages: int) -> tuple[np.ndarray, ..
     return tick, ppn, is_write, key
 
 
-def _claim(v: dict[str, Any], ovh: float) -> tuple[float, float, float]:
-    """(reserve, pinned, commit) of a VM entry in MB: max(min, pinned) + overhead, pinned +
-    overhead, memory_mb + overhead (the documented admission claim: the configured size,
-    not max_mb, counts against memory + swap)."""
+Claim = tuple[float, float, float, float]
+
+
+def _claim(v: dict[str, Any], ovh: float) -> Claim:
+    """(reserve, pinned, commit, swap) of a VM entry in MB: max(min, pinned) + overhead,
+    pinned + overhead, memory_mb + overhead, memory_mb - max(min, pinned) (the documented
+    admission claim: the configured size, not max_mb, counts)."""
     mn, pin = v.get("min_mb", 0.0), v.get("pinned_mb", 0.0)
-    return max(mn, pin) + ovh, pin + ovh, v["memory_mb"] + ovh
+    low = max(mn, pin)
+    return low + ovh, pin + ovh, v["memory_mb"] + ovh, max(0.0, v["memory_mb"] - low)
 
 
-def _admits(claims: list[tuple[float, float, float]], mem: float, swap: float, page: float) -> bool:
-    """The documented ESX admission rule for one host (README / hosts.admission): reserves
-    fit in memory, pinned memory leaves a page of memory, configured sizes fit in memory +
+def _admits(claims: list[Claim], mem: float, swap: float, page: float) -> bool:
+    """The documented ESX admission rule for one host (docs/running.md / hosts.admission):
+    reserves fit in memory and the rest of the configured sizes in swap (the paper's),
+    pinned memory leaves a page of memory, configured sizes + overhead fit in memory +
     swap less two pages."""
     eps = 1e-9
-    res, pin, com = (sum(c[i] for c in claims) for i in range(3))
-    return res <= mem + eps and pin <= mem - page + eps and com <= mem + swap - 2 * page + eps
+    res, pin, com, sw = (sum(c[i] for c in claims) for i in range(4))
+    return (
+        res <= mem + eps
+        and pin <= mem - page + eps
+        and sw <= swap + eps
+        and com <= mem + swap - 2 * page + eps
+    )
 
 
 @dataclass
@@ -222,9 +274,11 @@ def generate(seed: int, workdir: str | Path) -> Case:
     sim["page_size"] = page_size
     sim["content_bytes"] = min(page_size, rng.choice([64, 64, 64, 8, 32, 128]))
     policy = _policy(rng)
-    ovh = policy.get("vm_overhead_mb", 0.0)
+    # Small VMs (4 MB and up): an overhead of 0-8 MB, never the 32 MB default.
+    ovh = policy.setdefault("vm_overhead_mb", 0.0)
     images = _images(rng)
-    image_names = sorted({*BUILTIN_IMAGES, *(im["name"] for im in images)})
+    custom = [im["name"] for im in images]
+    image_names = sorted({*BUILTIN_IMAGES, *custom})
 
     # Hosts: 1-4 expanded, sometimes as one entry with count.
     n_hosts = rng.randint(1, 4)
@@ -276,8 +330,8 @@ def generate(seed: int, workdir: str | Path) -> Case:
             v["sharing"] = False
         if rng.random() < 0.15:
             v["sharing_group"] = rng.choice(["a", "b"])
-        if rng.random() < 0.7:
-            v["image"] = rng.choice(image_names)
+        if rng.random() < 0.7:  # custom images (if any) more often than built-in ones
+            v["image"] = rng.choice(custom if custom and rng.random() < 0.6 else image_names)
         if rng.random() < 0.3:
             v["host"] = rng.choice(host_names)
         kind = rng.choice(KINDS)
@@ -299,16 +353,19 @@ def generate(seed: int, workdir: str | Path) -> Case:
         if v.get("pinned_mb", 0.0) + ovh > largest - page_mb:
             v.pop("pinned_mb", None)
 
-    # Swap: usually enough (with some slack) for every VM's max, sometimes random.
-    total_need = sum(_claim(v, ovh)[2] for _, v in expanded)
-    biggest = max(_claim(v, ovh)[2] for _, v in expanded)
+    # Swap: usually enough (with some slack) for every VM's size beyond its minimum (the
+    # paper's swap reservation), spread by host memory; sometimes random.
+    total_need = sum(_claim(v, ovh)[3] for _, v in expanded)
+    biggest = max(_claim(v, ovh)[3] for _, v in expanded)
     swap: dict[str, float] = {}
     for h in host_names:
         if rng.random() < 0.85:
-            f = rng.uniform(1.0, 1.6) * total_need / sum(host_mem.values()) - 1.0
-            swap[h] = _r(max(0.0, host_mem[h] * f) + biggest * rng.uniform(0, 1))
+            f = rng.uniform(1.0, 1.6) * total_need / sum(host_mem.values())
+            swap[h] = _r(host_mem[h] * f + biggest * rng.uniform(0, 1))
         else:
             swap[h] = _r(rng.uniform(0, 2) * host_mem[h])
+    if max(swap.values()) < biggest:  # every VM must fit some host's swap ("can never fit")
+        swap[max(host_names, key=lambda h: (host_mem[h], h))] = _r(biggest + 0.001)
     if host_entries[0].get("count"):
         host_entries[0]["swap_mb"] = max(swap.values())
         swap = {h: host_entries[0]["swap_mb"] for h in host_names}
@@ -405,9 +462,9 @@ def valid_assignment(raw: dict[str, Any]) -> dict[str, str] | None:
     """A {vm: host} meeting the documented admission rule, or None if none exists.
 
     Rule per host (:func:`_admits`): sum of max(min_mb, pinned_mb) + vm_overhead_mb <=
-    memory_mb; sum of pinned_mb + vm_overhead_mb <= memory_mb less one page; sum of
-    memory_mb + vm_overhead_mb (configured size, not max_mb) <= memory_mb + swap_mb less
-    two pages.
+    memory_mb; sum of memory_mb - max(min_mb, pinned_mb) (configured size, not max_mb) <=
+    swap_mb; sum of pinned_mb + vm_overhead_mb <= memory_mb less one page; sum of
+    memory_mb + vm_overhead_mb <= memory_mb + swap_mb less two pages.
     Pinned VMs stay on their host.
     Exhaustive backtracking over the (small) expanded config, largest VM first; written
     independently of :mod:`hosts.admission` so that it checks it.
@@ -418,11 +475,12 @@ def valid_assignment(raw: dict[str, Any]) -> dict[str, str] | None:
     ovh = cfg.policy.vm_overhead_mb
     page = cfg.simulation.page_size / MB
     host = {h.name: h for h in cfg.hosts}
-    on: dict[str, list[tuple[float, float, float]]] = {h: [] for h in host}
+    on: dict[str, list[Claim]] = {h: [] for h in host}
     out: dict[str, str] = {}
     free = []
     for v in cfg.vms:
-        c = (max(v.min_mb, v.pinned_mb) + ovh, v.pinned_mb + ovh, v.memory_mb + ovh)
+        low = max(v.min_mb, v.pinned_mb)
+        c = (low + ovh, v.pinned_mb + ovh, v.memory_mb + ovh, max(0.0, v.memory_mb - low))
         if v.host is not None:
             on[v.host].append(c)
             out[v.name] = v.host

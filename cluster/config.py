@@ -22,6 +22,7 @@ import contextvars
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -42,6 +43,7 @@ from vmmsim.cluster.config_schema import (
     HostConfig,
     MigrationConfig,
     PolicyConfig,
+    ScheduledEvent,
     ScheduledMigration,
     SimulationConfig,
     VMConfig,
@@ -65,6 +67,7 @@ __all__ = [
     "HostConfig",
     "MigrationConfig",
     "PolicyConfig",
+    "ScheduledEvent",
     "ScheduledMigration",
     "SimConfig",
     "SimulationConfig",
@@ -86,7 +89,13 @@ __all__ = [
 SweepSpec = tuple[tuple[str, tuple[Any, ...]], ...]
 
 _SECTIONS = {"simulation": SimulationConfig, "policy": PolicyConfig, "migration": MigrationConfig}
-_LISTS = {"hosts": HostConfig, "vms": VMConfig, "images": ImageSpec, "migrations": None}
+_LISTS = {
+    "hosts": HostConfig,
+    "vms": VMConfig,
+    "images": ImageSpec,
+    "migrations": None,
+    "events": None,
+}
 _TOP_LEVEL = sorted([*_SECTIONS, *_LISTS, "sweep"])
 #: Policy keys (section, key) -> policy kind (:mod:`vmmsim.policies`).
 POLICY_KEYS = {
@@ -112,6 +121,7 @@ class SimConfig:
     vms: tuple[VMConfig, ...]
     migrations: tuple[ScheduledMigration, ...] = ()
     sweep: SweepSpec = ()
+    events: tuple[ScheduledEvent, ...] = ()
     source: str = field(default="<config>", compare=False)
 
     def pages(self, mb: float) -> int:
@@ -135,7 +145,9 @@ class SimConfig:
         return self._index["vms"][name]
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical plain data (JSON-able; ``source`` excluded); see :func:`config_from_dict`."""
+        """Canonical plain data (JSON-able; ``source`` excluded); see :func:`config_from_dict`.
+        ``events`` appears only when there are some (the hashes of configs without events
+        are those of earlier versions)."""
 
         def vm_dict(v: VMConfig) -> dict[str, Any]:
             d = asdict(replace(v, workload=None))
@@ -149,6 +161,11 @@ class SimConfig:
             "vms": [vm_dict(v) for v in self.vms],
             "migrations": [asdict(m) for m in self.migrations],
             "sweep": [[path, list(values)] for path, values in self.sweep],
+            **(
+                {"events": [{"time_s": e.time_s, "set": dict(e.set)} for e in self.events]}
+                if self.events
+                else {}
+            ),
         }
 
     def warnings(self) -> list[str]:
@@ -464,6 +481,7 @@ def _build(raw: dict[str, Any], resolved: bool) -> SimConfig:
         for i, e in enumerate(_entries(raw, "migrations", required=False))
     )
     _check_migrations(migrations, hosts, vms, sections["simulation"].duration_s)
+    events = _check_events(raw, resolved, sections["simulation"])
     return SimConfig(
         **sections,
         hosts=tuple(h for _, h in hosts),
@@ -471,6 +489,7 @@ def _build(raw: dict[str, Any], resolved: bool) -> SimConfig:
         vms=tuple(v for _, v in vms),
         migrations=migrations,
         sweep=_sweep_spec(raw),
+        events=events,
     )
 
 
@@ -701,6 +720,7 @@ def _check_vms(
         return int(mb * 2**20) // page_size
 
     largest = max(by_name.values(), key=lambda h: h.memory_mb)
+    most_swap = max(by_name.values(), key=lambda h: h.swap_mb)
     for where, vm in vms:
         if vm.host is not None and vm.host not in by_name:
             group = [h.name for _, h in hosts if h.base_name == vm.host]
@@ -726,10 +746,21 @@ def _check_vms(
                 f"{have} pages of host {host.name}",
                 vm.min_mb,
             )
-    # ESX admission control (hosts.admission, also used by placement and migration): a
-    # host must hold its pinned VMs' minimum (at least pinned) plus overhead in memory,
-    # leave a page beyond their pinned memory, and hold their configured size (memory_mb)
-    # plus overhead in memory + swap.
+        # The paper's swap reservation: memory_mb - min_mb (at least pinned) in swap.
+        host = by_name[vm.host] if vm.host is not None else most_swap
+        low = max(vm.min_mb, vm.pinned_mb)
+        if vm.memory_mb - low > host.swap_mb + 1e-9:
+            raise ConfigError(
+                f"{where}.memory_mb",
+                f"can never fit: memory_mb - min_mb (at least pinned_mb) = "
+                f"{vm.memory_mb - low:g} MB > swap_mb {host.swap_mb:g} MB of host {host.name} "
+                "(admission reserves swap for every page beyond the minimum)",
+                vm.memory_mb,
+            )
+    # ESX admission control (hosts.admission, also used by placement and migration; the
+    # paper's sec. 6): a host must hold its pinned VMs' minimum (at least pinned) plus
+    # overhead in memory and the rest of their configured size (memory_mb) in swap,
+    # leave a page beyond their pinned memory and two pages of memory + swap.
     pinned_on: dict[str, list[VMConfig]] = {}
     for _, vm in vms:
         if vm.host is not None:
@@ -771,6 +802,98 @@ def _check_migrations(
             raise ConfigError(f"{where}.vm", f"unknown VM {_known(list(vm_names))}", m.vm)
         if m.to not in host_names:
             raise ConfigError(f"{where}.to", f"unknown host {_known(list(host_names))}", m.to)
+
+
+# --- events ------------------------------------------------------------------------------------
+
+#: Policy keys an event may not change, and why.
+_EVENT_FIXED = {
+    "policy.placement": "placement acts only at start (use [[migrations]] to move VMs)",
+    "policy.vm_overhead_mb": "VM overhead is reserved at admission and fixed for the run",
+}
+_EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
+
+
+def _event_set(data: Any, where: str) -> tuple[tuple[str, Any], ...]:
+    """``set = { "policy.tax_rate" = 0.75 }`` (or nested tables) as sorted (path, value)."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, f"expected a table of path = value, got {describe_value(data)}")
+    pairs = sorted(_flatten(data))
+    if not pairs:
+        raise ConfigError(where, "missing required key (a non-empty table of path = value)")
+    return tuple(pairs)
+
+
+def event_tick(time_s: float, tick_s: float) -> int:
+    """The tick boundary an event at ``time_s`` applies at (the first at or after it)."""
+    return math.ceil(time_s / tick_s - 1e-9)
+
+
+def _check_event_key(path: str, where: str) -> None:
+    parts = path.split(".")
+    head = parts[0]
+    if head in ("policy", "migration") and len(parts) == 2:
+        _check_key(_SECTIONS[head], parts[1], where)
+        if path in _EVENT_FIXED:
+            raise ConfigError(where, f"cannot change during a run: {_EVENT_FIXED[path]}")
+        return
+    if head == "simulation":
+        raise ConfigError(
+            where, f"cannot change during a run: it shapes the run's inputs ({_EVENT_KEYS_HELP})"
+        )
+    if head in ("hosts", "vms", "images"):
+        raise ConfigError(
+            where,
+            f"cannot change during a run: hosts, VMs and their workloads are fixed "
+            f"({_EVENT_KEYS_HELP})",
+        )
+    raise ConfigError(where, f"not a policy key ({_EVENT_KEYS_HELP})")
+
+
+def _check_events(
+    raw: dict[str, Any], resolved: bool, sim: SimulationConfig
+) -> tuple[ScheduledEvent, ...]:
+    """``[[events]]``: times in [0, duration) in increasing order on distinct ticks, keys
+    that may change, and every event's values applied on top of the previous ones giving a
+    valid config (all the checks of the file); values as the config holds them."""
+    items = _entries(raw, "events", required=False)
+    if not items:
+        return ()
+    trial = {k: v for k, v in copy.deepcopy(raw).items() if k not in ("events", "sweep")}
+    out: list[ScheduledEvent] = []
+    for i, entry in enumerate(items):
+        where = f"events[{i}]"
+        ev = build(ScheduledEvent, entry, where, nested={"set": _event_set})
+        if ev.time_s >= sim.duration_s:
+            raise ConfigError(
+                f"{where}.time_s",
+                f"must be < simulation.duration_s {sim.duration_s:g} (it would never apply)",
+                ev.time_s,
+            )
+        if out and event_tick(ev.time_s, sim.tick_s) <= event_tick(out[-1].time_s, sim.tick_s):
+            raise ConfigError(
+                f"{where}.time_s",
+                f"must fall on a later tick than events[{i - 1}].time_s {out[-1].time_s:g} "
+                "(events in time order; changes at one time go in one event)",
+                ev.time_s,
+            )
+        for path, value in ev.set:
+            _check_event_key(path, f"{where}.set.{path}")
+            _apply_override(trial, path, value, f"{where}.set.{path}", resolved)
+        paths = [p for p, _ in ev.set]
+        try:
+            cfg = _check_policies(_build(trial, resolved))
+        except ConfigError as e:
+            named = e.where in paths
+            err = ConfigError(
+                f"{where}.set.{e.where}" if named else f"{where}.set",
+                e.what if named else ": ".join(p for p in (e.where, e.what) if p),
+            )
+            err.got = e.got
+            raise err from None
+        values = tuple((p, getattr(getattr(cfg, p.split(".")[0]), p.split(".")[1])) for p in paths)
+        out.append(replace(ev, set=values))
+    return tuple(out)
 
 
 # --- sweep -------------------------------------------------------------------------------------

@@ -358,10 +358,16 @@ _FREE = in_range(0, 1, hi_open=True)
 @dataclass(frozen=True)
 class PolicyConfig:
     share_scan_vm_pages_per_s: float = opt(
-        50.0, "pages of each VM scanned per second for content-based sharing", ge(0)
+        50.0,
+        "pages of each VM scanned per second for content-based sharing (default from later "
+        "ESX documentation, Mem.ShareScanVM; the 2002 paper gives no rate)",
+        ge(0),
     )
     share_scan_host_pages_per_s: float = opt(
-        200.0, "cap on pages scanned per second per host for sharing", ge(0)
+        200.0,
+        "cap on pages scanned per second per host for sharing (default from later ESX "
+        "documentation, Mem.ShareScanTotal; not in the 2002 paper)",
+        ge(0),
     )
     tax_rate: float = opt(
         0.75,
@@ -372,7 +378,10 @@ class PolicyConfig:
     sample_pages: int = opt(100, "pages sampled per VM per sampling period", gt(0))
     realloc_period_s: float = opt(15.0, "seconds between allocation-target updates", gt(0))
     balloon_max_fraction: float = opt(
-        0.65, "largest fraction of a VM's memory its balloon may hold", in_range(0, 1)
+        0.65,
+        "largest fraction of a VM's memory its balloon may hold (default from later ESX "
+        "documentation, Mem.CtlMaxPercent; the 2002 paper gives no cap)",
+        in_range(0, 1),
     )
     balloon_rate_pages_per_s: float = opt(16384.0, "balloon inflate rate per VM", ge(0))
     swap_rate_pages_per_s: float = opt(8192.0, "VMM swap-out rate per host", ge(0))
@@ -380,7 +389,19 @@ class PolicyConfig:
     free_soft: float = opt(0.04, "free fraction below which reclamation starts ('soft')", _FREE)
     free_hard: float = opt(0.02, "free fraction below which the VMM swaps ('hard')", _FREE)
     free_low: float = opt(0.01, "free fraction below which VMs are blocked ('low')", _FREE)
-    vm_overhead_mb: float = opt(0.0, "VMM overhead memory reserved per VM, MB", ge(0))
+    state_up_margin: float = opt(
+        0.01,
+        "hysteresis: a free-memory state is left upward (one level per tick) only once the "
+        "free fraction exceeds the next higher threshold by this much (the paper says "
+        "'significantly' and gives no value; 0.01 is our choice)",
+        _FREE,
+    )
+    vm_overhead_mb: float = opt(
+        32.0,
+        "VMM overhead memory reserved per VM (frame buffer, pmap, shadow page tables), MB; "
+        "32 = the paper's typical VM (Waldspurger 2002, sec. 6)",
+        ge(0),
+    )
     disk_latency_ms: float = opt(5.0, "cost of one swap-in from disk, ms", ge(0))
     minor_fault_us: float = opt(2.0, "cost of a minor fault (copy-on-write, remap), us", ge(0))
     placement: str = opt(
@@ -407,6 +428,11 @@ class PolicyConfig:
             return [
                 "free_high: must satisfy free_high > free_soft > free_hard > free_low >= 0 "
                 f"(got {', '.join(f'{x:g}' for x in levels)})"
+            ]
+        if self.free_high + self.state_up_margin >= 1:
+            return [
+                "state_up_margin: free_high + state_up_margin must be < 1, or a host could "
+                f"never leave 'soft' (got {self.free_high:g} + {self.state_up_margin:g})"
             ]
         return []
 
@@ -463,7 +489,12 @@ class VMConfig:
         gt(0),
     )
     shares: float = opt(1000.0, "memory shares S (proportional-share allocation)", gt(0))
-    min_mb: float = opt(0.0, "guaranteed minimum, MB (reserved at admission)", ge(0))
+    min_mb: float = opt(
+        0.0,
+        "guaranteed minimum, MB: admission reserves min_mb + overhead in host memory and "
+        "memory_mb - min_mb in host swap",
+        ge(0),
+    )
     max_mb: float | None = opt(None, "maximum allocation, MB (none: memory_mb)", gt(0))
     host: str | None = opt(None, "pin to this host (none: placement policy decides)")
     image: str = opt("linux", "OS image ([[images]] or built-in)")
@@ -506,6 +537,26 @@ class ScheduledMigration:
     to: str = req("destination host (expanded name)")
 
 
+@dataclass(frozen=True)
+class ScheduledEvent:
+    """``[[events]]``: policy keys that change at a simulated time (``cluster.config``
+    checks the keys and values; the coordinator applies them)."""
+
+    time_s: float = req(
+        "simulated time of the change, seconds (< duration_s; applied at the first tick "
+        "boundary at or after it; events in strictly increasing time order, one per tick)",
+        ge(0),
+    )
+    set: tuple[tuple[str, Any], ...] = field(
+        metadata={
+            "help": 'the changes, override path = value: `{ "policy.tax_rate" = 0.75 }`; '
+            "any `policy.<key>` but `placement` and `vm_overhead_mb`, any `migration.<key>`",
+            "checks": (),
+            "type": "table",
+        },
+    )
+
+
 # --- documentation -------------------------------------------------------------------------
 
 
@@ -524,7 +575,8 @@ def markdown_table(cls: type) -> Iterator[str]:
     yield "|---|---|---|---|---|"
     for f in config_fields(cls):
         checks = "; ".join(c.text for c in f.metadata.get("checks", ()))
-        cells = (type_label(hints[f.name]), _fmt_default(f), checks, f.metadata.get("help", ""))
+        label = f.metadata.get("type") or type_label(hints[f.name])
+        cells = (label, _fmt_default(f), checks, f.metadata.get("help", ""))
         yield f"| `{f.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
@@ -548,6 +600,12 @@ def describe_schema() -> str:
     sections += [
         ("[[images]]", ImageSpec, f"Built in: {builtin}; an entry of the same name replaces one."),
         ("[[migrations]]", ScheduledMigration, "Live migrations at fixed simulated times."),
+        (
+            "[[events]]",
+            ScheduledEvent,
+            "Policy changes at fixed simulated times (recorded as decisions: replay and "
+            "resume reproduce them).",
+        ),
     ]
     out = ["## Configuration reference", ""]
     for title, cls, note in sections:

@@ -14,6 +14,13 @@ recorded run replays with the same decisions whatever the policy's code does; a 
 that fails or returns an invalid decision is a :class:`cluster.config.ConfigError` naming
 it (exit 2).
 
+Scheduled policy changes (``[[events]]``): at its tick boundary (a round is cut there)
+an event is a recorded decision (``policy``, payload ``{path: value}``), applied to the
+coordinator's live policy (:attr:`Coordinator.policy`, :attr:`Coordinator.migration`) and
+pushed to every host (``set_policy``) before anything else happens at that boundary; a
+reallocation due there already uses it.  The number of events applied is coordinator
+state, so a resume or a recovery sets the policy of its tick again.
+
 Live migration (:mod:`cluster.migration`): while one is in flight, a round is run as
 several shorter steps that end when a pre-copy round does (still one ``run_round`` per
 host per step); starting migrations is a recorded decision (``migrations``).
@@ -28,17 +35,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from vmmsim.cluster.config import ConfigError, SimConfig
+from vmmsim.cluster.config import ConfigError, MigrationConfig, PolicyConfig, SimConfig, event_tick
 from vmmsim.cluster.host_pool import HostPool
 from vmmsim.cluster.metrics import merge_rounds
 from vmmsim.cluster.migration import Migrator
 from vmmsim.cluster.page_check import PageChecker
 from vmmsim.cluster.placement import place
-from vmmsim.cluster.specs import vm_spec
+from vmmsim.cluster.specs import host_policy, vm_spec
 from vmmsim.hosts.allocation import AllocationView, check_targets, share_idle_tax
 
 from vmmsim.policies import PolicyError, resolve_callable
@@ -88,6 +96,11 @@ class Coordinator:
         self.tick = 0
         self.hosts = list(cfg.host_names())
         self.allocation = resolve_callable("allocation", cfg.policy.allocation)
+        # The live policy ([[events]] change it; cfg keeps the run's starting values).
+        self.policy: PolicyConfig = cfg.policy
+        self.migration: MigrationConfig = cfg.migration
+        self.events = [(event_tick(e.time_s, sim.tick_s), dict(e.set)) for e in cfg.events]
+        self.events_applied = 0
         self.placement = self.decide("placement", lambda: place(cfg), record=False)
         self.targets: dict[str, dict[str, int]] = {}
         self.round_digests: list[dict[str, str]] = []
@@ -108,6 +121,7 @@ class Coordinator:
         for v in self.cfg.vms:
             by_host[self.placement[v.name]].append(vm_spec(self.cfg, v.name))
         self.pool.call("boot", [(by_host[h],) for h in self.hosts], self.hosts)
+        self._apply_events()
         reports = self.pool.call("alloc_report", [()] * len(self.hosts), self.hosts)
         self._reallocate(reports)
 
@@ -128,6 +142,8 @@ class Coordinator:
             self.targets.get(src, {}).pop(vm, None)  # it keeps its target until the next
         n = min(self.round_ticks - start % self.round_ticks, self.n_ticks - start)
         n = self.migrator.step_ticks(start, n)
+        if self.events_applied < len(self.events):  # end the step at the next event
+            n = min(n, self.events[self.events_applied][0] - start)
         args = [
             (start, n, self.targets.get(h) if boundary else None, feed and feed(self, h, n))
             for h in self.hosts
@@ -139,6 +155,7 @@ class Coordinator:
         )
         for r in results:
             self.vm_steps.update(r.get("steps", {}))
+        self._apply_events()  # before the reallocation at this boundary: it sees them
         if self.tick % self.round_ticks == 0 or self.done:
             self._reallocate([r["alloc"] for r in results])
         self.migrator.after_step(start, n, results)
@@ -147,7 +164,7 @@ class Coordinator:
         return merge_rounds([r["metrics"] for r in results])
 
     def _reallocate(self, reports: list[dict[str, Any]]) -> None:
-        tau, name = self.cfg.policy.tax_rate, self.cfg.policy.allocation
+        tau, name = self.policy.tax_rate, self.policy.allocation
         self.targets = self.decide(
             "targets",
             lambda: {
@@ -155,6 +172,34 @@ class Coordinator:
                 for h, rep in zip(self.hosts, reports, strict=True)
             },
         )
+
+    def _apply_events(self) -> None:
+        """Apply the events due at this tick: each a recorded ``policy`` decision."""
+        while self.events_applied < len(self.events):
+            tick, changes = self.events[self.events_applied]
+            if tick > self.tick:
+                return
+            self._set_policy(self.decide("policy", lambda changes=changes: dict(changes)))
+            self.events_applied += 1
+
+    def _set_policy(self, changes: dict[str, Any], push: bool = True) -> None:
+        """Change live policy keys (``{"policy.tax_rate": 0.75}``), recompute what derives
+        from them here and in the migrator, and (``push``) send every host its new
+        :class:`hosts.specs.HostPolicy`."""
+        secs: dict[str, Any] = {"policy": self.policy, "migration": self.migration}
+        for path, value in sorted(changes.items()):
+            sec, key = path.split(".")
+            secs[sec] = replace(secs[sec], **{key: value})
+        self.policy, self.migration = secs["policy"], secs["migration"]
+        live = replace(self.cfg, policy=self.policy, migration=self.migration)
+        self.round_ticks = max(1, round(self.policy.realloc_period_s / live.simulation.tick_s))
+        self.allocation = self._compute(
+            lambda: resolve_callable("allocation", self.policy.allocation)
+        )
+        self.migrator.retune(live)
+        if push:
+            pol = host_policy(live)
+            self.pool.call("set_policy", [(pol,)] * len(self.hosts), self.hosts)
 
     def decide(self, kind: str, compute: Callable[[], Any], record: bool = True) -> Any:
         """A decision of ``kind`` at this tick: the recorded one when replaying under an
@@ -188,6 +233,7 @@ class Coordinator:
             "vm_steps": self.vm_steps,
             "n_decisions": len(self.decisions),
             "migrations": self.migrator.state(),
+            "events_applied": self.events_applied,
         }
 
     def load_state(self, st: dict[str, Any]) -> None:
@@ -200,6 +246,12 @@ class Coordinator:
         if "migrations" in st:
             self.migrator.load_state(st["migrations"])
         del self.decisions[st["n_decisions"] :]
+        # The policy of that tick: the config's, then the events applied by then (the
+        # hosts were restored with the config's policy: pushed again if it differs).
+        self.events_applied = int(st.get("events_applied", 0))
+        self.policy, self.migration = self.cfg.policy, self.cfg.migration
+        changes = {p: v for _, ch in self.events[: self.events_applied] for p, v in ch.items()}
+        self._set_policy(changes, push=bool(self.events))
 
     def finish(self) -> dict[str, Any]:
         """Final per-host and per-VM totals and the run's state digest."""

@@ -75,6 +75,10 @@ class HostRuntime:
     def alloc_report(self) -> dict[str, Any]:
         return alloc_report(self.host)
 
+    def set_policy(self, policy: HostPolicy) -> None:
+        """New policy knobs from the coordinator (a scheduled ``[[events]]`` change)."""
+        self.host.set_policy(policy)
+
     def cpu_seconds(self) -> float:
         """CPU seconds of this host's whole process so far (its runtime's share included)."""
         return time.process_time()

@@ -125,8 +125,9 @@ class Migrator:
         self.hosts = list(cfg.host_names())
         self.specs = {v.name: vm_spec(cfg, v.name) for v in cfg.vms}
         self.images = {v.name: v.image for v in cfg.vms}
-        self.image_pages = {
-            n: BootLayout.for_image(s.image, s.n_pages).n_image for n, s in self.specs.items()
+        self.image_pages = {  # as the host lays the guest out (image_mb in this page size)
+            n: BootLayout.for_image(s.image, s.n_pages, self.page_size).n_image
+            for n, s in self.specs.items()
         }
         self.where = dict(placement)
         th = host_policy(cfg).thresholds
@@ -145,6 +146,15 @@ class Migrator:
         # Pressure: ticks in HARD/LOW, and ticks since the last one (see _pressure).
         self.hot = {h: 0 for h in self.hosts}
         self.calm = {h: 0 for h in self.hosts}
+        self.calm_ticks = max(1, round(cfg.policy.realloc_period_s / self.tick_s))
+
+    def retune(self, cfg: SimConfig) -> None:
+        """Take the live ``[policy]`` / ``[migration]`` keys of ``cfg`` (a scheduled
+        ``[[events]]`` change): bandwidth, limits, free-memory reserves, calm period."""
+        self.mc = cfg.migration
+        self.bw = self.mc.bandwidth_mb_s * 2**20
+        th = host_policy(cfg).thresholds
+        self.reserve = {s.name: reclaim_goal_pages(0, s.n_frames, th) for s in host_specs(cfg)}
         self.calm_ticks = max(1, round(cfg.policy.realloc_period_s / self.tick_s))
 
     # ------------------------------------------------------------------ steps

@@ -2,10 +2,11 @@
 
 Scope: a pure, deterministic function from the config to {vm: host}.  Pinned VMs stay
 where the config puts them; every host must then pass ESX admission control
-(:mod:`hosts.admission`: minimum -- at least pinned -- plus overhead in memory, a page
-beyond pinned memory, maximum plus overhead in memory + swap) for the VMs it gets.  A
-policy ranks the hosts a VM would go to, from each host's *committed* memory (sum of
-memory_mb + overhead of the VMs placed so far):
+(:mod:`hosts.admission`, the paper's sec. 6: minimum -- at least pinned -- plus overhead
+in memory, configured size less minimum in swap; and a page beyond pinned memory, two
+pages of memory + swap over) for the VMs it gets.  A policy ranks the hosts a VM would
+go to, from each host's *committed* memory (sum of memory_mb + overhead of the VMs
+placed so far):
 
 * ``most_free``: the most uncommitted memory first (ties: name order);
 * ``image_affinity``: hosts where its max fits in memory first, the one already running
@@ -17,7 +18,12 @@ These are the built-in ``placement`` policies of :mod:`vmmsim.policies` (``[poli
 placement`` selects one, or a user's ``module:attr``).  Protocol: a function
 ``(PlacementView) -> sequence of host names``, the hosts to try for one VM, best first
 (hosts left out are not tried); unknown or repeated names are a
-:class:`vmmsim.policies.PolicyError`.  Admission is checked here, not by the policy.
+:class:`vmmsim.policies.PolicyError`.  Admission is checked here, not by the policy: a
+ranked host that would refuse the VM is skipped, never chosen, and a VM whose ranked
+hosts all refuse it (when some host left out would admit it) is a
+:class:`PlacementError` (``policy.placement: ...``) naming the policy, the VM, the
+refusal and a host left out.  ``PlacementHost.admits`` tells a policy which hosts would
+take the VM now.
 
 Packing, in three passes (the first that places every VM wins):
 
@@ -89,6 +95,7 @@ class PlacementHost:
     name: str
     free_mb: float  # memory_mb less the commitments (memory_mb + overhead) placed so far
     same_image: int  # VMs of the VM's image already placed here
+    admits: bool = True  # admission control would let the VM on now (hosts.admission)
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,10 @@ def _ranker(cfg: SimConfig) -> Callable[[VMConfig, Claim, _Hosts, list], list[st
             vm.name,
             vm.image,
             c.commit,
-            tuple(PlacementHost(h, st.free(h), st.images[h].get(vm.image, 0)) for h in names),
+            tuple(
+                PlacementHost(h, st.free(h), st.images[h].get(vm.image, 0), st.admits(h, c))
+                for h in names
+            ),
             rr[0] if rr else 0,
         )
         try:
@@ -203,13 +213,14 @@ def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, 
     for i in range(len(order) - 1, -1, -1):
         need[i] = need[i + 1] + claims[i]
 
-    def room() -> tuple[float, float]:
-        mem = commit = 0.0
+    def room() -> tuple[float, float, float]:
+        mem = swap = commit = 0.0
         for h in names:
             hc, u = cfg.host(h), st.used[h]
             mem += max(0.0, hc.memory_mb - u.reserve)
+            swap += max(0.0, hc.swap_mb - u.swap)
             commit += max(0.0, hc.memory_mb + hc.swap_mb - u.commit)
-        return mem, commit
+        return mem, swap, commit
 
     out: dict[str, str] = {}
     budget = [SEARCH_WORK]
@@ -221,14 +232,18 @@ def _search(cfg: SimConfig, order: Sequence[VMConfig], st: _Hosts) -> dict[str, 
         budget[0] -= len(names)
         if budget[0] < 0:
             return False
-        mem, commit = room()
-        if need[i].reserve > mem + 1e-9 or need[i].commit > commit + 1e-9:
+        mem, swap, commit = room()
+        if (
+            need[i].reserve > mem + 1e-9
+            or need[i].swap > swap + 1e-9
+            or need[i].commit > commit + 1e-9
+        ):
             return False
         vm, c = order[i], claims[i]
         seen: set[tuple] = set()
         for h in policy(vm, c, st, rr):
             hc, u = cfg.host(h), st.used[h]
-            state = (hc.memory_mb, hc.swap_mb, u.reserve, u.pinned, u.commit)
+            state = (hc.memory_mb, hc.swap_mb, u.reserve, u.pinned, u.swap, u.commit)
             if state in seen or not st.admits(h, c):
                 continue  # a host like one tried already leads to the same outcomes
             seen.add(state)
@@ -279,10 +294,34 @@ def _place(cfg: SimConfig) -> dict[str, str]:
         if stuck is not None:
             found = _search(cfg, largest, st.copy())
             if found is None:
-                raise PlacementError(_refusal(cfg, stuck, trial))
+                raise PlacementError(_left_out(cfg, stuck, trial) or _refusal(cfg, stuck, trial))
             done = found
     out = {**pinned, **done}
     return {v.name: out[v.name] for v in cfg.vms}
+
+
+def _left_out(cfg: SimConfig, vm: VMConfig, st: _Hosts) -> str | None:
+    """If the policy ranked only hosts that refuse ``vm`` (after the VMs placed in
+    ``st``) while a host it left out would admit it: one line naming the policy, the VM,
+    the first ranked host's refusal and a host that would admit it; else None."""
+    c = _claim(cfg, vm)
+    ranked = _ranker(cfg)(vm, c, st, [])
+    if any(st.admits(h, c) for h in ranked):
+        return None
+    other = next((h for h in cfg.host_names() if h not in ranked and st.admits(h, c)), None)
+    if other is None:
+        return None
+    if not ranked:
+        why = "it ranked no host"
+    else:
+        refused = st.refusal(ranked[0], c)
+        assert refused is not None
+        why = f"{ranked[0]} refuses it: " + refused.message(f"{ranked[0]}'s VMs with {vm.name}")
+    return (
+        f"{cfg.source}: policy.placement: placement policy {cfg.policy.placement!r} for VM "
+        f"{vm.name} ranked only hosts that refuse it ({why}); {other}, left out, would "
+        "admit it"
+    )
 
 
 def _refusal(cfg: SimConfig, vm: VMConfig, st: _Hosts) -> str:
@@ -303,6 +342,11 @@ def _refusal(cfg: SimConfig, vm: VMConfig, st: _Hosts) -> str:
             f"needs {c.commit:g} MB (memory_mb + overhead); the closest host {best} has "
             f"{hc.memory_mb + hc.swap_mb - 2 * page - u.commit:g} MB of memory + swap "
             "(less two pages) uncommitted"
+        )
+    elif refused.rule == "swap":
+        what = (
+            f"needs {c.swap:g} MB of swap (memory_mb less min_mb, at least pinned_mb); "
+            f"the closest host {best} has {hc.swap_mb - u.swap:g} MB of swap not reserved"
         )
     elif refused.rule == "reserve":
         what = (

@@ -240,6 +240,7 @@ def policy_runtime_env(cfg: SimConfig) -> dict[str, Any] | None:
     that do not exist here (the coordinator actor on another node) are left out: actors
     started by an actor inherit its ``runtime_env``."""
     specs = [getattr(getattr(cfg, sec), key) for sec, key in POLICY_KEYS]
+    specs += [v for e in cfg.events for p, v in e.set if tuple(p.split(".")) in POLICY_KEYS]
     specs += sorted({v.workload.kind for v in cfg.vms})
     paths = [p for p in policies.ship_paths(specs) if os.path.exists(p)]
     if not paths:

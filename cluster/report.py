@@ -13,6 +13,7 @@ CLI prints it as one line and exits 2).  Not covered: running anything.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -89,4 +90,37 @@ def run_summary(d: RunData) -> str:
     if d.migrations:
         done = sum(r.get("status") == "completed" for r in d.migrations)
         lines.append(f"  migrations: {len(d.migrations)} ({done} completed)")
+    lines += event_lines(d)
     return "\n".join(lines)
+
+
+def event_lines(d: RunData) -> list[str]:
+    """Per scheduled policy change: each VM group's mean resident memory and throughput
+    before -> after it, each over the second half of the span between events (the run's
+    start and end bounding the first and last), so both sides are settled states."""
+    from vmmsim.cluster.report_plots import event_label
+
+    events = d.events
+    if not events:
+        return []
+    tick, vm = d.cols["tick"], d.cols["vm"]
+    tick_s = float(d.summary.get("tick_s", 1.0))
+    at_ticks = [math.ceil(at / tick_s - 1e-9) for at, _ in events]  # where each applied
+    bounds = [0, *at_ticks, int(tick.max()) + 1]
+    out = ["  events (means per VM over the second half before -> after each):"]
+    for k, (at, changes) in enumerate(events):
+        spans = [(bounds[k], bounds[k + 1]), (bounds[k + 1], bounds[k + 2])]
+        out.append(f"  event {k} at {at:g} s: {event_label(changes)}")
+        for g, members in d.groups.items():
+            sel = np.isin(vm, members)
+            res, tp = [], []
+            for lo, hi in spans:  # ticks [lo, hi): their second half
+                m = sel & (tick >= (lo + hi) / 2) & (tick < hi)
+                res.append(float(d.cols["resident_mb"][m].mean()) if m.any() else float("nan"))
+                tp.append(float(d.cols["throughput"][m].mean()) if m.any() else float("nan"))
+            gain = f" ({100 * (tp[1] / tp[0] - 1):+.0f}%)" if tp[0] > 0 else ""
+            out.append(
+                f"    {g[:20]:<20} resident {res[0]:7.1f} -> {res[1]:7.1f} MB   "
+                f"throughput {tp[0]:.3f} -> {tp[1]:.3f}{gain}"
+            )
+    return out

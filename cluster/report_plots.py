@@ -8,7 +8,10 @@
 * ``throughput.png``: per VM and per VM group, throughput over time;
 * ``sharing.png``: per host, memory in shared pages and zero pages over time, and the
   memory saved at the end (``summary.json``: the metrics have no per-tick frame count);
-* ``migrations.png``: migrations on a timeline (only if ``migrations.parquet`` has rows).
+* ``migrations.png``: migrations on a timeline (only if ``migrations.parquet`` has rows);
+* ``events.png``: memory (resident) and throughput per VM over time with the scheduled
+  policy changes (``[[events]]``) marked -- the paper's fig. 7 when the run is its
+  tax switch (only if the run has events).
 
 With more than 12 VMs, the per-VM figures show VM groups (sums) instead.  Uses the
 object-oriented matplotlib API with the Agg canvas.  Not covered: sweeps
@@ -40,6 +43,8 @@ def run_plots(d: RunData, out: Path) -> list[Path]:
     ]
     if d.migrations:
         written.append(_migrations(d, out / "migrations.png"))
+    if d.events:
+        written.append(_events(d, out / "events.png"))
     return written
 
 
@@ -228,4 +233,61 @@ def _migrations(d: RunData, path: Path) -> Path:
     ax.set_xlim(0, float(d.cols["time_s"].max()) * 1.25)
     ax.set_xlabel("time (s)")
     ax.set_title("Migrations (bar: pre-copy start to switch-over)")
+    return _save(fig, path)
+
+
+def event_label(changes: dict) -> str:
+    """``tax_rate = 0.75`` for ``{"policy.tax_rate": 0.75}`` (section dropped)."""
+    return ", ".join(
+        f"{p.split('.', 1)[-1]} = {v:g}" if isinstance(v, float) else f"{p.split('.', 1)[-1]} = {v}"
+        for p, v in sorted(changes.items())
+    )
+
+
+def _events(d: RunData, path: Path) -> Path:
+    """Memory and throughput over time, one line per VM (or group), events marked."""
+    units = list(d.groups.items())[:10] if len(d.vms) > 10 else [(v, [v]) for v in d.vms]
+    fig = Figure(figsize=(9, 6), layout="constrained")
+    ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    tick_s = float(d.summary.get("tick_s", 1.0))
+    win = max(1, int(round(30.0 / tick_s)))  # 30 s moving mean, as throughput.png
+    kernel = np.ones(win) / win
+    for i, (name, members) in enumerate(units):
+        t, res = _series(d, members, "resident_mb")
+        _, tgt = _series(d, members, "target_mb")
+        _, tp = _series(d, members, "throughput")
+        n = max(1, len(members))
+        label = name if n == 1 else f"{name} (mean of {n})"
+        ax.plot(t, res / n, color=f"C{i}", lw=1.5, label=f"{label}: resident")
+        ax.plot(t, tgt / n, color=f"C{i}", lw=0.8, ls="--", label=f"{label}: target")
+        tp = tp / n
+        if len(tp) >= win:  # a trailing mean: nothing after an event shows before it
+            tp = (
+                np.convolve(tp, kernel)[: len(tp)]
+                * win
+                / np.minimum(np.arange(1, len(tp) + 1), win)
+            )
+        ax2.plot(t, tp, color=f"C{i}", lw=1.5, label=label)
+    t_end = float(d.cols["time_s"].max())
+    for k, (at, changes) in enumerate(d.events):
+        for a in (ax, ax2):
+            a.axvline(at, color="k", lw=0.8, ls=":")
+        left = at < 0.6 * t_end  # the label on the side with room
+        ax.annotate(
+            f"event {k}: {event_label(changes)}",
+            (at, 1.0 - 0.06 * (k % 3)),
+            xycoords=("data", "axes fraction"),
+            xytext=(3 if left else -3, -3),
+            textcoords="offset points",
+            ha="left" if left else "right",
+            va="top",
+            fontsize=7,
+        )
+    ax.set_ylabel("memory (MB)")
+    ax.set_title("Memory per VM over time (scheduled policy changes dotted)")
+    ax.legend(fontsize=7, loc="center left")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_xlabel("time (s)")
+    ax2.set_ylabel(f"throughput ({win * tick_s:g} s trailing mean)")
+    ax2.legend(fontsize=7, loc="lower left")
     return _save(fig, path)

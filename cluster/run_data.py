@@ -48,6 +48,11 @@ class RunData:
             out.setdefault(v.get("base_name") or v["name"], []).append(v["name"])
         return {g: sorted(n) for g, n in sorted(out.items())}
 
+    @property
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        """The run's scheduled policy changes (``[[events]]``): (time_s, {path: value})."""
+        return [(float(e["time_s"]), dict(e["set"])) for e in self.config.get("events", [])]
+
     def vm_series(self, vm: str, col: str) -> tuple[np.ndarray, np.ndarray]:
         """(time_s, values) of one VM, one value per tick (the last row of a tick)."""
         m = self.cols["vm"] == vm

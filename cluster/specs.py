@@ -27,7 +27,7 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         balloon_max_fraction=p.balloon_max_fraction,
         balloon_rate_pages_per_s=p.balloon_rate_pages_per_s,
         swap_rate_pages_per_s=p.swap_rate_pages_per_s,
-        thresholds=Thresholds(p.free_high, p.free_soft, p.free_hard, p.free_low),
+        thresholds=Thresholds(p.free_high, p.free_soft, p.free_hard, p.free_low, p.state_up_margin),
         disk_latency_s=p.disk_latency_ms / 1e3,
         minor_fault_s=p.minor_fault_us / 1e6,
         reclamation=p.reclamation,

@@ -4,18 +4,23 @@ A host is in one of four states, chosen from its free-memory fraction; each stat
 a set of reclamation actions (:data:`ACTIONS`). Defaults are the paper's: high 6 %, soft
 4 %, hard 2 %, low 1 % of host memory.
 
-Transition rule (``free`` = free fraction of host memory). Going *down* happens as soon
-as free falls below the state's entry threshold; going *up* needs free to clear the
-*next higher* threshold, which gives a hysteresis band between thresholds::
+Transition rule (``free`` = free fraction of host memory, ``m`` = ``up_margin``).  Going
+*down* happens as soon as free falls below a state's entry threshold, skipping states if
+need be.  Going *up* is the paper's hysteresis (a higher state is entered only once free
+memory *significantly* exceeds its threshold): free must clear the *next higher*
+threshold by the margin ``m``, and the state climbs at most **one** level per evaluation
+(LOW -> HARD -> SOFT -> HIGH takes three ticks at least)::
 
     from \\ free   < low    [low, hard)  [hard, soft)  [soft, high)  >= high
     HIGH           LOW      HARD         SOFT          HIGH          HIGH
-    SOFT           LOW      HARD         SOFT          SOFT          HIGH
-    HARD           LOW      HARD         HARD          SOFT          HIGH
-    LOW            LOW      LOW          HARD          SOFT          HIGH
+    SOFT           LOW      HARD         SOFT          SOFT          HIGH*
+    HARD           LOW      HARD         HARD          SOFT*         SOFT*
+    LOW            LOW      LOW          HARD*         HARD*         HARD*
 
-Big changes may skip states in either direction. Outside the bands the state is a
-function of ``free`` alone; inside a band it also depends on the previous state.
+``*``: only once free >= the row's *exit threshold* + m (SOFT: high, HARD: soft, LOW:
+hard); below that the row keeps its state.  Down moves ignore the margin.  The paper
+gives no number for "significantly": ``up_margin`` defaults to 0.01 of host memory (one
+point, the gap between the low and hard thresholds) -- our choice, not ESX's.
 
 Covered here: the state machine, the reclaim goal and the per-state action sets, as pure
 functions and data. *Not* covered: carrying out the actions (page sharing, ballooning,
@@ -53,13 +58,17 @@ class Thresholds:
     """Free-memory thresholds as fractions of host memory; high > soft > hard > low >= 0.
 
     Each is the entry threshold of the state below it (free < soft enters SOFT, ...), and
-    the exit threshold of the state below the next one (free >= soft leaves HARD).
+    the exit threshold of the state below the next one (free >= soft + ``up_margin``
+    leaves HARD).  ``up_margin`` (>= 0, < 1) is the hysteresis margin going up: Waldspurger
+    2002, sec. 6.3, asks free memory to "significantly" exceed the higher threshold and
+    gives no value; 0.01 (one point of host memory) is this simulator's default.
     """
 
     high: float = 0.06
     soft: float = 0.04
     hard: float = 0.02
     low: float = 0.01
+    up_margin: float = 0.01
 
     def __post_init__(self) -> None:
         # chained comparison is False for NaN as well
@@ -68,6 +77,8 @@ class Thresholds:
                 "thresholds must satisfy 1 >= high > soft > hard > low >= 0, got "
                 f"high={self.high}, soft={self.soft}, hard={self.hard}, low={self.low}"
             )
+        if not (0.0 <= self.up_margin < 1.0):
+            raise ValueError(f"up_margin must satisfy 0 <= up_margin < 1, got {self.up_margin}")
 
 
 def _state_entered(free: float, t: Thresholds) -> MemState:
@@ -81,22 +92,18 @@ def _state_entered(free: float, t: Thresholds) -> MemState:
     return MemState.HIGH
 
 
-def _state_cleared(free: float, t: Thresholds) -> MemState:
-    """Highest state whose exit threshold free has cleared (the target when going up)."""
-    if free >= t.high:
-        return MemState.HIGH
-    if free >= t.soft:
-        return MemState.SOFT
-    if free >= t.hard:
-        return MemState.HARD
-    return MemState.LOW
+def _exit_threshold(state: MemState, t: Thresholds) -> float:
+    """Free fraction (before the margin) that ``state`` must clear to climb one level."""
+    return {MemState.SOFT: t.high, MemState.HARD: t.soft, MemState.LOW: t.hard}[state]
 
 
 def next_state(prev: MemState, free_fraction: float, t: Thresholds) -> MemState:
     """State after observing ``free_fraction`` in state ``prev`` (see the module table).
 
-    ``_state_entered(free) >= _state_cleared(free)`` always holds (they differ by at most
-    one, inside a band), so at most one of the two moves applies.
+    Down: at once to the state whose entry condition holds (any number of levels).  Up:
+    one level, and only once free is at least the next higher threshold plus
+    ``t.up_margin``.  Since a state's exit threshold is above its own entry threshold, at
+    most one of the two moves applies.
     """
     if math.isnan(free_fraction):
         raise ValueError("free_fraction must not be NaN")
@@ -104,30 +111,34 @@ def next_state(prev: MemState, free_fraction: float, t: Thresholds) -> MemState:
     down = _state_entered(free_fraction, t)
     if down > prev:  # less free memory than prev tolerates: drop at once
         return down
-    up = _state_cleared(free_fraction, t)
-    if up < prev:  # free cleared the next higher threshold: climb
-        return up
+    if prev != MemState.HIGH and free_fraction >= _exit_threshold(prev, t) + t.up_margin:
+        return MemState(prev - 1)  # cleared the next higher threshold by the margin
     return prev  # inside the hysteresis band: keep the state
 
 
 def reclaim_goal_pages(free_pages: int, total_pages: int, t: Thresholds) -> int:
-    """Pages to reclaim to bring free memory back to the high threshold.
+    """Pages to reclaim to bring free memory back to where SOFT is left for HIGH.
 
-    ``max(0, ceil(high * total) - free)``. The product is taken on the threshold's
-    decimal value (``Fraction(repr(high))``), so 0.06 * 100 is 6, not the 7 a binary
-    float product (6.000000000000001) would round up to.
+    ``max(0, ceil((high + up_margin) * total) - free)``: the goal is the exit point of
+    SOFT, not the high threshold itself -- aiming at ``high`` alone would park a host at
+    exactly ``high`` free, inside the hysteresis band, in SOFT for ever (ballooning
+    stops at the goal, so free never clears the margin).  The product is taken on the
+    thresholds' decimal values (``Fraction(repr(x))``), so 0.06 * 100 is 6, not the 7 a
+    binary float product (6.000000000000001) would round up to.
     """
     if total_pages < 0 or free_pages < 0:
         raise ValueError("free_pages and total_pages must be >= 0")
-    target = math.ceil(Fraction(repr(float(t.high))) * int(total_pages))  # free pages wanted
+    frac = Fraction(repr(float(t.high))) + Fraction(repr(float(t.up_margin)))
+    target = math.ceil(frac * int(total_pages))  # free pages wanted
     return max(0, target - int(free_pages))
 
 
 ACTIONS: dict[MemState, frozenset[str]] = {
     MemState.HIGH: frozenset({"share"}),
     MemState.SOFT: frozenset({"share", "balloon"}),
-    MemState.HARD: frozenset({"share", "balloon", "swap"}),
-    MemState.LOW: frozenset({"share", "balloon", "swap", "block"}),
+    MemState.HARD: frozenset({"share", "swap"}),
+    MemState.LOW: frozenset({"share", "swap", "block"}),
 }
-"""Reclamation actions enabled in each state (ESX: balloon from soft, swap from hard,
-block VMs that allocate from low)."""
+"""Reclamation actions enabled in each state, as in Waldspurger 2002, sec. 6.3: SOFT
+balloons (and pages only VMs that cannot balloon), HARD relies on paging (no
+ballooning), LOW pages and also blocks the VMs above target."""

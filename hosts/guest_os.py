@@ -11,9 +11,17 @@ SWAPPED    evicted dirty: bytes on the guest's swap disk (``vslot``); disk fault
 DROPPED    evicted clean (an unmodified image page): re-read from the image (disk fault)
 =========  ==========================================================================
 
-Each physical page is free, holds one virtual page, or is held by the balloon.  When the
-guest needs a page it takes a free one, else it evicts its coldest (clock): this is how
-"the guest chooses what to give up" when the balloon inflates.
+Each physical page is free, holds one virtual page, is held by the balloon, or holds the
+guest kernel's own structures (``KERNEL``).  When the guest needs a page it takes a free
+one, else it evicts its coldest (clock): this is how "the guest chooses what to give up"
+when the balloon inflates.
+
+Kernel memory: a guest sizes some of its own structures by the memory it *booted with* --
+Linux's ``mem_map`` (one ``struct page`` per physical page), page tables, buffer heads --
+so a VM configured with 256 MB and ballooned to X has less room for its workload than a
+VM configured with X (the paper's explanation of ballooning's small overhead, sec. 3.2).
+``n_kernel`` physical pages are taken at boot and never freed, evicted or ballooned;
+their fraction of the configured size is the image's ``kernel_fraction``.
 
 Freeing a physical page inside the guest does *not* free machine memory -- the VMM cannot
 see it (that is what the balloon is for).  Not covered: VMM state (:mod:`hosts.phys_map`).
@@ -27,7 +35,7 @@ from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.native import JIT
 
 NEVER, RESIDENT, SWAPPED, DROPPED = 0, 1, 2, 3
-FREE, BALLOON = -1, -2
+FREE, BALLOON, KERNEL = -1, -2, -3
 
 
 class GuestSwap:
@@ -78,7 +86,9 @@ class GuestSwap:
 class GuestOS:
     """One guest's memory manager over ``n_pages`` virtual and physical pages."""
 
-    def __init__(self, n_pages: int, content_bytes: int, n_pinned: int = 0) -> None:
+    def __init__(
+        self, n_pages: int, content_bytes: int, n_pinned: int = 0, n_kernel: int = 0
+    ) -> None:
         self.n_pages = n_pages
         self.v2p = np.full(n_pages, -1, dtype=np.int32)
         self.vstate = np.zeros(n_pages, dtype=np.int8)
@@ -99,6 +109,15 @@ class GuestOS:
         if n_pinned:
             v = np.arange(n_pinned, dtype=np.int64)
             self.map(v, self.alloc(n_pinned))
+        # Kernel structures sized to the configured memory: the next physical pages off
+        # the free list, held for good (no virtual page; the clock skips p2v < 0).
+        self.n_kernel = n_kernel
+        if n_kernel:
+            self.p2v[self.alloc(n_kernel)] = KERNEL
+
+    def kernel_pages(self) -> np.ndarray:
+        """The physical pages that hold the guest kernel's structures (sorted)."""
+        return np.flatnonzero(self.p2v == KERNEL)
 
     # ------------------------------------------------------------------ free list
     def alloc(self, n: int) -> np.ndarray:
@@ -181,6 +200,11 @@ class GuestOS:
         return self.swap.n_used
 
     @property
+    def room(self) -> int:
+        """Physical pages the workload can use: all but the balloon's, pinned and kernel."""
+        return self.n_pages - self.n_ballooned - self.n_pinned - self.n_kernel
+
+    @property
     def n_resident(self) -> int:
         return int(self.n_pages - self.n_free - self.n_ballooned)
 
@@ -195,6 +219,8 @@ class GuestOS:
             raise InvariantError("physical pages in use != resident virtual pages")
         if int((self.p2v == BALLOON).sum()) != self.n_ballooned:
             raise InvariantError("balloon count is off")
+        if int((self.p2v == KERNEL).sum()) != self.n_kernel:
+            raise InvariantError("guest kernel pages were freed, evicted or ballooned")
         free = self.free_stack[: self.n_free]
         if len(np.unique(free)) != self.n_free or (self.p2v[free] != FREE).any():
             raise InvariantError("guest free list is inconsistent")

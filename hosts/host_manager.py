@@ -6,10 +6,12 @@ Scope, per tick, in this fixed order (VMs always in name order):
 2. each VM runs one workload step (unless blocked in the LOW state or paused);
 3. the page-sharing scanner visits pages at ``scan_vm_pages_per_s`` per VM, capped at
    ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
+   then the index's own memory is charged to the host (:meth:`charge_index`);
 4. reclamation by free-memory state (:mod:`hosts.reclamation`, victims chosen by the
    ``reclamation`` policy): balloon in SOFT (swap a VM only if it cannot be ballooned),
-   swap in HARD, and in LOW also block VMs above target on the next tick; in HIGH,
-   balloons of VMs below target deflate;
+   swap (no ballooning) in HARD, and in LOW also block VMs above target on the next tick;
+   in HIGH, balloons of VMs below target deflate; every page swapped is first offered to
+   page sharing;
 5. one metrics row per VM.
 
 Targets come from the allocation policy -- set by the coordinator (:meth:`set_targets`)
@@ -32,7 +34,7 @@ from vmmsim.hosts import reclamation
 from vmmsim.hosts.allocation import AllocationInput, allocate
 from vmmsim.hosts.errors import OutOfFrames
 from vmmsim.hosts.free_memory import MemState, reclaim_goal_pages
-from vmmsim.hosts.host_memory import HostMemory
+from vmmsim.hosts.host_memory import HostMemory, index_frames_for
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
@@ -134,7 +136,7 @@ class HostMemoryManager:
         margin, plus what page sharing saves (a shared frame backs several guest pages,
         and targets are in guest pages, so sharing savings raise everyone's targets)."""
         n = self.spec.n_frames
-        overhead = sum(vm.overhead_pages for vm in self.vms.values())
+        overhead = sum(vm.overhead_pages for vm in self.vms.values()) + self.mem.n_index_frames
         kept = int(n * (1.0 - self.policy.thresholds.high))  # n less the HIGH margin
         kept += self._free_target - self.free_target()  # the part of it swap cannot cover
         return max(0, kept - overhead + self.saved_pages())
@@ -149,8 +151,23 @@ class HostMemoryManager:
         fit exactly), so the margin shrinks instead.
         """
         committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
-        slack = self.spec.n_frames + self.spec.n_swap_slots - committed
+        slack = self.spec.n_frames + self.spec.n_swap_slots - committed - self.mem.n_index_frames
         return max(0, min(self._free_target, slack))
+
+    def charge_index(self) -> None:
+        """Charge the sharing index's memory to this host (after each tick's scan): 16
+        bytes (``policy.index_entry_bytes``) per shared or hint entry, in whole frames
+        (:func:`hosts.host_memory.index_frames_for`).  Never more than memory + swap leave
+        over after every VM's configured size + overhead, less admission's two spare
+        pages, so the charge can never break admission's promise that every page fits
+        (a host committed to the last page charges less than its index takes)."""
+        ix = self.mem.index
+        want = index_frames_for(
+            ix.n_shared_frames() + ix.n_hints(), self.policy.index_entry_bytes, self.sim.page_size
+        )
+        committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
+        room = self.spec.n_frames + self.spec.n_swap_slots - committed - 2
+        self.mem.charge_index(max(0, min(want, room)))
 
     def shared_pages(self) -> int:
         """Guest pages backed by shared frames, over all VMs."""
@@ -187,6 +204,25 @@ class HostMemoryManager:
         self.set_targets(targets)
         return targets
 
+    def set_policy(self, policy: HostPolicy) -> None:
+        """Replace the policy knobs between ticks (a scheduled change, ``[[events]]``):
+        everything derived from them is derived again, as in ``__init__``; the VMs take
+        the new sample size and balloon limit.  Takes effect from the next tick."""
+        self.policy = policy
+        self.period_ticks = max(1, round(policy.sample_period_s / self.sim.tick_s))
+        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self._free_target = reclaim_goal_pages(0, self.spec.n_frames, policy.thresholds)
+        self.reclaim_policy = resolve_callable("reclamation", policy.reclamation)
+        self.estimator = (
+            None
+            if policy.working_set == "esx_sampler"
+            else (resolve_callable("working_set", policy.working_set), policy.working_set)
+        )
+        for vm in self.vms.values():
+            vm.sampler.n_sample = policy.sample_pages
+            vm.sampler.estimator = self.estimator
+            vm.balloon_max_fraction = policy.balloon_max_fraction
+
     # ------------------------------------------------------------------ time
     def run_ticks(self, start: int, n: int, self_allocate_every: int = 0) -> dict:
         """Run ticks ``start .. start+n-1``; return their metrics as numpy columns."""
@@ -203,8 +239,7 @@ class HostMemoryManager:
         mem = self.mem
         ph = self.phase_s
         t0 = thread_time()
-        if t % self.period_ticks == 0:
-            self._sample_boundary(t)
+        self._sample_boundary()
         t1 = thread_time()
         ph["sampling"] += t1 - t0
         stepping: list[VirtualMachine] = []  # in the host's order
@@ -226,6 +261,7 @@ class HostMemoryManager:
             else:
                 c.paused = pause
                 stepping.append(vm)
+                vm.sampler.ran += 1  # the period clock counts ticks the VM runs
         written: list[tuple[str, Any]] = []  # (vm, pages written) for the tick's digest
         if self.access_log is None and not self.digest_every_tick and self.batch_steps:
             self.tick_steps.run(mem, stepping, self._make_room)  # planned steps batched
@@ -238,6 +274,7 @@ class HostMemoryManager:
         t2 = thread_time()
         ph["vm_steps"] += t2 - t1
         self._scan(t)
+        self.charge_index()
         t3 = thread_time()
         ph["sharing_scan"] += t3 - t2
         self._reclaim()
@@ -255,15 +292,22 @@ class HostMemoryManager:
             self.tick_digests.append(self.digest(written=written))
         ph["accounting"] += thread_time() - t4
 
-    def _sample_boundary(self, t: int) -> None:
+    def _sample_boundary(self) -> None:
+        """Close the sampling period of each VM that has run ``period_ticks`` ticks in it
+        and mark a new sample; a VM's first period starts at its first tick here.
+        Periods are in VM execution time (``sampler.ran``, one per tick the VM steps): a
+        blocked VM's clock, or a VM's paused for a whole tick, stands still, so each VM
+        has its own boundary."""
         for name in self.order:
             vm = self.vms[name]
+            s = vm.sampler
+            if 0 <= s.ran < self.period_ticks:
+                continue
             st = vm.pmap.state
             alloc = np.flatnonzero((st == ps.MAPPED) | (st == ps.SHARED) | (st == ps.VMM_SWAPPED))
-            if t > 0:
-                true = float(vm.pmap.accessed[alloc].mean()) if len(alloc) else 0.0
-                vm.sampler.end_period(true)
-            vm.sampler.start_period(alloc, vm.vmm_rng)
+            if s.ran >= 0:
+                s.end_period(float(vm.pmap.accessed[alloc].mean()) if len(alloc) else 0.0)
+            s.start_period(alloc, vm.vmm_rng)  # the clock restarts at 0
             vm.pmap.accessed[:] = False
 
     def make_room(self, k: int, requester: VirtualMachine) -> None:

@@ -1,9 +1,11 @@
 """Page-level mechanism of one host: frames, swap, sharing index and the VMs' maps.
 
 Scope: every operation that changes which frame or swap slot backs a guest page --
-first touch, copy-on-write, VMM swap out/in, releasing pages to the balloon, the page
-sharing scan, installing migrated pages -- each vectorised over a batch of guest pages,
-and ``check_invariants()`` over all of it.  Callers pass *unique* guest page numbers.
+first touch, copy-on-write, VMM swap out/in (sharing tried first: :meth:`page_out`),
+releasing pages to the balloon, the page sharing scan, installing migrated pages -- each
+vectorised over a batch of guest pages, the host frames the sharing index itself takes
+(:meth:`charge_index`), and ``check_invariants()`` over all of it.  Callers pass *unique*
+guest page numbers.
 
 Writes replace whole pages (the access model is page-granular), so the copy a real COW
 break makes is subsumed by the write itself; the fault is still counted.
@@ -66,6 +68,8 @@ class HostMemory:
         self.vms: dict[int, VMSlot] = {}
         self.next_id = 0
         self._locked: int | None = None  # cache of n_locked (None: count again)
+        # Frames holding the sharing index's entries (charge_index): used, no owner.
+        self.index_frames = np.zeros(0, dtype=np.int32)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -87,10 +91,33 @@ class HostMemory:
 
     @property
     def n_locked(self) -> int:
-        """Frames no reclamation can ever free: the VMs' overheads and pinned pages."""
+        """Frames no reclamation can ever free: the VMs' overheads and pinned pages, and
+        the frames the sharing index takes."""
         if self._locked is None:
             self._locked = sum(len(s.overhead) + s.pmap.n_pinned for s in self.vms.values())
-        return self._locked
+        return self._locked + len(self.index_frames)
+
+    # ------------------------------------------------------------------ index memory
+    @property
+    def n_index_frames(self) -> int:
+        """Frames the sharing index takes now (:meth:`charge_index`)."""
+        return len(self.index_frames)
+
+    def charge_index(self, want: int) -> int:
+        """Make the sharing index hold ``want`` frames (:func:`index_frames_for`): shrink
+        at once (the frames taken last are freed first), grow only into free frames (a
+        shortfall is charged at a later call).  Returns the frames it holds now."""
+        have = len(self.index_frames)
+        if want < have:
+            drop = self.index_frames[want:]
+            self.index_frames = self.index_frames[:want].copy()
+            self.decref(drop)
+        elif want > have:
+            n = min(want - have, self.frames.n_free)
+            if n:
+                got = self.frames.alloc(n, zero=False)
+                self.index_frames = np.concatenate((self.index_frames, got))
+        return len(self.index_frames)
 
     def chunk_cap(self, guest_room: int) -> int:
         """Most distinct pages one chunk of a VM's step may touch: half of what both the
@@ -207,6 +234,25 @@ class HostMemory:
         self.swap.free(pmap.loc[sw].copy())
         pmap.set_state(ppns, to_state, -1)
         return self.decref(frames)
+
+    def page_out(self, vm: int, ppns: np.ndarray) -> tuple[int, ScanStats]:
+        """VMM page-out of resident pages, sharing first; return (frames freed, scan).
+
+        ESX tries to share a page before paging it out (Waldspurger 2002, sec. 4.3): the
+        private pages among ``ppns`` go through the sharing scan (:meth:`scan`: hash,
+        look up shared and hint frames, byte compare), and a page that matches is shared
+        instead -- its frame freed, no swap slot used.  Pages the scan made shared (also
+        a victim promoted as another victim's hint) stay resident; the rest, and pages
+        that were shared already, are written to swap (:meth:`swap_out`).  A VM without
+        sharing, or a page that matches nothing, is simply swapped.
+        """
+        pmap = self.vms[vm].pmap
+        st = pmap.state[ppns]
+        if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
+            raise InvariantError("page_out of a page that is not resident")
+        s = self.scan(vm, ppns[st == ps.MAPPED])
+        out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
+        return s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
 
     def swap_out(self, vm: int, ppns: np.ndarray) -> int:
         """Write resident pages to the swap store; return how many frames that freed.
@@ -362,6 +408,10 @@ class HostMemory:
                 raise InvariantError(f"vm {vm}: shares a frame outside its sharing group")
             if int(self.zero[sf].sum()) != pmap.n_zero_shared:
                 raise InvariantError(f"vm {vm}: zero-shared count is off")
+        ix = self.index_frames
+        refs += np.bincount(ix, minlength=n)
+        if len(ix) and (fr.shared[ix].any() or (fr.owner_vm[ix] != -1).any()):
+            raise InvariantError("a frame of the sharing index is shared or owned by a VM")
         fr.check_invariants(refs)
         if (refs[fr.shared] < 1).any():
             raise InvariantError("a shared frame has no references")
@@ -369,6 +419,18 @@ class HostMemory:
         self.index.check_invariants(fr.content, fr.shared)
         if (self.zero & ~fr.shared).any():
             raise InvariantError("zero flag on a frame that is not shared")
+
+
+def index_frames_for(n_entries: int, entry_bytes: int, page_size: int) -> int:
+    """Frames the sharing index takes for ``n_entries`` entries of ``entry_bytes`` each.
+
+    Waldspurger 2002, sec. 4.3: "Each frame is encoded compactly in 16 bytes" (shared
+    and hint frames alike), "less than 0.5% of system memory" in all -- 16 bytes per
+    entry is at most 16 / 4096 = 0.4% of memory, as a frame has at most one entry.
+    """
+    if n_entries < 0 or entry_bytes < 0 or page_size <= 0:
+        raise ValueError("n_entries, entry_bytes must be >= 0 and page_size > 0")
+    return -(-int(n_entries) * int(entry_bytes) // int(page_size))
 
 
 def _unique(a: np.ndarray) -> np.ndarray:

@@ -7,15 +7,25 @@ order of the mechanisms follows the free-memory state (:mod:`hosts.free_memory`)
 ====== =====================================================================
 state  what runs (cheapest first; each only while the reclaim goal is unmet)
 ====== =====================================================================
-HIGH   page sharing only (the background scan, :mod:`hosts.sharing_scan`);
+HIGH   page sharing only (the background scan, :mod:`hosts.sharing`);
        balloons of VMs now below target deflate (memory given back)
 SOFT   sharing; balloon the victims (at most ``excess``, the balloon rate and
        the goal each); VMM-swap only victims that cannot balloon further
-       (no driver, or at the balloon cap)
-HARD   sharing; balloon, then VMM-swap victims (a random page choice, pages
-       that free a frame first), at the swap rate
+       (no driver, or at the balloon cap).  With the goal met (free memory at
+       or above the high threshold but not yet past it by the hysteresis
+       margin), balloons of VMs below target deflate by at most the free
+       frames above the target, so deflating never starts reclamation again
+HARD   sharing; VMM-swap the victims (a random page choice, pages that free
+       a frame first), at the swap rate -- no ballooning
 LOW    as HARD, and VMs above target are blocked on the next tick
 ====== =====================================================================
+
+As in Waldspurger 2002, sec. 6.3: in the soft state ESX reclaims by ballooning and pages
+only where ballooning is not possible; in the hard state it relies on paging; in the low
+state it also blocks the VMs above their targets.  Every VMM swap-out
+first offers the page to the sharing index (sec. 4.3: ESX always tries to share a page
+before paging it out): a page whose bytes match a shared or hinted frame is shared
+instead of swapped (:meth:`HostMemory.page_out`).
 
 The reclaim goal is ``free_target - free frames`` (:meth:`HostMemoryManager.free_target`);
 a VM's ``excess`` is its resident pages above its allocation target.
@@ -134,6 +144,17 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
             room = vm.target - vm.resident
             if room > 0 and vm.guest.n_ballooned:
                 vm.deflate_balloon(mem, min(room, int(p.balloon_rate_pages_per_s * tick_s)))
+    elif host.mstate == MemState.SOFT and goal <= 0:
+        # Held in SOFT by the hysteresis margin: deflate only into the surplus above the
+        # free target, so the host does not sit in SOFT with balloons it no longer needs.
+        surplus = mem.n_free - host.free_target()
+        for vm in vms:
+            if surplus <= 0:
+                break
+            room = vm.target - vm.resident
+            if room > 0 and vm.guest.n_ballooned:
+                n = min(room, int(p.balloon_rate_pages_per_s * tick_s), surplus)
+                surplus -= vm.deflate_balloon(mem, n)
     host.blocked = set()
     if goal <= 0:
         return
@@ -144,7 +165,7 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
     victims = _checked(view, decision, name)
     left = goal
     swap_rate = int(p.swap_rate_pages_per_s * tick_s)
-    if "balloon" in acts:
+    if "balloon" in acts:  # SOFT only
         rate = int(p.balloon_rate_pages_per_s * tick_s)
         for vm in (host.vms[n] for n in victims.balloon):
             if left <= 0:
@@ -152,15 +173,14 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
             excess = vm.resident - vm.target
             if excess > 0:
                 left -= vm.inflate_balloon(mem, min(excess, rate, left))
-        if host.mstate == MemState.SOFT:
-            # Swap only VMs that cannot be ballooned (no driver, or at the cap).
-            for vm in (host.vms[n] for n in victims.swap):
-                if left <= 0:
-                    break
-                excess = vm.resident - vm.target
-                if excess > 0 and vm.guest.n_ballooned >= vm.balloon_cap:
-                    left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
-    if "swap" in acts and left > 0:
+        # Swap only VMs that cannot be ballooned (no driver, or at the cap).
+        for vm in (host.vms[n] for n in victims.swap):
+            if left <= 0:
+                break
+            excess = vm.resident - vm.target
+            if excess > 0 and vm.guest.n_ballooned >= vm.balloon_cap:
+                left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
+    elif "swap" in acts:  # HARD and LOW: paging only
         for vm in (host.vms[n] for n in victims.swap):
             if left <= 0:
                 break
@@ -173,9 +193,10 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
 def make_room(host: Any, k: int, requester: Any) -> None:
     """Free ``k`` frames of ``host`` now by VMM-swapping random victims (over-target VMs
     first, most over first; then ``requester``; then the rest by name), pages that free a
-    frame first; whatever the policy's rates, which pace only :func:`reclaim` (a rate of
-    0 turns that off).  Not a policy: a VM that needs a frame must get one or the host
-    is out of memory and swap (:class:`hosts.errors.SwapFull`)."""
+    frame first, each offered to page sharing before it is written to swap; whatever the
+    policy's rates, which pace only :func:`reclaim` (a rate of 0 turns that off).  Not a
+    policy: a VM that needs a frame must get one or the host is out of memory and swap
+    (:class:`hosts.errors.SwapFull`)."""
     freed = 0
     over = sorted(
         (v for v in host.vms.values() if v.resident > v.target),
@@ -185,9 +206,10 @@ def make_room(host: Any, k: int, requester: Any) -> None:
     for vm in over + rest:
         while freed < k:
             before = vm.resident
-            freed += vm.swap_out_random(host.mem, k - freed, frames_first=True)
-            host.emergency_swaps += before - vm.resident  # pages swapped
-            if vm.resident == before:
+            n = vm.swap_out_random(host.mem, k - freed, frames_first=True)
+            freed += n
+            host.emergency_swaps += before - vm.resident  # pages swapped (not shared)
+            if vm.resident == before and n == 0:
                 break  # nothing left to swap in this VM (all pinned or swapped)
         if freed >= k:
             return

@@ -68,6 +68,7 @@ def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, A
             "slow": s.slow,
             "periods": s.periods,
             "active_true": s.active_true,
+            "ran": s.ran,
         },
         "workload": vm.workload.get_state(),
         "vmm_rng": vm.vmm_rng.bit_generator.state,
@@ -125,6 +126,7 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
     a.update({f"swap.{k}": getattr(mem.swap, k) for k in _SWAP})
     a.update({f"index.{k}": getattr(mem.index, k) for k in _INDEX})
     a["zero"] = mem.zero
+    a["index_frames"] = mem.index_frames
     a["state_ticks"] = host.state_ticks
     a["shared_series"] = np.asarray(host.shared_series, dtype=np.int64)
     vms = {}
@@ -170,6 +172,8 @@ def restore_host(
     for k in _INDEX:
         setattr(mem.index, k, _own(a[f"index.{k}"]))
     mem.zero = _own(a["zero"])
+    if "index_frames" in a:  # (snapshots from before the index was charged have none)
+        mem.index_frames = _own(a["index_frames"])
     mem.frames.n_free = meta["frames_n_free"]
     mem.swap.n_free = meta["swap_n_free"]
     mem.next_id = meta["next_id"]
@@ -186,6 +190,8 @@ def restore_host(
         prefix = f"vm/{name}/"
         va = {k[len(prefix) :]: v for k, v in a.items() if k.startswith(prefix)}
         vm = restore_vm(vm_specs[name], sim, policy, va, info["meta"])
+        if "ran" not in info["meta"]["sampler"]:  # saved when periods were host-wide
+            vm.sampler.ran = (host.tick - 1) % host.period_ticks + 1 if host.tick else -1
         mem.vms[vm.vm_id] = VMSlot(vm.pmap, info["group"], info["sharing"], _own(va["overhead"]))
         host.vms[name] = vm
     host.order = sorted(host.vms)

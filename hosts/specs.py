@@ -23,12 +23,23 @@ class SimParams:
 
 @dataclass(frozen=True)
 class HostPolicy:
-    scan_vm_pages_per_s: float = 50.0
-    scan_host_pages_per_s: float = 200.0
+    """Per-host policy parameters (from ``[policy]``).
+
+    Where the defaults come from: the free-memory thresholds (6/4/2/1 %) and the idle
+    tax rate 0.75 are Waldspurger 2002's.  The sharing scan rates (50 pages/s per VM,
+    200 pages/s per host) and the balloon cap (65 % of a VM's memory) are *not* in the
+    2002 paper: they are the defaults of later ESX releases' documented advanced
+    settings (Mem.ShareScanVM, Mem.ShareScanTotal, Mem.CtlMaxPercent).  The hysteresis
+    margin (``thresholds.up_margin``) is ours (the paper gives no value), and
+    ``index_entry_bytes`` is the paper's 16 bytes per shared or hint frame (sec. 4.3).
+    """
+
+    scan_vm_pages_per_s: float = 50.0  # later ESX docs (Mem.ShareScanVM), not the paper
+    scan_host_pages_per_s: float = 200.0  # later ESX docs (Mem.ShareScanTotal)
     tax_rate: float = 0.75
     sample_period_s: float = 30.0
     sample_pages: int = 100
-    balloon_max_fraction: float = 0.65
+    balloon_max_fraction: float = 0.65  # later ESX docs (Mem.CtlMaxPercent), not the paper
     balloon_rate_pages_per_s: float = 16384.0
     swap_rate_pages_per_s: float = 8192.0
     thresholds: Thresholds = Thresholds()
@@ -36,6 +47,7 @@ class HostPolicy:
     minor_fault_s: float = 2e-6
     reclamation: str = "esx"  # reclamation victim policy (vmmsim.policies)
     working_set: str = "esx_sampler"  # working-set estimator (vmmsim.policies)
+    index_entry_bytes: int = 16  # host memory per sharing-index entry (paper, sec. 4.3)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class VMSpec:
     sharing_group: str = "default"
     pinned_pages: int = 0
     overhead_pages: int = 0
-    image: ImageSpec = ImageSpec("blank", 0.0, 0.0)
+    image: ImageSpec = ImageSpec("blank", 0.0, 0.0, kernel_fraction=0.0)
     workload_kind: str = "idle"
     workload_params: Any = None
 

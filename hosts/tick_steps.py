@@ -46,7 +46,7 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan) -> tuple[Any, ...]:
         g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
         pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
-        vm.sampler.marks, vm.scratch, plan.pool_r, plan.pool_w,
+        vm.sampler.marks, vm.scratch, plan.pool_r, plan.pool_w, vm.image_key_array(),
         vm.workload.rng,
     )  # fmt: skip
 
@@ -58,7 +58,7 @@ DTYPES = tuple(
         np.int8, np.int32, np.int32, np.int32, np.bool_, np.bool_, np.int32,
         np.uint8, np.int32,
         np.int8, np.int32, np.int64, np.bool_, np.bool_,
-        np.bool_, np.int32, np.int64, np.int64,
+        np.bool_, np.int32, np.int64, np.int64, np.uint64,
     )
 )  # fmt: skip
 
@@ -116,22 +116,20 @@ class TickSteps:
         max_r = max_w = 0
         for i, (vm, p) in enumerate(zip(vms, plans, strict=True)):
             g = vm.guest
-            cut = vm.image_params()[2]
-            cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
+            cap = mem.chunk_cap(g.room)
             n_r = p.n_r if p.n_r > 0 and p.len_r > 0 else 0
             n_w = p.n_w if p.n_w > 0 and p.len_w > 0 else 0
             counts.append((n_r, n_w))
             max_r, max_w = max(max_r, n_r), max(max_w, n_w)
             vin[i] = (
-                g.n_free, g.swap.n_free, vm.vm_id, cut, vm.layout.n_image,
-                cap, p.len_r, n_r, p.len_w, n_w,
+                g.n_free, g.swap.n_free, vm.vm_id, cap, p.len_r, n_r, p.len_w, n_w,
             )  # fmt: skip
         self._res = np.zeros((n, vk.N_RES), dtype=np.int64)
         self._buffers(max_r, max_w)
 
     def _table(self, vms: Sequence[VirtualMachine], arrays: list[tuple[Any, ...]]) -> None:
         """The address table of ``arrays`` (held from now on, so they stay alive) and the
-        VMs' constant keys: image key bases, generator entry points."""
+        VMs' generator entry points."""
         for vm, t in zip(vms, arrays, strict=True):
             for a, dt in zip(t, DTYPES, strict=False):
                 if (
@@ -145,10 +143,7 @@ class TickSteps:
         self._arrays = arrays
         self._addr = np.array([[a.ctypes.data for a in t[: tk.N_ARR]] for t in arrays], np.int64)
         self._alen = np.array([[len(a) for a in t[: tk.N_ARR]] for t in arrays], np.int64)
-        keys = [
-            (*vm.image_params()[:2], *rng_pointers(t[-1]))
-            for vm, t in zip(vms, arrays, strict=True)
-        ]
+        keys = [rng_pointers(t[-1]) for t in arrays]
         self._vkey = np.array(keys, dtype=np.uint64).reshape(len(vms), tk.N_VKEY)
 
     def _run_rows(

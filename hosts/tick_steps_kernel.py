@@ -43,26 +43,24 @@ END, DECLINED, DECREF = 0, 1, 2
     V_G_FREE,  # guest free pages
     V_GS_FREE,  # guest swap free slots
     V_ID,  # vm_id (frame owner)
-    V_CUT,  # image family cut
-    V_N_IMAGE,  # image pages
     V_CAP,  # the most distinct pages one chunk may hold
     V_LEN_R,  # read pool prefix
     V_N_R,  # reads to draw
     V_LEN_W,  # write pool prefix
     V_N_W,  # writes to draw
     N_VIN,
-) = range(11)
+) = range(9)
 
-#: Columns of ``vkey`` (uint64): image key bases and the generator's C entry points.
-K_OWN, K_FAM, K_F32, K_F64, K_STATE, N_VKEY = range(6)
+#: Columns of ``vkey`` (uint64): the generator's C entry points.
+K_F32, K_F64, K_STATE, N_VKEY = range(4)
 
 #: Columns of ``addr`` / ``alen``: a VM's arrays (their data addresses / lengths), in the
 #: order of :func:`hosts.tick_steps.vm_arrays`.
 (
     A_VSTATE, A_V2P, A_P2V, A_VSLOT, A_CLEAN, A_PREF, A_GFREE, A_GS_CONTENT, A_GS_FREE,
     A_STATE, A_LOC, A_COUNTS, A_ACCESSED, A_DIRTY, A_MARKS, A_SCRATCH, A_POOL_R, A_POOL_W,
-    N_ARR,
-) = range(19)  # fmt: skip
+    A_IMG_KEYS, N_ARR,
+) = range(20)  # fmt: skip
 
 
 @intrinsic
@@ -146,7 +144,7 @@ def run_steps(
             content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
             s_content, s_used, s_free, s_n_free,
             zero, _view(a, n, A_MARKS, np.bool_), table, v[V_ID],
-            k[K_OWN], k[K_FAM], v[V_CUT], v[V_N_IMAGE], to_free, row,
+            _view(a, n, A_IMG_KEYS, np.uint64), to_free, row,
         )  # fmt: skip
         if row[vk.ST] != vk.OK:
             return q, DECLINED

@@ -35,8 +35,8 @@ from vmmsim.hosts.phys_map import PhysMap
 from vmmsim.hosts.specs import SimParams, VMSpec
 from vmmsim.hosts.working_set import WorkingSetSampler
 from vmmsim.workloads import registry
-from vmmsim.workloads.content import page_bytes, stable_hash64, word_table
-from vmmsim.workloads.images import BootLayout, image_keys
+from vmmsim.workloads.content import derived_keys, page_bytes, stable_hash64, word_table
+from vmmsim.workloads.images import BootLayout, vm_image_keys
 from vmmsim.workloads.patterns import Accesses, SplitPlan, WorkloadEnv
 
 _EMPTY = np.zeros(0, dtype=np.int64)
@@ -57,6 +57,7 @@ class VMStats:
     hint_hits: int = 0
     hint_stale: int = 0
     collisions: int = 0
+    swap_shared: int = 0  # pages shared instead of VMM-swapped (HostMemory.page_out)
     accesses: int = 0
     blocked_ticks: int = 0
     paused_ticks: int = 0
@@ -102,6 +103,15 @@ def vm_seed_sequence(seed: int, name: str, purpose: str) -> np.random.SeedSequen
     return np.random.SeedSequence(seed, spawn_key=(key & 0xFFFFFFFF, key >> 32))
 
 
+def kernel_pages(spec: VMSpec) -> int:
+    """Physical pages the guest kernel keeps for structures sized to the configured memory
+    (the image's ``kernel_fraction``), at most half of the pages that are not pinned: the
+    rest is the workload's (a guest left a page or two would run every access as its own
+    chunk through the clock)."""
+    n = int(spec.image.kernel_fraction * spec.n_pages)
+    return max(0, min(n, (spec.n_pages - spec.pinned_pages) // 2))
+
+
 class VirtualMachine:
     """A VM and all of its memory state; attached to one :class:`HostMemory` at a time.
 
@@ -128,8 +138,8 @@ class VirtualMachine:
         n = spec.n_pages
         self.pmap = PhysMap(n)
         self.pmap.n_pinned = spec.pinned_pages
-        self.guest = GuestOS(n, sim.content_bytes, spec.pinned_pages)
-        self.layout = BootLayout.for_image(spec.image, n)
+        self.guest = GuestOS(n, sim.content_bytes, spec.pinned_pages, kernel_pages(spec))
+        self.layout = BootLayout.for_image(spec.image, n, sim.page_size)
         self.sampler = WorkingSetSampler(n, sample_pages)
         self.balloon_max_fraction = balloon_max_fraction
         self.workload_rng = np.random.Generator(
@@ -139,7 +149,9 @@ class VirtualMachine:
             np.random.PCG64(vm_seed_sequence(sim.seed, spec.name, "vmm"))
         )
         if workload is None:
-            env = WorkloadEnv(n, sim.page_size, sim.tick_s, sim.seed, spec.image, self.layout)
+            env = WorkloadEnv(
+                n, sim.page_size, sim.tick_s, sim.seed, spec.image, self.layout, spec.name
+            )
             cls = registry.get(spec.workload_kind)
             params = spec.workload_params if spec.workload_params is not None else cls.Params()
             workload = cls(params, env, self.workload_rng)
@@ -154,7 +166,7 @@ class VirtualMachine:
         self.group_id = 0
         self.scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
         self._evict_res = np.zeros(gk.N_RES, dtype=np.int64)
-        self._img: tuple[np.uint64, np.uint64, int] | None = None  # image key parameters
+        self._img: np.ndarray | None = None  # content keys of the image pages
         self._fast: tuple | None = None  # fast path's per-host views and buffers
 
     # ------------------------------------------------------------------ attach
@@ -167,7 +179,7 @@ class VirtualMachine:
         """Most pages the balloon may hold (:func:`hosts.balloon.balloon_cap`)."""
         sp = self.spec
         return balloon.balloon_cap(
-            sp.n_pages, sp.pinned_pages, self.balloon_max_fraction, sp.balloon
+            sp.n_pages, sp.pinned_pages + self.guest.n_kernel, self.balloon_max_fraction, sp.balloon
         )
 
     # ------------------------------------------------------------------ one tick
@@ -184,10 +196,26 @@ class VirtualMachine:
 
     def run_step(self, mem: HostMemory, make_room: MakeRoom) -> Accesses:
         """Run the workload's next step through guest and VMM; return its accesses."""
+        if self.steps == 0 and self.guest.n_kernel:
+            self._boot_kernel(mem, make_room)
         acc = self.workload.step(self.steps)
         self.steps += 1
         self.apply(mem, make_room, acc)
         return acc
+
+    def _boot_kernel(self, mem: HostMemory, make_room: MakeRoom) -> None:
+        """The guest kernel writes its structures at boot: its pages hold machine frames
+        from then on (private content: keys from the seed and the VM's name)."""
+        ppns = self.guest.kernel_pages()
+        keys = derived_keys(stable_hash64("kernel", self.sim.seed, self.name), ppns)
+        # In chunks, as any step: on a small host the kernel alone may not fit at once.
+        step = mem.chunk_cap(len(ppns))
+        for lo in range(0, len(ppns), step):
+            chunk = ppns[lo : lo + step]
+            need = mem.frames_needed(self.vm_id, _EMPTY, chunk)
+            if need > mem.n_free:
+                make_room(need, self)
+            mem.write(self.vm_id, chunk, page_bytes(keys[lo : lo + step], self.sim.content_bytes))
 
     def apply(self, mem: HostMemory, make_room: MakeRoom, acc: Accesses) -> None:
         """Apply one step's accesses, in chunks small enough for the guest's memory.
@@ -207,7 +235,7 @@ class VirtualMachine:
         # A chunk must fit both the guest's memory and the host's: all its pages are
         # backed at once, so a chunk larger than the frames the host can free (all but
         # overheads and pinned pages) could never be served.
-        cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
+        cap = mem.chunk_cap(g.room)
         try_fast, status = self.fast_path, vk.OK
         if try_fast:
             if self.scratch is None:
@@ -239,7 +267,7 @@ class VirtualMachine:
             w0, w1 = np.searchsorted(wr, [first, last_p + 1])
             self._apply_chunk(mem, make_room, rd[r0:r1], wr[w0:w1], keys[w0:w1], try_fast)
             lo = hi
-            cap = mem.chunk_cap(g.n_pages - g.n_ballooned - g.n_pinned)
+            cap = mem.chunk_cap(g.room)
 
     def _apply_chunk(
         self,
@@ -279,16 +307,12 @@ class VirtualMachine:
             protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
             self.guest_evict(mem, g.choose_victims(short, protect))
 
-    def image_params(self) -> tuple[np.uint64, np.uint64, int]:
-        """(own base, family base, family cut) of :func:`workloads.images.image_keys`."""
+    def image_key_array(self) -> np.ndarray:
+        """Content keys of this VM's image pages (``uint64[n_image]``, read-only;
+        :func:`workloads.images.vm_image_keys`: seed, image and VM name only)."""
         if self._img is None:
-            im, seed = self.spec.image, self.sim.seed
-            own = np.uint64(stable_hash64("image", seed, im.name))
-            fam, cut = np.uint64(0), 0
-            if im.family and im.family_overlap > 0.0:
-                fam = np.uint64(stable_hash64("family", seed, im.family))
-                cut = int(im.family_overlap * self.layout.n_image)
-            self._img = (own, fam, cut)
+            sp = self.spec
+            self._img = vm_image_keys(sp.image, self.sim.seed, sp.name, self.layout.n_image)
         return self._img
 
     def _apply_fast(self, mem: HostMemory, make_room: MakeRoom, head: tuple) -> int:
@@ -302,7 +326,7 @@ class VirtualMachine:
         """
         kernel = vk.step if len(head) == 5 else vk.apply_chunk
         g, gs, pm, fr, sw = self.guest, self.guest.swap, self.pmap, mem.frames, mem.swap
-        own, fam, cut = self._img or self.image_params()
+        img_keys = self._img if self._img is not None else self.image_key_array()
         if self._fast is None or self._fast[0] is not fr.content:  # per host (migration)
             n = self.spec.n_pages
             self._fast = (
@@ -323,7 +347,7 @@ class VirtualMachine:
                 fr.n_free,
                 sw.content, sw.used, sw.free_stack, sw.n_free,
                 mem.zero, self.sampler.marks, table, self.vm_id,
-                own, fam, cut, self.layout.n_image, to_free, res,
+                img_keys, to_free, res,
             )  # fmt: skip
             r = res.tolist()
             if r[vk.ST] != vk.FRAMES:
@@ -359,7 +383,7 @@ class VirtualMachine:
             mem.decref(to_free[: r[vk.N_FREE]])  # last references of COW-broken frames
 
     def image_keys_of(self, vpns: np.ndarray) -> np.ndarray:
-        return image_keys(self.spec.image, self.sim.seed, vpns, self.layout.n_image)
+        return self.image_key_array()[np.asarray(vpns, dtype=np.int64)]
 
     def guest_evict(self, mem: HostMemory, victims: np.ndarray) -> None:
         """The guest pages out ``victims`` (physical pages): dirty ones to its swap, in one
@@ -399,7 +423,8 @@ class VirtualMachine:
 
     def swap_out_random(self, mem: HostMemory, k: int, frames_first: bool = False) -> int:
         """VMM swapping: ``k`` random resident, unpinned pages (ESX picks at random); fewer
-        if the host's swap has fewer free slots (the count swapped is returned).
+        if the host's swap has fewer free slots.  Each page is first offered to page
+        sharing (:meth:`HostMemory.page_out`); returns the frames freed.
 
         ``frames_first`` (emergency swapping, which needs frames): pick among privately
         mapped pages first -- swapping out one page of a shared frame uses a slot but
@@ -415,15 +440,21 @@ class VirtualMachine:
                 return 0
             if len(own) >= k:
                 pick = np.sort(own[self.vmm_rng.choice(len(own), size=k, replace=False)])
-                return mem.swap_out(self.vm_id, pick)
-            n = mem.swap_out(self.vm_id, own) if len(own) else 0
+                return self._page_out(mem, pick)
+            n = self._page_out(mem, own) if len(own) else 0
             return n + self.swap_out_random(mem, k - n)
         cand = np.flatnonzero(((st == ps.MAPPED) | (st == ps.SHARED)) & unpinned)
         k = min(k, len(cand), mem.swap.n_free)  # never ask swap for more than it has free
         if k <= 0:
             return 0
         pick = np.sort(cand[self.vmm_rng.choice(len(cand), size=k, replace=False)])
-        return mem.swap_out(self.vm_id, pick)
+        return self._page_out(mem, pick)
+
+    def _page_out(self, mem: HostMemory, pick: np.ndarray) -> int:
+        """Page ``pick`` out, sharing first; count what sharing took; frames freed."""
+        n, s = mem.page_out(self.vm_id, pick)
+        self.stats.swap_shared += s.merged + s.hint_hits
+        return n
 
     def scan_candidates(self, n: int) -> np.ndarray:
         """The next ``n`` pages of this VM's random scan order (an affine permutation).

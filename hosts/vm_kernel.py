@@ -38,7 +38,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from vmmsim.hosts import guest_os as gos
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.native import JIT
-from vmmsim.workloads.content import GOLDEN, MIX_M1, MIX_M2
+from vmmsim.workloads.content import MIX_M1, MIX_M2
 
 #: Status codes (``res[ST]``): done; the guest must evict (general path); the host needs
 #: ``res[NEED]`` frames (make room, call again); a ballooned page was touched (general
@@ -81,14 +81,6 @@ def mix64(x: np.uint64) -> np.uint64:
     x = x ^ (x >> np.uint64(27))
     x = x * MIX_M2
     return x ^ (x >> np.uint64(31))
-
-
-@numba.njit(**JIT)
-def image_key(v: int, own: np.uint64, fam: np.uint64, cut: int) -> np.uint64:
-    """Content key of image page ``v`` (as :func:`workloads.images.image_keys`)."""
-    base = fam if v < cut else own
-    k = mix64((np.uint64(v) * GOLDEN) ^ base)
-    return np.uint64(1) if k == 0 else k
 
 
 @numba.njit(**JIT)
@@ -249,10 +241,7 @@ def apply_chunk_kernel(
     marks: np.ndarray,
     table: np.ndarray,
     vm_id: int,
-    img_own: np.uint64,
-    img_fam: np.uint64,
-    img_cut: int,
-    n_image: int,
+    img_keys: np.ndarray,
     to_free: np.ndarray,
     res: np.ndarray,
 ) -> None:
@@ -521,8 +510,7 @@ def apply_chunk_kernel(
     for i in range(n_sw):
         content[loc[vw_pp[i]], :] = gs_content[r_slots[i], :]
     for i in range(n_sw, n_sw + n_dr):
-        key = image_key(vw_v[i], img_own, img_fam, img_cut)
-        write_key(content, words, loc[vw_pp[i]], key, table)
+        write_key(content, words, loc[vw_pp[i]], img_keys[vw_v[i]], table)
     for i in range(n_sw + n_dr, n_rest):
         content[loc[vw_pp[i]], :] = 0
     for i in range(n_vw):
@@ -537,7 +525,7 @@ def apply_chunk_kernel(
             j = i - n_rest
             write_key(content, words, loc[p], keys[j], table)
             v = wr[j]
-            clean[v] = v < n_image and image_key(v, img_own, img_fam, img_cut) == keys[j]
+            clean[v] = v < img_keys.shape[0] and img_keys[v] == keys[j]
 
     vmm_in = rv + wv
     res[MINOR] += first + ws + hits
@@ -597,10 +585,7 @@ def step(
     marks: np.ndarray,
     table: np.ndarray,
     vm_id: int,
-    img_own: np.uint64,
-    img_fam: np.uint64,
-    img_cut: int,
-    n_image: int,
+    img_keys: np.ndarray,
     to_free: np.ndarray,
     res: np.ndarray,
 ) -> None:
@@ -625,5 +610,5 @@ def step(
         content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
         s_content, s_used, s_free, s_n_free,
         zero, marks, table, vm_id,
-        img_own, img_fam, img_cut, n_image, to_free, res,
+        img_keys, to_free, res,
     )  # fmt: skip

@@ -1,14 +1,25 @@
-"""Working-set estimation by sampling (ESX, Waldspurger 2002, section 5.3).
+"""Working-set estimation by sampling (ESX, Waldspurger 2002, sections 5.2-5.3).
 
 Scope: every sampling period the VMM picks ``n`` random pages of a VM (among the pages it
 has allocated) and invalidates them; the first touch of each costs a minor fault and is
-counted.  At the end of a period ``f = touched / n``.  The estimate is the maximum of a
-fast and a slow exponentially weighted moving average of ``f`` and of the current
-period's partial estimate -- respond quickly to increases, slowly to decreases.
+counted.  At the end of a period ``f = touched / n``.  The estimate is the maximum of
+three exponentially weighted moving averages (paper, sec. 5.3): a slow one and a fast one
+of ``f``, and a version of the fast one that takes in the current period's counts -- the
+fast average updated with the partial fraction ``touched / sampled`` so far (what it
+would become if the period ended now).  So the estimate responds quickly to increases,
+also within a period, and slowly to decreases.
 
-Gains are per period: fast 0.5, slow 0.1 (documented defaults).  The true active fraction
-(pages touched during the period / pages allocated, from the VMM's accessed bits) is kept
-beside the estimate so estimation error is visible.
+Sampling periods are in VM *execution* time (as in the paper, sec. 5.3): a period ends
+when its VM has run ``period_ticks`` ticks in it (:attr:`WorkingSetSampler.ran`, counted
+by the host); ticks when the VM is blocked, paused or between hosts while migrating do
+not count, so every VM has its own period boundary.
+
+Where the numbers come from: ``n`` = 100 pages per 30 s period are the paper's defaults
+(``[policy] sample_pages``, ``sample_period_s``).  The gains -- fast 0.5, slow 0.1 per
+period (:data:`FAST_GAIN`, :data:`SLOW_GAIN`) -- are *not* given in the paper; they are
+this simulator's choice.  The true active fraction (pages touched during the period /
+pages allocated, from the VMM's accessed bits) is kept beside the estimate so estimation
+error is visible.
 
 The estimator -- how ``f`` per period becomes the estimate -- is a policy (kind
 ``working_set`` in :mod:`vmmsim.policies`, ``[policy] working_set``): a function
@@ -32,6 +43,8 @@ import numpy as np
 from vmmsim.policies import PolicyError, register
 from vmmsim.policies import call as call_policy
 
+#: Per-period gains of the fast and slow averages: this simulator's choice (the paper
+#: gives no values).
 FAST_GAIN = 0.5
 SLOW_GAIN = 0.1
 
@@ -43,7 +56,8 @@ class WorkingSetView:
     ``periods``: sampling periods ended with a sample; ``fast`` / ``slow``: the EWMAs of
     the per-period fraction ``f`` (gains :data:`FAST_GAIN`, :data:`SLOW_GAIN`; equal to
     the first ``f`` after one period); ``sampled`` / ``touched``: the current period's
-    sample size and its pages touched so far (``partial = touched / sampled``).
+    sample size and its pages touched so far (``partial = touched / sampled``);
+    ``fast_now``: the fast average updated with ``partial`` (the paper's third average).
     """
 
     periods: int
@@ -56,17 +70,31 @@ class WorkingSetView:
     def partial(self) -> float:
         return self.touched / self.sampled if self.sampled else 0.0
 
+    @property
+    def fast_now(self) -> float:
+        return fast_with_partial(self.fast, self.sampled, self.touched)
+
+
+def fast_with_partial(fast: float, sampled: int, touched: int) -> float:
+    """The fast average updated with the current period's counts so far (``fast`` when
+    nothing was sampled this period: no information)."""
+    if not sampled:
+        return fast
+    return fast + FAST_GAIN * (touched / sampled - fast)
+
 
 @register("working_set", "esx_sampler")
 def esx_sampler(view: WorkingSetView) -> float:
-    """ESX: max(fast, slow, current partial); 1.0 until the first period ends."""
+    """ESX: max(slow, fast, fast with the current period); 1.0 until a period ends."""
     if view.periods == 0:
         return 1.0  # nothing measured yet: assume fully active (no tax)
-    return max(view.fast, view.slow, view.partial)
+    return max(view.slow, view.fast, view.fast_now)
 
 
 class WorkingSetSampler:
-    """Per-VM sampler state: the marked sample, touched count and the two averages.
+    """Per-VM sampler state: the marked sample, touched count, the two averages and the
+    period clock ``ran`` (ticks the VM has run in the current period: the host adds one
+    per tick the VM steps and ends the period when it reaches ``period_ticks``).
 
     ``estimator`` (set by the host): a ``working_set`` policy and its name; None is the
     built-in ``esx_sampler`` computed inline."""
@@ -82,6 +110,9 @@ class WorkingSetSampler:
         self.slow = 0.0
         self.periods = 0
         self.active_true = 0.0
+        # The period clock: ticks the VM has run in the current period; -1 until the host
+        # starts the first period (at the VM's first tick).
+        self.ran = -1
 
     def start_period(self, allocated_pages: np.ndarray, rng: np.random.Generator) -> None:
         self.marks[:] = False
@@ -91,6 +122,7 @@ class WorkingSetSampler:
             self.marks[allocated_pages[pick]] = True
         self.sampled = n
         self.touched = 0
+        self.ran = 0
 
     def on_access(self, ppns: np.ndarray) -> int:
         """Count first touches of marked pages (each a minor fault); unmark them."""
@@ -120,13 +152,13 @@ class WorkingSetSampler:
 
     @property
     def estimate(self) -> float:
-        """The estimator's value (default: max(fast, slow, current partial); 1.0 until the
-        first period ends)."""
+        """The estimator's value (default: max(slow, fast, fast with the current period);
+        1.0 until the first period ends)."""
         if self.estimator is not None:
             return self._estimate_with(*self.estimator)
         if self.periods == 0:
             return 1.0  # nothing measured yet: assume fully active (no tax)
-        return max(self.fast, self.slow, self.partial)
+        return max(self.slow, self.fast, fast_with_partial(self.fast, self.sampled, self.touched))
 
     def _estimate_with(self, fn: Callable[[WorkingSetView], float], name: str) -> float:
         view = WorkingSetView(self.periods, self.fast, self.slow, self.sampled, self.touched)

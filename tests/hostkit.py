@@ -54,6 +54,20 @@ def write_keys(mem: HostMemory, vm: int, ppns, keys, cb: int | None = None):
     return mem.write(vm, ppns, keyed(keys, cb or mem.content_bytes))
 
 
+def hinted_pair(
+    n_frames: int, n_pages: int, key: int, *, ppn_a: int = 0, ppn_b: int = 0, swap: int = 8
+) -> tuple[HostMemory, tuple[int, PhysMap], tuple[int, PhysMap]]:
+    """Two sharing VMs ``a`` and ``b`` of ``n_pages`` on a fresh HostMemory, with the same
+    bytes (content ``key``) at ``a``'s page ``ppn_a`` and ``b``'s page ``ppn_b``, ``a``'s
+    page scanned once (a hint, not yet shared).  Returns (mem, (a, map), (b, map))."""
+    mem = make_mem(n_frames, swap)
+    a, b = attach(mem, n_pages), attach(mem, n_pages)
+    write_keys(mem, a[0], pages(ppn_a), [key])
+    write_keys(mem, b[0], pages(ppn_b), [key])
+    mem.scan(a[0], pages(ppn_a))
+    return mem, a, b
+
+
 def sim_params(cb: int = CB, seed: int = 7, tick_s: float = 1.0) -> SimParams:
     return SimParams(seed=seed, tick_s=tick_s, page_size=4096, content_bytes=cb)
 
@@ -142,4 +156,18 @@ def make_host(
     )
 
 
-TEST_IMAGE = ImageSpec("testimg", shared_fraction=0.5, zero_fraction=0.0)
+#: (no guest kernel pages: tests count pages exactly; CLASS_IMAGE has the default ones)
+TEST_IMAGE = ImageSpec("testimg", shared_fraction=0.5, zero_fraction=0.0, kernel_fraction=0.0)
+#: An image whose pages are identical across VMs only with each class's probability (and a
+#: few duplicated within a VM): every VM has its own image keys.
+CLASS_IMAGE = ImageSpec(
+    "classimg",
+    shared_fraction=0.5,
+    zero_fraction=0.05,
+    family="fam",
+    classes=(
+        ("kernel", 0.3, 0.9, 0.0, "family"),
+        ("libs", 0.4, 0.5, 0.1, "image"),
+        ("data", 0.3, 0.2, 0.05, "image"),
+    ),
+)

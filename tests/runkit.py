@@ -1,4 +1,5 @@
-"""Tiny experiment configs for end-to-end tests (written to tmp dirs as TOML)."""
+"""Tiny experiment configs for tests (TOML text, written to tmp dirs): end-to-end runs and
+the config loader."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ def small_config(
     host_mb: int = 24,
     vm_mb: int = 16,
     seed: int = 7,
+    policy: str = "",
     extra: str = "",
 ) -> str:
     """A config that runs in about a second in-process: overcommitted so that ballooning
-    and swapping happen, identical images so that sharing happens."""
+    and swapping happen, identical images so that sharing happens.  ``policy``: more
+    ``[policy]`` lines; ``extra``: more tables, at the end."""
     return f"""
 [simulation]
 seed = {seed}
@@ -29,6 +32,8 @@ share_scan_vm_pages_per_s = 400
 share_scan_host_pages_per_s = 1600
 realloc_period_s = 5
 sample_period_s = 10
+vm_overhead_mb = 0  # toy 16 MB VMs: the paper's 32 MB overhead would dwarf them
+{policy}
 
 [[hosts]]
 name = "h"
@@ -52,6 +57,29 @@ memory_mb = {vm_mb}
 [vms.workload]
 kind = "idle"
 {extra}
+"""
+
+
+def one_vm_config(
+    *, duration_s: int = 4, vm_mb: int = 32, simulation: str = "", vm: str = ""
+) -> str:
+    """One 64 MB host ``h`` and one VM ``v``, for tests of the config loader (parsed or
+    refused, rarely run).  ``simulation``: more ``[simulation]`` lines; ``vm``: more lines
+    of the ``[[vms]]`` entry (its keys, then its sub-tables)."""
+    return f"""
+[simulation]
+duration_s = {duration_s}
+{simulation}
+
+[[hosts]]
+name = "h"
+memory_mb = 64
+swap_mb = 64
+
+[[vms]]
+name = "v"
+memory_mb = {vm_mb}
+{vm}
 """
 
 

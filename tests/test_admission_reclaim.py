@@ -22,15 +22,21 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.free_memory import Thresholds
 
+from vmmsim.policies import resolve_callable
+
 # --------------------------------------------------------------------- the issue's configs
-SWAP_FULL = {  # item 1: passes admission exactly (256 MB of max in 223 + 34 MB)
+SWAP_FULL = {  # item 1: passes the paper's admission exactly (min 200 MB in 223 MB of
+    # memory, the other 56 MB in 56 MB of swap; no overhead): the 33 MB HIGH margin is more
+    # than memory + swap leave over (23 MB)
     "simulation": {"duration_s": 30, "content_bytes": 64},
-    "policy": {"free_high": 0.15},
-    "hosts": [{"name": "h", "memory_mb": 223, "swap_mb": 34}],
+    "policy": {"free_high": 0.15, "vm_overhead_mb": 0},
+    "hosts": [{"name": "h", "memory_mb": 223, "swap_mb": 56}],
     "vms": [
         {
             "name": "v",
             "memory_mb": 256,
+            "sharing": False,  # swap capacity is the point: no page shared instead
+            "min_mb": 200,
             "balloon": False,
             "workload": {"kind": "steady", "wss_mb": 228},
         }
@@ -38,6 +44,7 @@ SWAP_FULL = {  # item 1: passes admission exactly (256 MB of max in 223 + 34 MB)
 }
 PINNED_BOOT = {  # item 2: 70 MB pinned on a 100 MB host, a boot step larger than the rest
     "simulation": {"duration_s": 5, "content_bytes": 64},
+    "policy": {"vm_overhead_mb": 0},
     "hosts": [{"name": "h", "memory_mb": 100, "swap_mb": 400}],
     "images": [{"name": "custom", "zero_fraction": 0.35}],
     "vms": [{"name": "v", "memory_mb": 256, "image": "custom", "pinned_mb": 70}],
@@ -50,7 +57,7 @@ BALLOON_PINNED = {  # item 3: a balloon that took every unpinned page of fs
         "free_soft": 0.16,
         "vm_overhead_mb": 3.5,
     },
-    "hosts": [{"name": "h", "memory_mb": 403, "swap_mb": 481}],
+    "hosts": [{"name": "h", "memory_mb": 403, "swap_mb": 520}],  # swap: 514.6 MB beyond mins
     "vms": [
         {
             "name": "fs",
@@ -92,7 +99,7 @@ def test_item1_reclaim_within_swap_runs(tmp_path: Path) -> None:
     summary = run_checked(SWAP_FULL, tmp_path)
     assert summary["n_ticks"] == 30
     h = summary["hosts"]["h"]
-    assert 0 < h["swap_used_mb"] <= 34
+    assert 0 < h["swap_used_mb"] <= 56
     # The VM is not blocked for the rest of the run: it keeps working.
     assert summary["vms"]["v"]["counters"]["blocked_ticks"] < 15
 
@@ -108,8 +115,9 @@ def test_swap_out_random_never_asks_for_more_than_swap_has() -> None:
 
 
 def test_free_target_never_exceeds_what_swap_can_cover() -> None:
-    # 100 frames + 20 slots; HIGH margin 30 frames (free_high 0.3).
-    pol = make_policy(thresholds=Thresholds(high=0.3, soft=0.2, hard=0.1, low=0.05))
+    # 100 frames + 20 slots; HIGH margin 30 frames (free_high 0.3, no up margin).
+    th = Thresholds(high=0.3, soft=0.2, hard=0.1, low=0.05, up_margin=0.0)
+    pol = make_policy(thresholds=th)
     host = make_host(100, 20, policy=pol)
     assert host.free_target() == 30  # no VMs: the margin as configured
     host.boot_vm(vm_spec("a", 110))  # 110 of 120 committed: 10 left over
@@ -137,6 +145,7 @@ def test_chunk_cap_counts_locked_frames() -> None:
 
 def test_pinned_memory_must_leave_room_in_machine_memory() -> None:
     data = {
+        "policy": {"vm_overhead_mb": 0},
         "hosts": [{"name": "h", "memory_mb": 100, "swap_mb": 400}],
         "vms": [{"name": "v", "memory_mb": 256, "pinned_mb": 100, "host": "h"}],
     }
@@ -172,7 +181,10 @@ def test_fully_ballooned_guest_with_pinned_pages_evicts() -> None:
 
 # --------------------------------------------------------------------- 5: placement packing
 def _cfg(hosts: list[tuple[float, float]], vms: list[float], **vm_kw) -> dict:
+    """Hosts (memory, swap), VMs of these sizes (min 0: each needs its size in swap), no
+    overhead: packing on the paper's swap rule."""
     return {
+        "policy": {"vm_overhead_mb": 0},
         "hosts": [
             {"name": f"h{i}", "memory_mb": m, "swap_mb": s} for i, (m, s) in enumerate(hosts)
         ],
@@ -182,37 +194,52 @@ def _cfg(hosts: list[tuple[float, float]], vms: list[float], **vm_kw) -> dict:
 
 def test_item5_packing_finds_an_assignment_greedy_misses() -> None:
     # Config-order greedy (most free memory) puts v0 on h1, v1 on h0, v2 on h1: v3 fits
-    # nowhere; h0 = {v0, v2} (500 of 507), h1 = {v1, v3} (750 of 751) fits.
-    cfg = parse_config(_cfg([(254, 253), (352, 399)], [300, 450, 200, 300]))
+    # nowhere; h0 = {v0, v2} (500 of 507 MB of swap), h1 = {v1, v3} (750 of 751) fits.
+    cfg = parse_config(_cfg([(254, 507), (352, 751)], [300, 450, 200, 300]))
     where = place(cfg)
     for h in cfg.host_names():
         hc = cfg.host(h)
         used = sum(cfg.vm(v).memory_mb for v, x in where.items() if x == h)
-        assert used <= hc.memory_mb + hc.swap_mb
+        assert used <= hc.swap_mb
     assert sorted(where) == ["v0", "v1", "v2", "v3"]
 
 
 def test_placement_of_configs_greedy_places_is_unchanged() -> None:
-    cfg = parse_config(_cfg([(100, 100), (120, 0), (80, 50)], [60, 50, 40, 30, 20]))
+    cfg = parse_config(_cfg([(100, 200), (120, 120), (80, 130)], [60, 50, 40, 30, 20]))
     # As the config-order greedy placed it before the fallback search existed.
     assert place(cfg) == {"v0": "h1", "v1": "h0", "v2": "h2", "v3": "h1", "v4": "h0"}
 
 
-def test_refusal_names_the_closest_host_and_its_memory_plus_swap() -> None:
-    # No assignment exists.  Largest first: v0 -> h0, v1 -> h1; v2 then lacks 80 MB on h0
-    # (the host with the most free memory) but only 10 MB on h1.
-    cfg = parse_config(_cfg([(101, 0), (60, 90)], [100, 80, 80]))
+def test_refusal_names_the_closest_host_and_its_swap() -> None:
+    # No assignment exists.  Largest first: v0 -> h0, v1 -> h1; v2 then lacks 79 MB of
+    # swap on h0 (the host with the most free memory) but only 10 MB on h1.
+    cfg = parse_config(_cfg([(101, 101), (60, 150)], [100, 80, 80]))
     with pytest.raises(PlacementError) as e:
         place(cfg)
     msg = str(e.value)
-    assert "vms (v2): cannot be placed: needs 80 MB (memory_mb + overhead)" in msg
-    assert "the closest host h1 has 69.9922 MB of memory + swap (less two pages) uncommitted" in msg
+    assert "vms (v2): cannot be placed: needs 80 MB of swap (memory_mb less min_mb" in msg
+    assert "the closest host h1 has 70 MB of swap not reserved" in msg
+
+
+def test_refusal_names_the_closest_host_and_its_memory_plus_swap() -> None:
+    # The simulator's two-page margin: memory and swap both (nearly) exactly reserved,
+    # as the paper's rules allow, is refused; one page more of swap is admitted.
+    page = 4096 / 2**20
+    cfg = parse_config(_cfg([(100, page)], [100], min_mb=100 - page))
+    with pytest.raises(PlacementError) as e:
+        place(cfg)
+    msg = str(e.value)
+    assert "vms (v0): cannot be placed: needs 100 MB (memory_mb + overhead)" in msg
+    assert "the closest host h0 has 99.9961 MB of memory + swap (less two pages)" in msg
+    assert place(parse_config(_cfg([(100, 2 * page)], [100], min_mb=100 - page))) == {"v0": "h0"}
 
 
 def _brute_force(cfg) -> bool:
     page = cfg.simulation.page_size / 2**20
     claims = [
-        admission.claim(min=v.min_mb, pinned=v.pinned_mb, size=v.memory_mb, overhead=0.0)
+        admission.claim(
+            min=v.min_mb, pinned=v.pinned_mb, size=v.memory_mb, overhead=cfg.policy.vm_overhead_mb
+        )
         for v in cfg.vms
     ]
     for assign in itertools.product(range(len(cfg.hosts)), repeat=len(cfg.vms)):
@@ -232,7 +259,7 @@ def test_property_place_finds_an_assignment_when_one_exists(policy: str) -> None
     rnd = random.Random(14)
     found = refused = 0
     for _ in range(150):
-        hosts = [(rnd.randint(20, 120), rnd.choice([0, 10, 40, 80])) for _ in range(3)]
+        hosts = [(rnd.randint(20, 120), rnd.choice([0, 40, 120, 240])) for _ in range(3)]
         vms = []
         for i in range(rnd.randint(2, 6)):
             mem = rnd.randint(8, 120)
@@ -245,7 +272,7 @@ def test_property_place_finds_an_assignment_when_one_exists(policy: str) -> None
                 }
             )
         data = {
-            "policy": {"placement": policy},
+            "policy": {"placement": policy, "vm_overhead_mb": rnd.choice([0, 4, 16])},
             "hosts": [
                 {"name": f"h{i}", "memory_mb": m, "swap_mb": s} for i, (m, s) in enumerate(hosts)
             ],
@@ -261,7 +288,10 @@ def test_property_place_finds_an_assignment_when_one_exists(policy: str) -> None
                 mine = [cfg.vm(v) for v, x in where.items() if x == h.name]
                 total = admission.totals(
                     admission.claim(
-                        min=v.min_mb, pinned=v.pinned_mb, size=v.memory_mb, overhead=0.0
+                        min=v.min_mb,
+                        pinned=v.pinned_mb,
+                        size=v.memory_mb,
+                        overhead=cfg.policy.vm_overhead_mb,
                     )
                     for v in mine
                 )
@@ -279,6 +309,7 @@ def test_property_place_finds_an_assignment_when_one_exists(policy: str) -> None
 # ---------------------------------------------------------------- 6: min_mb for every VM
 def test_item6_min_mb_admission_holds_for_placed_vms() -> None:
     data = {
+        "policy": {"vm_overhead_mb": 0},
         "hosts": [{"name": "h", "memory_mb": 64, "swap_mb": 512}],
         "vms": [{"name": "x", "memory_mb": 128, "min_mb": 60, "count": 3}],
     }
@@ -300,26 +331,54 @@ def test_item6_migration_admission_checks_min_pages() -> None:
 
 def test_admission_rules() -> None:
     c = admission.claim(min=10, pinned=20, size=50, overhead=2)
-    assert c == Claim(reserve=22, pinned=22, commit=52)
+    assert c == Claim(reserve=22, pinned=22, commit=52, swap=30)
     assert admission.check(c + c, memory=45, swap=100) is None
     assert admission.check(c + c, memory=43, swap=100).rule == "reserve"
     r = admission.check(c + c, memory=44, swap=100)
     assert r is not None and r.rule == "pinned"  # 44 pinned leaves no page
-    assert admission.check(c + c, memory=60, swap=43).rule == "commit"
+    r = admission.check(c + c, memory=100, swap=59)
+    assert r is not None and (r.rule, r.total, r.limit) == ("swap", 60, 59)
+    assert admission.check(c + c, memory=100, swap=60) is None
+    # min (at least pinned) + overhead in memory and the rest in swap, exactly: the
+    # paper's rules hold; the simulator's two-page margin refuses.
+    assert admission.check(c + c, memory=44 + 1, swap=60 + 0.5).rule == "commit"
+    assert admission.check(c + c, memory=44 + 1, swap=60 + 1) is None
+
+
+def test_paper_rule_refuses_what_memory_plus_swap_admitted() -> None:
+    """The old rule (sum of size + overhead <= memory + swap) admitted a VM whose size
+    fits in memory when swap is small; the paper reserves swap for size - min."""
+    data = {
+        "hosts": [{"name": "h", "memory_mb": 1024, "swap_mb": 64}],
+        "vms": [{"name": "v", "memory_mb": 256, "host": "h"}],
+    }
+    with pytest.raises(ConfigError, match=r"memory_mb - min_mb \(at least pinned_mb\) = 256 MB"):
+        parse_config(data)
+    data["vms"][0]["min_mb"] = 192  # 192 + 32 MB in memory, 64 MB in swap: admitted
+    assert place(parse_config(data)) == {"v": "h"}
+    data["vms"].append({"name": "w", "memory_mb": 64})  # unpinned: swap is taken
+    data["hosts"].append({"name": "g", "memory_mb": 4096, "swap_mb": 32})
+    with pytest.raises(PlacementError, match="needs 64 MB of swap") as e:
+        place(parse_config(data))
+    assert "the closest host g has 32 MB of swap not reserved" in str(e.value)
 
 
 # ------------------------------- max_mb below memory_mb: admission counts memory_mb (14)
-def _capped(swap_mb: float, **sim) -> dict:
+def _capped(
+    swap_mb: float, memory_mb: float = 64, min_mb: float = 0, max_mb: float = 40, **sim
+) -> dict:
     """A 128 MB VM capped at max_mb 40, no balloon, touching every page, on a 64 MB host."""
     return {
         "simulation": {"duration_s": 10, "content_bytes": 64, **sim},
-        "hosts": [{"name": "h", "memory_mb": 64, "swap_mb": swap_mb}],
+        "hosts": [{"name": "h", "memory_mb": memory_mb, "swap_mb": swap_mb}],
         "vms": [
             {
                 "name": "v",
                 "memory_mb": 128,
-                "max_mb": 40,
+                "min_mb": min_mb,
+                "max_mb": max_mb,
                 "balloon": False,
+                "sharing": False,  # every page to swap (none shared before paging out)
                 "host": "h",
                 "workload": {"kind": "steady", "wss_mb": 128},
             }
@@ -328,25 +387,42 @@ def _capped(swap_mb: float, **sim) -> dict:
 
 
 def test_admission_counts_memory_mb_not_max_mb() -> None:
-    # max_mb 40 fits in 64 + 32 MB, but the VM can touch all 128 MB: refused (it ran out
-    # of memory and swap before), pinned or placed.
+    # max_mb 40 fits in 100 MB of swap, but the VM can touch all 128 MB: swap must hold
+    # memory_mb - min_mb (the paper's max - min; it ran out of memory and swap before),
+    # pinned or placed.
+    for pinned in (True, False):
+        data = _capped(100)
+        if not pinned:
+            data["vms"][0].pop("host")
+        with pytest.raises(ConfigError) as e:
+            parse_config(data)
+        assert "memory_mb - min_mb (at least pinned_mb) = 128 MB > swap_mb 100 MB" in str(e.value)
+    two = _capped(100, memory_mb=160, min_mb=40)  # 40 + 32 MB in memory, 88 MB in swap
+    two["vms"].append(dict(two["vms"][0], name="w"))
     with pytest.raises(ConfigError) as e:
-        parse_config(_capped(32))
-    assert "sum of memory_mb + vm_overhead_mb over its 1 pinned VMs (v) is 128 MB" in str(e.value)
-    assert "> memory_mb + swap_mb less two pages = 95.9922 MB" in str(e.value)
-    data = _capped(32)
-    data["vms"][0].pop("host")
-    with pytest.raises(PlacementError, match=r"needs 128 MB \(memory_mb \+ overhead\)"):
-        place(parse_config(data))
+        parse_config(two)
+    assert "sum of memory_mb - min_mb over its 2 pinned VMs (v, w) is 176 MB" in str(e.value)
+    assert "> swap_mb 100 MB (over by 76 MB)" in str(e.value)
+    assert parse_config(_capped(128)).vms[0].max_mb == 40
     assert admission.claim(min=0, pinned=0, size=128, overhead=1).commit == 129
 
 
 def test_migration_admission_counts_configured_pages_not_max() -> None:
-    host = make_host(256, 100)
-    capped = vm_spec("capped", 400, max_pages=100)
+    host = make_host(256, 400)
+    capped = vm_spec("capped", 401, max_pages=100)
     reason = mh.can_accept(host, capped, 0)
-    assert reason is not None and "sum of size + overhead" in reason and "less two pages" in reason
-    assert mh.can_accept(host, vm_spec("fits", 354, max_pages=100), 0) is None
+    assert reason is not None and "sum of size - min" in reason and "> swap 400" in reason
+    assert mh.can_accept(host, vm_spec("fits", 400, max_pages=100), 0) is None
+
+
+def test_migration_admission_reserves_swap_for_size_less_min() -> None:
+    """The old rule (size + overhead within memory + swap) let a 300-page VM onto a host
+    of 1024 frames and 100 slots; the paper's rule wants its 300 - min pages in swap."""
+    host = make_host(1024, 100)
+    reason = mh.can_accept(host, vm_spec("big", 300), 0)
+    assert reason is not None and "sum of size - min over the host's VMs" in reason
+    assert "is 300 pages > swap 100 pages" in reason
+    assert mh.can_accept(host, vm_spec("big", 300, min_pages=200), 0) is None
 
 
 @pytest.mark.parametrize(
@@ -358,9 +434,10 @@ def test_capped_vm_touching_every_page_at_the_admission_limit_runs(
     """memory + swap exactly at the limit (memory_mb + overhead + two pages): every page
     touched, swap full; was SwapFull (a chunk of swapped-in pages needed more frames than
     free frames + free slots, and emergency swapping of shared pages used slots without
-    freeing frames)."""
+    freeing frames).  The paper's rules: min 40 MB (= max_mb) + overhead in memory (two
+    pages over), the other 88 MB in swap."""
     page = page_size / 2**20
-    data = _capped(64 + overhead + 2 * page, page_size=page_size)
+    data = _capped(88, memory_mb=40 + overhead + 2 * page, min_mb=40, page_size=page_size)
     data["policy"] = {"vm_overhead_mb": overhead}
     summary = run_checked(data, tmp_path)
     assert summary["n_ticks"] == 10
@@ -368,7 +445,8 @@ def test_capped_vm_touching_every_page_at_the_admission_limit_runs(
     assert h["swap_used_mb"] > 60 and h["emergency_swapped_pages"] > 0
     with pytest.raises(ConfigError, match="less two pages"):
         parse_config(
-            _capped(64 + overhead + page, page_size=page_size) | {"policy": data["policy"]}
+            _capped(88, memory_mb=40 + overhead + page, min_mb=40, page_size=page_size)
+            | {"policy": data["policy"]}
         )
 
 
@@ -384,7 +462,8 @@ SEED_87 = {  # bench/fuzz.py seed 87 after the rule change: SwapFull at tick 6, 
     "images": [
         {"name": "img0", "shared_fraction": 0.579, "zero_fraction": 0.015, "family": "other"},
     ],
-    "hosts": [{"name": "h", "count": 4, "memory_mb": 9.679, "swap_mb": 89.212}],
+    # swap 89.212 MB before the paper's rule (memory_mb - min_mb in swap)
+    "hosts": [{"name": "h", "count": 4, "memory_mb": 9.679, "swap_mb": 91.65}],
     "vms": [
         {
             "name": "v0",
@@ -443,12 +522,74 @@ def test_emergency_swap_prefers_pages_that_free_a_frame() -> None:
 def test_zero_swap_and_balloon_rates_still_back_every_page(tmp_path: Path) -> None:
     data = {
         "simulation": {"duration_s": 10, "content_bytes": 64},
-        "policy": {"swap_rate_pages_per_s": 0, "balloon_rate_pages_per_s": 0},
+        "policy": {
+            "swap_rate_pages_per_s": 0,
+            "balloon_rate_pages_per_s": 0,
+            "vm_overhead_mb": 0,
+        },
         "hosts": [{"name": "h", "memory_mb": 64, "swap_mb": 128}],
-        "vms": [{"name": "v", "memory_mb": 128, "workload": {"kind": "steady", "wss_mb": 120}}],
+        "vms": [
+            {
+                "name": "v",
+                "memory_mb": 128,
+                "sharing": False,  # pages go to swap, not to the zero page
+                "workload": {"kind": "steady", "wss_mb": 120},
+            }
+        ],
     }
     summary = run_checked(data, tmp_path)
     assert summary["n_ticks"] == 10
     h = summary["hosts"]["h"]
-    assert h["swap_used_mb"] > 30 and h["emergency_swapped_pages"] > 0
+    assert h["swap_used_mb"] > 20 and h["emergency_swapped_pages"] > 0
     assert summary["vms"]["v"]["counters"]["blocked_ticks"] < 10
+
+
+# --------------------------------------------- placement policies and admission (issue 15)
+POLICIES = """
+SEEN = []
+
+def first_only(view):
+    return [view.hosts[0].name]
+
+def record(view):
+    SEEN.append((view.vm, tuple((h.name, h.admits) for h in view.hosts)))
+    return [h.name for h in view.hosts]
+"""
+
+
+def test_placement_policy_ranking_only_refusing_hosts_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pol.py").write_text(POLICIES)
+    data = {
+        "policy": {"placement": f"{tmp_path / 'pol.py'}:first_only"},
+        "hosts": [
+            {"name": "small", "memory_mb": 1024, "swap_mb": 64},  # 1 GB free, little swap
+            {"name": "roomy", "memory_mb": 512, "swap_mb": 512},
+        ],
+        "vms": [{"name": "v", "memory_mb": 256}],
+    }
+    with pytest.raises(PlacementError) as e:
+        place(parse_config(data))
+    msg = str(e.value)
+    assert "policy.placement: placement policy" in msg and "for VM v ranked only hosts" in msg
+    assert "small refuses it: admission: sum of memory_mb - min_mb" in msg
+    assert "is 256 MB > swap_mb 64 MB" in msg and "roomy, left out, would admit it" in msg
+    # The built-in policies rank every host; admission skips the refusing one.
+    data["policy"]["placement"] = "most_free"
+    assert place(parse_config(data)) == {"v": "roomy"}
+
+
+def test_placement_view_tells_which_hosts_admit(tmp_path: Path) -> None:
+    (tmp_path / "pol2.py").write_text(POLICIES)
+    spec = f"{tmp_path / 'pol2.py'}:record"
+    data = {
+        "policy": {"placement": spec},
+        "hosts": [
+            {"name": "a", "memory_mb": 1024, "swap_mb": 300},
+            {"name": "b", "memory_mb": 1024, "swap_mb": 200},
+        ],
+        "vms": [{"name": "x", "memory_mb": 200}, {"name": "y", "memory_mb": 200}],
+    }
+    assert place(parse_config(data)) == {"x": "a", "y": "b"}
+    seen = dict(resolve_callable("placement", spec).__globals__["SEEN"])
+    assert seen["x"] == (("a", True), ("b", True))
+    assert seen["y"] == (("a", False), ("b", True))  # a has 100 MB of swap left

@@ -97,7 +97,7 @@ def test_sweep_returns_one_row_per_point_with_the_runs_digests(tmp_path: Path) -
         (lambda: vmmsim.load_config(42), vmmsim.ConfigError, "expected a path"),
         (lambda: vmmsim.sweep(_cfg_dict(), {}), vmmsim.ConfigError, "grid"),
         (
-            lambda: vmmsim.run(_cfg_dict(), overrides=["hosts.h.memory_mb=1", "hosts.h.swap_mb=1"]),
+            lambda: vmmsim.run(_cfg_dict(), overrides=["hosts.h.swap_mb=20"]),
             vmmsim.PlacementError,
             "cannot be placed",
         ),

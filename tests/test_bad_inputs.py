@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from runkit import one_vm_config
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import (
     ConfigError,
@@ -24,23 +25,9 @@ from vmmsim.cluster.config import (
     parse_config,
 )
 
-BASE = """
-[simulation]
-duration_s = 4
-content_bytes = 64
-
-[[hosts]]
-name = "h"
-memory_mb = 64
-swap_mb = 64
-
-[[vms]]
-name = "v"
-memory_mb = 32
-[vms.workload]
-kind = "steady"
-wss_mb = 8
-"""
+BASE = one_vm_config(
+    simulation="content_bytes = 64", vm='[vms.workload]\nkind = "steady"\nwss_mb = 8'
+)
 
 FILESERVER = BASE.replace('kind = "steady"\nwss_mb = 8', 'kind = "fileserver"\nfiles_mb = 1e9')
 
@@ -276,8 +263,8 @@ def test_validate_shows_committed_memory_and_overcommit(
     cfg.write_text(
         BASE
         + "\n[policy]\nvm_overhead_mb = 2\n"
-        + '\n[[vms]]\nname = "w"\nmemory_mb = 48\nmax_mb = 40\nhost = "h"\n'
-    )
+        + '\n[[vms]]\nname = "w"\nmemory_mb = 48\nmax_mb = 40\nmin_mb = 16\nhost = "h"\n'
+    )  # min_mb 16: swap holds 32 + 48 - 16 MB (admission)
     rc, out, _ = _invoke(["validate", str(cfg)], capsys)
     assert rc == 0
     shown = json.loads(out)

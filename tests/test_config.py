@@ -25,6 +25,7 @@ MINIMAL = """
 [[hosts]]
 name = "h"
 memory_mb = 1024
+swap_mb = 1024
 
 [[vms]]
 name = "v"
@@ -156,7 +157,7 @@ ERRORS = [
         "[policy]\ntax_rat = 0.1\n",
         ["policy.tax_rat: unknown key (known: allocation, balloon_max_fraction,"],
     ),
-    ("[simulatoin]\nseed = 1\n", ["simulatoin: unknown section (known: hosts,"]),
+    ("[simulatoin]\nseed = 1\n", ["simulatoin: unknown section (known: events, hosts,"]),
     ('[policy]\ntax_rate = "abc"\n', ['policy.tax_rate: expected a float, got the string "abc"']),
     ("[simulation]\nseed = true\n", ["simulation.seed: expected an integer, got the boolean true"]),
     ("[policy]\ntax_rate = false\n", ["policy.tax_rate: expected a float, got the boolean false"]),
@@ -169,6 +170,10 @@ ERRORS = [
         ["policy.placement: no placement policy named 'best' (known: image_affinity, most_free"],
     ),
     ("[policy]\nfree_hard = 0.05\n", ["policy.free_high: must satisfy free_high > free_soft"]),
+    (
+        "[policy]\nfree_high = 0.9\nstate_up_margin = 0.1\n",
+        ["policy.state_up_margin: free_high + state_up_margin must be < 1"],
+    ),
     ("[simulation]\ntick_s = 7\n", ["simulation.tick_s: must divide duration_s 60 (got 7)"]),
     ("[simulation]\npage_size = 3000\n", ["simulation.page_size: must be a power of two"]),
     ("[simulation]\ncontent_bytes = 8192\n", ["simulation.content_bytes: must be <= page_size"]),
@@ -193,7 +198,7 @@ ERRORS = [
     (VM + "balloon = 1\n", ["vms[1] (w).balloon: expected a boolean, got the integer 1"]),
     (
         '[[vms]]\nname = "w"\nmemory_mb = 4096\nmin_mb = 1025\n',
-        ["vms[1] (w).min_mb: can never fit: min_mb + policy.vm_overhead_mb = 262400 pages"],
+        ["vms[1] (w).min_mb: can never fit: min_mb + policy.vm_overhead_mb = 270592 pages"],
     ),
     (VM + '[vms.workload]\nkind = "bursty"\n', ["vms[1] (w).workload.kind: unknown workload"]),
     (VM + "[vms.workload]\nwss_mb = 1\n", ["vms[1] (w).workload.wss_mb: unknown key"]),
@@ -237,21 +242,29 @@ def test_pin_to_group_of_hosts(tmp_path: Path) -> None:
 
 
 def test_admission_errors(tmp_path: Path) -> None:
-    host = '[[hosts]]\nname = "h"\nmemory_mb = 1000\nswap_mb = 100\n'
+    """The paper's admission control (sec. 6) of pinned VMs: min + overhead in memory,
+    memory_mb - min in swap (default overhead 32 MB)."""
+    host = '[[hosts]]\nname = "h"\nmemory_mb = 1000\nswap_mb = 500\n'
     vms = '[[vms]]\nname = "a"\nmemory_mb = 800\nmin_mb = 600\nhost = "h"\ncount = 2\n'
     msg = load_error(tmp_path, host + vms)
     assert "hosts[0] (h): admission: sum of min_mb + vm_overhead_mb" in msg
-    assert "its 2 pinned VMs (a-0, a-1) is 1200 MB > memory_mb 1000 MB (over by 200 MB)" in msg
-    vms = '[[vms]]\nname = "a"\nmemory_mb = 800\nmin_mb = 100\nhost = "h"\ncount = 2\n'
+    assert "its 2 pinned VMs (a-0, a-1) is 1264 MB > memory_mb 1000 MB (over by 264 MB)" in msg
+    vms = '[[vms]]\nname = "a"\nmemory_mb = 400\nmin_mb = 100\nhost = "h"\ncount = 2\n'
     msg = load_error(tmp_path, host + vms)
-    assert "sum of memory_mb + vm_overhead_mb over its 2 pinned VMs (a-0, a-1) is 1600 MB" in msg
-    assert "> memory_mb + swap_mb less two pages = 1099.99 MB (over by 500.008 MB)" in msg
-    # The overhead counts too; unpinned VMs are not admitted anywhere yet.
+    assert (
+        "hosts[0] (h): admission: sum of memory_mb - min_mb over its 2 pinned VMs (a-0, a-1)" in msg
+    )
+    assert "is 600 MB > swap_mb 500 MB (over by 100 MB): swap must hold every page" in msg
+    # 800 + 2 x 32 MB would fit in memory + swap (the rule before): refused all the same.
+    # The overhead counts in memory; unpinned VMs are not admitted anywhere yet.
     ok = '[[vms]]\nname = "a"\nmemory_mb = 500\nmin_mb = 100\nhost = "h"\n' + VM
     assert load_config(write(tmp_path, host + ok)).vm("a").host == "h"
-    msg = load_error(tmp_path, "[policy]\nvm_overhead_mb = 700\n" + host + ok)
-    assert "admission: sum of memory_mb + vm_overhead_mb over its 1 pinned VMs (a)" in msg
-    assert "(a) is 1200 MB > memory_mb + swap_mb less two pages" in msg
+    msg = load_error(tmp_path, "[policy]\nvm_overhead_mb = 901\n" + host + ok)
+    assert "vms[0] (a).min_mb: can never fit: min_mb + policy.vm_overhead_mb" in msg
+    swap = '[[vms]]\nname = "a"\nmemory_mb = 501\nmin_mb = 0\nhost = "h"\n'
+    msg = load_error(tmp_path, host + swap)
+    assert "vms[0] (a).memory_mb: can never fit: memory_mb - min_mb (at least pinned_mb)" in msg
+    assert "= 501 MB > swap_mb 500 MB of host h" in msg
 
 
 def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
 """The fuzz harness (``bench/fuzz.py``) kept honest, and a fixed CI sample of fuzzed configs.
 
 Scope: the generator is deterministic and only makes configs that load; it reaches every
-workload kind and the config features the issue lists; the brute-force admission check
-and the outcome classifier are right on hand-made cases; and seeds 0..N_CI-1 (a fixed
-rule, not a hand-picked set) run with ``--inprocess --check-invariants`` with no crash,
-invariant violation, bad refusal or hang.  ``python bench/fuzz.py --n 500`` runs many more.
+workload kind and the config features the issue lists (page-class tables included); the
+brute-force admission check and the outcome classifier are right on hand-made cases; and
+seeds 0..N_CI-1 (a fixed rule, not a hand-picked set) run with ``--inprocess
+--check-invariants`` with no crash, invariant violation, bad refusal or hang. ``python
+bench/fuzz.py --n 500`` runs many more.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.modules["vmm_fuzz"] = fuzz  # dataclasses resolve their module by name
 _spec.loader.exec_module(fuzz)
 
 from vmmsim.cluster.config import load_config  # noqa: E402
+from vmmsim.workloads.batch import SPEC_CLASSES as BATCH_DEFAULT  # noqa: E402
 
 N_CI = 24  # seeds 0..N_CI-1 run in CI (~1 s each in-process)
 
@@ -60,6 +62,19 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
             seen["pinned_mb"] += v.pinned_mb > 0
             seen["balloon off"] += not v.balloon
         seen["custom image"] += "images" in case.raw
+        custom = {i["name"] for i in case.raw.get("images", [])}
+        for im in cfg.images:
+            if im.name in custom:
+                seen["image classes"] += bool(im.classes)
+                seen["family class"] += any(c[4] == "family" for c in im.classes)
+                seen["image_mb"] += im.image_mb > 0
+                seen["kernel_fraction"] += im.kernel_fraction != 0.02
+        used = {v.image for v in cfg.vms}
+        seen["VM on a class image"] += any(cfg.image(n).classes for n in used & custom)
+        seen["batch classes"] += any(
+            v.workload.kind == "batch" and v.workload.params.classes != BATCH_DEFAULT
+            for v in cfg.vms
+        )
         seen["migrations"] += len(cfg.migrations) > 0
         seen["policy"] += "policy" in case.raw
         seen["migration section"] += "migration" in case.raw
@@ -69,6 +84,9 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
     for feature in ("pinned host", "min_mb", "max_mb", "pinned_mb", "balloon off"):
         assert seen[feature] > 0, feature
     for feature in ("custom image", "migrations", "policy", "migration section", "count"):
+        assert seen[feature] > 0, feature
+    page_classes = ("image classes", "family class", "image_mb", "kernel_fraction")
+    for feature in (*page_classes, "VM on a class image", "batch classes"):
         assert seen[feature] > 0, feature
     assert min(oc) < 0.8 and max(oc) > 3.0  # overcommit spans about 0.5-4x
 
@@ -84,35 +102,40 @@ def _raw(hosts: list[tuple[float, float]], vms: list[dict], ovh: float = 0.0) ->
 
 
 def test_valid_assignment_brute_force() -> None:
-    # Config-order greedy to the emptiest host puts 60 on h0 then fails 100; 100 + 60 | 100
-    # fits (memory + swap less two pages: 1 MB of swap more than the VMs).
-    hosts = [(100, 61), (100, 1)]
+    # The paper's rule: swap holds memory_mb - min_mb.  60 + 100 | 100 is the only fit.
+    hosts = [(100, 160), (100, 100)]
     raw = _raw(hosts, [{"memory_mb": 60}, {"memory_mb": 100}, {"memory_mb": 100}])
     fit = fuzz.valid_assignment(raw)
     assert fit is not None and fit["v0"] == fit["v1"] == "h0" and fit["v2"] == "h1"
-    # One more MB of overhead per VM and nothing fits.
-    assert fuzz.valid_assignment(_raw(hosts, raw["vms"], ovh=1.0)) is None
+    # One MB less swap and nothing fits (memory + swap, 359 MB, would hold all 260 MB).
+    assert fuzz.valid_assignment(_raw([(100, 159), (100, 100)], raw["vms"])) is None
+    # Overhead counts in memory, not in swap.
+    assert fuzz.valid_assignment(_raw(hosts, raw["vms"], ovh=30.0)) is not None
+    assert fuzz.valid_assignment(_raw(hosts, raw["vms"], ovh=51.0)) is None
     # min_mb must fit in memory (swap does not count) ...
     two_min = [{"memory_mb": 60, "min_mb": 40}, {"memory_mb": 60, "min_mb": 40}]
     assert fuzz.valid_assignment(_raw([(64, 200)], two_min)) is None
-    assert fuzz.valid_assignment(_raw([(64, 200), (64, 0)], two_min)) is not None
+    assert fuzz.valid_assignment(_raw([(64, 200), (64, 20)], two_min)) is not None
+    assert fuzz.valid_assignment(_raw([(64, 200), (64, 19)], two_min)) is None
     # ... and pinned_mb counts as a minimum.
     pinned = [{"memory_mb": 60, "pinned_mb": 40}, {"memory_mb": 60, "pinned_mb": 40}]
     assert fuzz.valid_assignment(_raw([(64, 200)], pinned)) is None
     # A VM pinned to a host stays there (v0 pinned to h0 leaves no room for v1 anywhere,
     # though v1 alone would fit on h0).
     stuck = [{"memory_mb": 60, "host": "h0"}, {"memory_mb": 60}]
-    assert fuzz.valid_assignment(_raw([(100, 0), (50, 0)], stuck)) is None
-    assert fuzz.valid_assignment(_raw([(100, 0), (61, 0)], stuck)) == {"v0": "h0", "v1": "h1"}
+    assert fuzz.valid_assignment(_raw([(100, 100), (50, 50)], stuck)) is None
+    assert fuzz.valid_assignment(_raw([(100, 100), (61, 60)], stuck)) == {"v0": "h0", "v1": "h1"}
 
 
 def test_brute_force_counts_configured_size_not_max_mb() -> None:
-    """The rule's memory + swap part counts memory_mb (not max_mb) + overhead, less two
-    pages (as hosts.admission does, written separately)."""
-    capped = [{"memory_mb": 100, "max_mb": 50, "balloon": False}]
-    assert fuzz.valid_assignment(_raw([(60, 40)], capped)) is None  # max_mb 50 would fit
-    assert fuzz.valid_assignment(_raw([(60, 40 + 8 / 1024)], capped)) == {"v0": "h0"}
-    assert fuzz.valid_assignment(_raw([(60, 40 + 7 / 1024)], capped)) is None  # < 2 pages
+    """The swap part counts memory_mb (not max_mb) less min_mb; memory + swap keep two
+    pages over (as hosts.admission does, written separately)."""
+    capped = [{"memory_mb": 100, "max_mb": 50, "min_mb": 50, "balloon": False}]
+    small = (10, 100)  # swap for it, but memory for no minimum
+    assert fuzz.valid_assignment(_raw([(60, 49), small], capped)) is None  # max_mb - min_mb = 0
+    assert fuzz.valid_assignment(_raw([(60, 50)], capped)) == {"v0": "h0"}
+    assert fuzz.valid_assignment(_raw([(50 + 8 / 1024, 50)], capped)) == {"v0": "h0"}
+    assert fuzz.valid_assignment(_raw([(50 + 7 / 1024, 50)], capped)) is None  # < 2 pages
 
 
 def test_classify() -> None:

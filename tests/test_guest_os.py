@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hostkit import TEST_IMAGE, apply, keyed, make_vm
+from hostkit import TEST_IMAGE, apply, keyed, make_host, make_vm, no_room, vm_spec
 from oracles.clock import clock_reference
 from oracles.guest_evict import use_reference_paths
 from vmmsim.hosts import guest_os as gos
@@ -12,7 +12,8 @@ from vmmsim.hosts import guest_os_kernel as gk
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.guest_os import GuestOS
 from vmmsim.hosts.vm import vm_page_contents
-from vmmsim.workloads.images import image_keys
+from vmmsim.workloads.content import derived_keys, stable_hash64
+from vmmsim.workloads.images import ImageSpec, image_keys
 
 
 def guest_with_all_mapped(n: int = 8, n_pinned: int = 0) -> GuestOS:
@@ -282,3 +283,74 @@ def test_the_reference_twin_pages_out_through_the_oracle_not_the_kernel(monkeypa
             assert vm.inflate_balloon(mem, 8) == 8
             assert vm.stats.guest_swapouts == 8
             vm.check_invariants()
+
+
+# ---------------------------------------------------------------------------- kernel memory
+KERNEL_IMAGE = ImageSpec("kimg", 0.5, 0.0, kernel_fraction=0.05)
+
+
+def test_kernel_pages_are_never_freed_evicted_or_ballooned():
+    vm, mem = make_vm(200, balloon_max_fraction=1.0, image=KERNEL_IMAGE)
+    g = vm.guest
+    kern = g.kernel_pages()
+    assert g.n_kernel == 10 and len(kern) == 10
+    assert not np.isin(kern, g.free_stack[: g.n_free]).any()
+    pages_ = np.arange(200, dtype=np.int64)
+    apply(vm, mem, writes=pages_, keys=pages_ + 1)  # more than the guest's room: it evicts
+    assert g.room == 190 and g.n_resident == 200
+    vm.inflate_balloon(mem, 500)  # as far as the cap goes
+    assert (g.p2v[kern] == gos.KERNEL).all()
+    assert g.n_ballooned == vm.balloon_cap == 200 - 1 - 10
+    assert not np.isin(kern, g.choose_victims(50)).any()
+    vm.check_invariants()
+    # The workload's pages all read back, wherever the guest put them.
+    assert (vm_page_contents(vm, mem) == keyed(pages_ + 1)).all()
+
+
+def test_kernel_pages_hold_frames_from_boot():
+    vm, mem = make_vm(100, image=KERNEL_IMAGE)
+    free0 = mem.n_free
+    vm.run_step(mem, no_room)
+    kern = vm.guest.kernel_pages()
+    assert (vm.pmap.state[kern] == ps.MAPPED).all()
+    keys = derived_keys(stable_hash64("kernel", vm.sim.seed, vm.name), kern)
+    assert (mem.read_bytes(vm.vm_id, kern) == keyed(keys)).all()
+    assert free0 - mem.n_free >= len(kern)
+
+
+def test_a_ballooned_guest_has_less_room_than_one_configured_that_small():
+    """The paper's explanation of ballooning's small overhead (sec. 3.2): structures
+    sized to the configured memory stay, so 256 pages ballooned to 128 leave the
+    workload fewer pages than a VM configured with 128 -- the gap shrinks with size."""
+    big, mem = make_vm(256, balloon_max_fraction=1.0, image=KERNEL_IMAGE)
+    gaps = []
+    for size in (128, 192, 224):
+        small, _ = make_vm(size, image=KERNEL_IMAGE)
+        big.deflate_balloon(mem, 256)
+        big.inflate_balloon(mem, 256 - size)
+        assert big.guest.n_pages - big.guest.n_ballooned == size
+        gaps.append(small.guest.room - big.guest.room)
+        big.check_invariants()
+    assert gaps == [int(0.05 * 256) - int(0.05 * s) for s in (128, 192, 224)]
+    assert gaps[0] > gaps[1] > gaps[2] > 0
+
+
+def test_a_kernel_larger_than_the_host_boots_in_chunks_through_swap():
+    """A guest kernel of 50 pages on a 40-frame host: written in chunks, older chunks
+    paged out to make room (was: SwapFull at tick 0, all 50 frames asked for at once)."""
+    host = make_host(40, 2048)
+    vm = host.boot_vm(vm_spec("k", 1000, image=KERNEL_IMAGE, sharing=False))
+    host.run_ticks(0, 1)
+    kern = vm.guest.kernel_pages()
+    assert len(kern) == 50 and vm.pmap.counts[ps.VMM_SWAPPED] > 0
+    keys = derived_keys(stable_hash64("kernel", vm.sim.seed, vm.name), kern)
+    assert (host.mem.read_bytes(vm.vm_id, kern) == keyed(keys)).all()
+    host.check_invariants()
+
+
+def test_the_kernel_takes_at_most_half_of_the_unpinned_pages():
+    """A guest must keep room for its workload: kernel pages are capped at half of the
+    pages not pinned (was: all but one, every access then its own chunk)."""
+    big = ImageSpec("kbig", 0.5, 0.0, kernel_fraction=0.5)
+    vm, _ = make_vm(100, image=big, pinned_pages=60)
+    assert vm.guest.n_kernel == 20 and vm.guest.room == 20

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vmmsim.cluster.config import parse_config
 from vmmsim.cluster.host_pool import InProcessPool
+from vmmsim.cluster.migration import Migrator
 from vmmsim.cluster.migration_policy import HostView, VMView, pressure_rule
 from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
 from vmmsim.cluster.runner import run
@@ -190,14 +191,18 @@ def test_refused_migration_moves_nothing_and_vm_keeps_running():
 
 
 def test_admission_counts_committed_and_arriving_memory():
-    pool = make_pair(frames=(256, 256), swap=100)  # b: 356 pages of memory + swap
+    pool = make_pair(frames=(256, 256), swap=150)  # b: 256 pages of memory, 150 of swap
     spec = boot_scene(pool)
     b = host(pool, "b")
-    assert admit(pool, spec, "a", "b")[1] is None  # b commits 2 x 48 pages now
+    assert admit(pool, spec, "a", "b")[1] is None  # b reserves 3 x 48 pages of swap now
     assert mh.can_accept(b, spec, 10) == "mover is already on b"
-    reason = mh.can_accept(b, vm_spec("big", 300), 0)
-    assert reason is not None and reason.startswith("overcommitted")
-    assert mh.can_accept(b, vm_spec("fits", 200), 0) is None
+    # The paper's rule: size - min in swap (the rule before, size within memory + swap,
+    # admitted a 200-page VM); the arriving mover counts.
+    reason = mh.can_accept(b, vm_spec("big", 200), 0)
+    assert reason is not None and reason.startswith("admission: sum of size - min")
+    assert "is 344 pages > swap 150 pages" in reason
+    assert mh.can_accept(b, vm_spec("fits", 200, min_pages=194), 0) is None
+    assert "is 151 pages > swap 150" in mh.can_accept(b, vm_spec("no", 200, min_pages=193), 0)
 
 
 def test_rng_and_workload_state_travel():
@@ -222,6 +227,23 @@ def test_rng_and_workload_state_travel():
         assert np.array_equal(x.write_keys, y.write_keys)
     assert np.array_equal(moved.vmm_rng.random(8), twin.vmm_rng.random(8))
     assert moved.sampler.estimate == twin.sampler.estimate
+
+
+def test_sampling_period_clock_travels_and_the_switchover_pause_does_not_count():
+    """Periods are in VM execution time: the clock moves with the VM, and the ticks it
+    is paused on arrival do not advance it (sample_period_s 4, tick 1 s)."""
+    pool = make_pair()
+    spec = boot_scene(pool)  # ticks 0-2 on a: 3 ticks of the first period (empty sample)
+    a, b = host(pool, "a"), host(pool, "b")
+    admit(pool, spec, "a", "b")
+    allocated = a.vms["mover"].pmap.allocated
+    precopy_round(pool, "mover", "a", "b", N, True, allocated, CB)
+    assert stop_and_copy(pool, spec, "a", "b", allocated, 2.0)["pages_migrated"] == allocated
+    moved = b.vms["mover"]
+    tick(pool, 3)  # ticks 3-4 paused on b, tick 5 runs: the period has its 4 ticks now
+    assert moved.stats.paused_ticks == 2 and moved.sampler.sampled == 0
+    tick(pool)  # tick 6: its own boundary (a host-wide clock would have had it at 4)
+    assert moved.sampler.sampled == min(16, allocated) > 0
 
 
 KEYS = [0, 1, 2, 3, 12345]
@@ -316,6 +338,75 @@ def test_pressure_rule_needs_room_and_no_migration_in_flight():
     assert pressure_rule(both, vms) == []  # a host under pressure takes nothing
 
 
+PAGE_8K = """
+[simulation]
+seed = 3
+duration_s = 10
+page_size = 8192
+
+[policy]
+vm_overhead_mb = 0
+
+[migration]
+pressure_s = 1
+
+[[images]]
+name = "uncapped"
+shared_fraction = 0.5
+zero_fraction = 0.0
+
+[[hosts]]
+name = "h0"
+memory_mb = 512
+swap_mb = 512
+
+[[hosts]]
+name = "h1"
+memory_mb = 1024
+swap_mb = 1024
+
+[[vms]]
+name = "a"
+memory_mb = 64
+image = "uncapped"
+host = "h0"
+
+[[vms]]
+name = "b"
+memory_mb = 256
+image = "linux"
+host = "h0"
+
+[[vms]]
+name = "c"
+memory_mb = 16
+image = "uncapped"
+host = "h1"
+
+[[vms]]
+name = "d"
+memory_mb = 16
+image = "linux"
+host = "h1"
+"""
+
+
+def test_pressure_planning_counts_image_pages_in_the_configured_page_size():
+    """At 8 KB pages linux's 24 MB image cap is 3072 pages (as the host lays the guest
+    out), not the 6144 of 4 KB pages; the score then prefers a (8192 / (8192 - 4096 + 1)
+    = 2.0) to b (8000 / (8000 - 3072 + 1) = 1.6; 4.3 with 6144 pages held)."""
+    cfg = parse_config(tomllib.loads(PAGE_8K), "p8k")
+    where = {v.name: v.host for v in cfg.vms}
+    m = Migrator(cfg, None, where)  # planning only: the pool is not used
+    m.free = {"h0": 0, "h1": 100_000}
+    m.pages = {"a": (8192, 8192, 0), "b": (8000, 8000, 0), "c": (10, 10, 0), "d": (10, 10, 0)}
+    m.hot["h0"] = 5
+    _, views = m._views(0)
+    held = {v.name: v.image_pages for v in views}
+    assert held["b"] == 24 * 2**20 // 8192 and held["a"] == 4096
+    assert m.propose(0) == [["a", "h1", "pressure"]]
+
+
 # ---------------------------------------------------------------------------- engine
 def config(body: str, *, duration: int = 60, migration: str = "") -> str:
     return f"""
@@ -329,6 +420,7 @@ content_bytes = {CB}
 share_scan_vm_pages_per_s = 400
 share_scan_host_pages_per_s = 1600
 realloc_period_s = 5
+vm_overhead_mb = 0
 
 [migration]
 {migration}
@@ -396,7 +488,7 @@ host = "h-1"
 kind = "steady"
 wss_mb = 8
 """
-    hosts = TWO_HOSTS + '[[hosts]]\nname = "empty"\nmemory_mb = 96\n'
+    hosts = TWO_HOSTS + '[[hosts]]\nname = "empty"\nmemory_mb = 96\nswap_mb = 64\n'
     body = (
         hosts + vms + MOVE.format(t=30, vm="a") + MOVE.format(t=30, vm="b").replace("h-1", "empty")
     )
@@ -411,7 +503,8 @@ wss_mb = 8
 
 
 def test_refused_migration_is_reported_and_changes_nothing(tmp_path):
-    body = '[[hosts]]\nname = "h-0"\nmemory_mb = 96\n[[hosts]]\nname = "h-1"\nmemory_mb = 8\n'
+    body = '[[hosts]]\nname = "h-0"\nmemory_mb = 96\nswap_mb = 64\n'
+    body += '[[hosts]]\nname = "h-1"\nmemory_mb = 8\n'
     body += writer("v", "h-0", 0.1, 500)
     moved = body + MOVE.format(t=10, vm="v")
     a, rows, out_a = run_config(config(moved), tmp_path, "refused")

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hostkit import attach, keyed, make_mem, pages, write_keys
+from hostkit import attach, hinted_pair, keyed, make_mem, pages, write_keys
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from vmmsim.hosts import page_state as ps
@@ -230,12 +230,7 @@ def test_vm_without_sharing_is_never_merged():
 
 
 def test_merge_across_vms_and_swap_of_a_shared_page():
-    mem = make_mem(32, 8)
-    a, pa = attach(mem, 8)
-    b, pb = attach(mem, 8)
-    write_keys(mem, a, pages(0), [6])
-    write_keys(mem, b, pages(0), [6])
-    mem.scan(a, pages(0))
+    mem, (a, pa), (b, pb) = hinted_pair(32, 8, 6)
     s = mem.scan(b, pages(0))
     mem.check_invariants()
     assert s.hint_hits == 1 and pa.state[0] == pb.state[0] == ps.SHARED

@@ -254,10 +254,12 @@ def test_builtins_named_or_referenced_give_the_default_digest(tmp_path):
 
 
 def test_quickstart_digest_unchanged(tmp_path):
-    """The quickstart (60 s) digest measured before policies became plug-ins."""
+    """The quickstart (60 s) digest (measured before policies became plug-ins; re-pinned
+    when the quickstart hosts grew by the VMs' 32 MB overheads and the reclaim goal
+    gained the up margin, issue 15)."""
     root = Path(__file__).resolve().parents[1]
     s = _run(root / "configs" / "quickstart.toml", tmp_path / "q", ["simulation.duration_s=60"])
-    assert s["final_digest"] == "2f5aa08f35da62595655097ef9dc320a7ba479a881d5542c5bc5a0bedc301a91"
+    assert s["final_digest"] == "4c4cec4024df6c79193b6779dd3d00b4a544327d4522f6b8d65ed92db73bca5c"
 
 
 def test_user_workload_class_by_module_attr(tmp_path):

@@ -8,7 +8,7 @@ from hostkit import apply, attach, keyed, make_host, make_mem, pages, vm_spec, w
 from vmmsim.hosts import guest_os as gos
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import SwapFull
-from vmmsim.hosts.free_memory import MemState
+from vmmsim.hosts.free_memory import MemState, Thresholds
 from vmmsim.hosts.vm import vm_page_contents
 
 
@@ -192,18 +192,20 @@ def test_soft_state_swaps_a_vm_without_balloon_driver():
     host, vm = host_with_used(94, balloon=False)
     host.run_ticks(0, 1)
     assert host.mstate == MemState.SOFT
-    assert vm.pmap.counts[ps.BALLOONED] == 0 and vm.pmap.counts[ps.VMM_SWAPPED] == 6
-    assert host.mem.n_free == 12  # back at the high threshold
+    assert vm.pmap.counts[ps.BALLOONED] == 0 and vm.pmap.counts[ps.VMM_SWAPPED] == 7
+    assert host.mem.n_free == 13  # back at the high threshold plus the 1 % up margin
     host.check_invariants()
 
 
-def test_hard_state_balloons_then_swaps():
+def test_hard_state_pages_and_does_not_balloon():
+    """Paper, sec. 6.3: in the hard state ESX relies on paging (was: balloon
+    at the balloon rate, then swap the rest)."""
     host, vm = host_with_used(97)  # free 3 %: HARD
     host.run_ticks(0, 1)
     assert host.state_ticks[MemState.HARD] == 1
-    assert vm.pmap.counts[ps.BALLOONED] == 2  # balloon rate: 2 pages per tick
-    assert vm.pmap.counts[ps.VMM_SWAPPED] > 0
-    assert host.mem.n_free >= 12
+    assert vm.guest.n_ballooned == 0 and vm.pmap.counts[ps.BALLOONED] == 0
+    assert vm.pmap.counts[ps.VMM_SWAPPED] == 10  # goal 12 + 1 margin - 3 free, by paging
+    assert host.mem.n_free >= 13
     host.check_invariants()
     keys = np.arange(97) + 1
     assert (vm_page_contents(vm, host.mem)[:97] == keyed(keys)).all()
@@ -247,3 +249,55 @@ def test_overcommitted_host_moves_through_the_states():
         assert (vm_page_contents(vm, host.mem) == keyed(keys[vm.name])).all()
     s = host.summary()
     assert sum(s["state_ticks"].values()) == 48
+
+
+def test_low_state_pages_and_does_not_balloon():
+    """LOW is HARD plus blocking: paging only (was: balloon, then swap)."""
+    host, vm = host_with_used(99)  # free 1 %: LOW
+    host.run_ticks(0, 1)
+    assert host.state_ticks[MemState.LOW] == 1
+    assert vm.guest.n_ballooned == 0 and vm.pmap.counts[ps.VMM_SWAPPED] == 12  # 13 - 1
+    assert host.blocked == {"a"}  # still above its target: blocked on the next tick
+    host.check_invariants()
+
+
+# ---------------------------------------------------------------------------- hysteresis
+MARGIN = Thresholds(high=0.12, soft=0.08, hard=0.04, low=0.02, up_margin=0.05)
+
+
+def test_host_leaves_soft_only_once_free_clears_high_by_the_margin():
+    """Paper, sec. 6.3: up "only after free memory significantly exceeds the higher
+    threshold" (was: HIGH as soon as free reached high)."""
+    host, vm = host_with_used(85, target=85, policy={"thresholds": MARGIN})  # free 15 %
+    host.mstate = MemState.SOFT
+    host.run_ticks(0, 1)
+    assert host.mstate == MemState.SOFT  # 15 % >= high 12 %, < 12 + 5 %
+    assert vm.swap_out_random(host.mem, 2) == 2  # free 17 %
+    host.run_ticks(1, 1)
+    assert host.mstate == MemState.HIGH
+    host.check_invariants()
+
+
+def test_host_climbs_one_state_per_tick():
+    host, vm = host_with_used(50, target=50)  # free 50 %
+    host.mstate = MemState.LOW
+    seen = []
+    for t in range(4):
+        host.run_ticks(t, 1)
+        seen.append(host.mstate)
+    assert seen == [MemState.HARD, MemState.SOFT, MemState.HIGH, MemState.HIGH]  # was HIGH x4
+
+
+def test_soft_below_its_goal_keeps_the_balloon_of_a_vm_below_target():
+    """In SOFT the goal is high + margin (17 frames here), so at 15 free there is no
+    surplus to deflate into, even for a VM below its target (was: 3 pages deflated into
+    the frames above the high threshold, and the host never left SOFT)."""
+    policy = {"thresholds": MARGIN, "balloon_rate_pages_per_s": 100.0}
+    host, vm = host_with_used(90, target=95, policy=policy)
+    vm.inflate_balloon(host.mem, 5)  # takes 5 of the guest's 10 free pages
+    assert vm.swap_out_random(host.mem, 5) == 5  # resident 85, free 15 %: surplus 3
+    host.mstate = MemState.SOFT
+    host.run_ticks(0, 1)
+    assert host.mstate == MemState.SOFT
+    assert vm.guest.n_ballooned == 5  # surplus 15 - 17 < 0: nothing handed back
+    host.check_invariants()

@@ -225,9 +225,11 @@ duration_s = 12
 content_bytes = 64
 [policy]
 realloc_period_s = 4
+vm_overhead_mb = 0
 [[hosts]]
 name = "h"
 memory_mb = 12
+swap_mb = 8
 [[vms]]
 name = "a"
 memory_mb = 8

@@ -22,6 +22,7 @@ content_bytes = 64
 [policy]
 realloc_period_s = 4
 sample_period_s = 4
+vm_overhead_mb = 0
 share_scan_vm_pages_per_s = 500
 share_scan_host_pages_per_s = 2000
 

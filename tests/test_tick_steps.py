@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hostkit import TEST_IMAGE, make_host, vm_spec
+from hostkit import CLASS_IMAGE, TEST_IMAGE, make_host, vm_spec
 from test_vm_kernel import tick_twins
 from vmmsim.hosts import tick_steps_kernel as tk
 from vmmsim.hosts.errors import InvariantError
+from vmmsim.hosts.free_memory import MemState
 from vmmsim.hosts.tick_steps import DTYPES, vm_arrays
 from vmmsim.workloads.images import ImageSpec
 from vmmsim.workloads.patterns import IdleParams, SteadyParams
@@ -25,12 +26,12 @@ from vmmsim.workloads.phased import PhasedParams
 OTHER_IMAGE = ImageSpec("otherimg", shared_fraction=0.6, zero_fraction=0.0)
 
 
-def _specs(n_steady: int = 4):
+def _specs(n_steady: int = 4, image=TEST_IMAGE):
     specs = [
         vm_spec(
             f"s{i}",
             96,
-            image=TEST_IMAGE,
+            image=image,
             workload_kind="steady",
             workload_params=SteadyParams(wss_mb=0.25, write_fraction=0.3, accesses_per_s=40.0),
             pinned_pages=2,
@@ -43,7 +44,7 @@ def _specs(n_steady: int = 4):
         vm_spec(
             "skewed",  # a pattern that does not plan: the batch runs around it
             80,
-            image=TEST_IMAGE,
+            image=image,
             workload_kind="steady",
             workload_params=SteadyParams(
                 wss_mb=0.2, write_fraction=0.2, accesses_per_s=30.0, hot_fraction=0.3
@@ -54,7 +55,7 @@ def _specs(n_steady: int = 4):
         vm_spec(
             "phased",
             80,
-            image=TEST_IMAGE,
+            image=image,
             workload_kind="phased",
             workload_params=PhasedParams(phases=((5.0, 0.05), (6.0, 0.3)), write_fraction=0.2),
             overhead_pages=2,
@@ -78,21 +79,29 @@ def _specs(n_steady: int = 4):
     return specs
 
 
-def twins(n_frames: int, seed: int = 3):
+def twins(n_frames: int, seed: int = 3, image=TEST_IMAGE):
     hosts = []
     for batch in (True, False):
         host = make_host(n_frames, 2048, seed=seed)
         host.batch_steps = batch
-        for spec in _specs():
+        for spec in _specs(image=image):
             host.boot_vm(spec)
         hosts.append(host)
     return hosts
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_batched_and_one_vm_at_a_time_ticks_agree_under_pressure(seed):
-    batched, single = twins(n_frames=330, seed=seed)
+@pytest.mark.parametrize(
+    ("seed", "image", "n_frames"),
+    [(3, TEST_IMAGE, 360), (11, TEST_IMAGE, 360), (3, CLASS_IMAGE, 400)],
+)
+def test_batched_and_one_vm_at_a_time_ticks_agree_under_pressure(seed, image, n_frames):
+    """Hosts sized to spend many ticks in SOFT (balloons: the guests evict to their own
+    swap) and some in HARD (the VMM swaps); a host that stays in HARD/LOW never balloons,
+    so no guest evicts.  (With ``CLASS_IMAGE`` every VM has its own image keys, in the
+    address table; it shares less, so a larger host gives the same mix.)"""
+    batched, single = twins(n_frames=n_frames, seed=seed, image=image)
     tick_twins(batched, single, 0, 80, allocate_every=5)
+    assert batched.state_ticks[MemState.SOFT] > 0 and batched.state_ticks[MemState.HARD] > 0
     ts = batched.tick_steps
     end, declined, decref = ts.stops
     assert ts.batched > ts.stops[tk.END] * 2, ts.stops  # several VMs per compiled call

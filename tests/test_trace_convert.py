@@ -58,9 +58,12 @@ def test_cli_convert_then_run_the_trace(tmp_path, capsys):
 [simulation]
 duration_s = 10
 content_bytes = 64
+[policy]
+vm_overhead_mb = 0
 [[hosts]]
 name = "h"
 memory_mb = 16
+swap_mb = 4
 [[vms]]
 name = "bb"
 memory_mb = 4

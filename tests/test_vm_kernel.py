@@ -18,7 +18,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hostkit import TEST_IMAGE, make_host, make_vm, no_room, vm_spec
+from hostkit import CLASS_IMAGE, TEST_IMAGE, make_host, make_vm, no_room, vm_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracles.guest_evict import use_reference_paths
@@ -29,7 +29,6 @@ from vmmsim.hosts.vm import VirtualMachine, vm_page_contents
 from vmmsim.hosts.vm_general import dedup as dedup_numpy
 from vmmsim.workloads import patterns_kernel
 from vmmsim.workloads.content import page_bytes
-from vmmsim.workloads.images import image_keys
 from vmmsim.workloads.patterns import Accesses, SteadyParams
 from vmmsim.workloads.phased import PhasedParams
 
@@ -207,12 +206,12 @@ def twin_hosts(specs, n_frames: int, swap: int = 2048, seed: int = 3):
     return hosts
 
 
-def _specs():
+def _specs(image=TEST_IMAGE):
     return [
         vm_spec(
             "a",
             96,
-            image=TEST_IMAGE,
+            image=image,
             workload_kind="steady",
             workload_params=SteadyParams(wss_mb=0.25, write_fraction=0.3, accesses_per_s=40.0),
             pinned_pages=2,
@@ -221,7 +220,7 @@ def _specs():
         vm_spec(
             "b",
             80,
-            image=TEST_IMAGE,
+            image=image,
             workload_kind="phased",
             workload_params=PhasedParams(phases=((5.0, 0.05), (6.0, 0.3)), write_fraction=0.2),
             overhead_pages=2,
@@ -229,7 +228,7 @@ def _specs():
         vm_spec(
             "c",
             64,
-            image=TEST_IMAGE,
+            image=image,
             balloon=False,
             workload_kind="steady",
             workload_params=SteadyParams(wss_mb=0.2, write_fraction=0.5, accesses_per_s=30.0),
@@ -255,6 +254,17 @@ def test_tick_loop_fast_and_general_paths_agree_under_pressure(statuses):
     assert statuses[("evict", gk.OK)] > 0, statuses  # the compiled guest eviction ran
 
 
+def test_class_image_fast_and_general_paths_agree(statuses):
+    """Per-VM image keys (page classes, :data:`hostkit.CLASS_IMAGE`): dropped image pages
+    re-read by the kernel hold the same bytes as on the general path, tick after tick."""
+    fast, slow = twin_hosts(_specs(CLASS_IMAGE), n_frames=150)
+    tick_twins(fast, slow, 0, 40, allocate_every=5)
+    assert statuses[True] > 20 and statuses[False] > 0, statuses
+    a, b = fast.vms["a"], fast.vms["b"]
+    assert not np.array_equal(a.image_key_array(), b.image_key_array()[: len(a.image_key_array())])
+    assert sum(vm.stats.guest_swapins for vm in fast.vms.values()) > 0  # re-reads happened
+
+
 host_op = st.one_of(
     st.tuples(st.just("ticks"), st.integers(1, 3)),
     st.tuples(st.just("self_allocate")),
@@ -271,9 +281,13 @@ host_op = st.one_of(
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(host_op, min_size=1, max_size=20), seed=st.integers(0, 3))
-def test_random_operations_fast_and_general_paths_agree(ops, seed):
-    hosts = twin_hosts(_specs(), n_frames=170, seed=seed)
+@given(
+    ops=st.lists(host_op, min_size=1, max_size=20),
+    seed=st.integers(0, 3),
+    image=st.sampled_from([TEST_IMAGE, CLASS_IMAGE]),
+)
+def test_random_operations_fast_and_general_paths_agree(ops, seed, image):
+    hosts = twin_hosts(_specs(image), n_frames=170, seed=seed)
     fresh = iter(range(1000, 10**9))
     for h in hosts:
         h.run_ticks(0, 1)
@@ -311,7 +325,7 @@ def _keys_for(vm, wr: np.ndarray, choice: list[int], fresh) -> np.ndarray:
     keys = np.asarray([alphabet[c] if c < 6 else next(fresh) for c in choice], dtype=np.uint64)
     img = (np.asarray(choice) == 5) & (wr < vm.layout.n_image)
     if img.any():
-        keys[img] = image_keys(vm.spec.image, vm.sim.seed, wr[img], vm.layout.n_image)
+        keys[img] = vm.image_keys_of(wr[img])
     return keys
 
 

@@ -1,4 +1,5 @@
-"""Working-set estimation by sampling (ESX sec. 5.3): accuracy, fast rise, slow fall."""
+"""Working-set estimation by sampling (ESX sec. 5.3): accuracy, fast rise, slow fall, the
+three averages, and periods in each VM's execution time (pauses, blocking, snapshots)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import math
 import numpy as np
 import pytest
 from hostkit import make_host, vm_spec
-from vmmsim.hosts.working_set import FAST_GAIN, SLOW_GAIN, WorkingSetSampler
+from vmmsim.hosts.snapshot import host_state, restore_host
+from vmmsim.hosts.working_set import (
+    FAST_GAIN,
+    SLOW_GAIN,
+    WorkingSetSampler,
+    WorkingSetView,
+    esx_sampler,
+)
 from vmmsim.workloads.patterns import Accesses
 
 N_PAGES = 400
@@ -81,10 +89,15 @@ def test_estimate_rises_quickly_when_activity_steps_up():
     run_periods(host, 6)
     assert vm.sampler.estimate < 0.1 + 3 * se(0.1)
     act.p = 0.8
-    host.run_ticks(host.tick, 1)  # one tick into the new period: the partial estimate
-    assert vm.sampler.estimate >= 0.8 - 3 * se(0.8)
-    run_periods(host, 1)
-    assert vm.sampler.estimate >= 0.8 - 3 * se(0.8)
+    host.run_ticks(host.tick, 1)  # one tick into the new period: its counts so far
+    s = vm.sampler
+    assert s.partial >= 0.8 - 3 * se(0.8)
+    # The third average is the fast one updated with the partial fraction (paper, 5.3):
+    # about 0.1 + 0.5 * 0.7 = 0.45 -- risen within the period, but not the raw partial.
+    assert s.estimate == pytest.approx(s.fast + FAST_GAIN * (s.partial - s.fast))
+    assert 0.1 + 3 * se(0.1) < s.estimate < 0.8 - 3 * se(0.8)
+    run_periods(host, 1)  # the high period ended (fast ~0.45), the next one is running
+    assert s.estimate >= 0.45 + FAST_GAIN * 0.35 - 3 * se(0.8)  # ~0.625
 
 
 def test_estimate_falls_slowly_when_activity_steps_down():
@@ -134,3 +147,102 @@ def test_sampler_never_samples_more_than_allocated():
     s = WorkingSetSampler(50, 100)
     s.start_period(np.arange(7, dtype=np.int64), np.random.default_rng(1))
     assert s.sampled == 7 and s.marks.sum() == 7 and s.marks[:7].all()
+
+
+def test_third_average_is_the_fast_one_updated_with_the_current_counts():
+    s = WorkingSetSampler(100, 10)
+    rng = np.random.default_rng(3)
+    allocated = np.arange(100, dtype=np.int64)
+    s.start_period(allocated, rng)
+    s.on_access(np.flatnonzero(s.marks)[:2])
+    s.end_period(active_true=0.0)  # f = 0.2: fast = slow = 0.2
+    s.start_period(allocated, rng)
+    assert s.estimate == pytest.approx(0.2)  # nothing touched yet: fast_now = 0.1
+    s.on_access(np.flatnonzero(s.marks)[:8])  # partial 0.8
+    want = 0.2 + FAST_GAIN * (0.8 - 0.2)
+    assert s.estimate == pytest.approx(want) and want < s.partial  # not max(.., 0.8)
+    view = WorkingSetView(s.periods, s.fast, s.slow, s.sampled, s.touched)
+    assert view.fast_now == pytest.approx(want) and esx_sampler(view) == s.estimate
+    # No sample this period (nothing allocated when it was drawn): no information.
+    empty = WorkingSetView(3, 0.4, 0.3, 0, 0)
+    assert empty.fast_now == 0.4 and esx_sampler(empty) == 0.4
+
+
+def two_vms(seed: int = 0):
+    """Two busy VMs (half of their pages active) on one host: ``a`` and ``b``."""
+    host = make_host(3 * N_PAGES, 16, seed=seed, sample_pages=SAMPLE, sample_period_s=PERIOD)
+    vms = [host.boot_vm(vm_spec(n, N_PAGES, sharing=False)) for n in ("a", "b")]
+    for i, vm in enumerate(vms):
+        Activity(vm, seed + i).p = 0.5
+    return host, vms
+
+
+def stop(host, how: str, ticks: int) -> None:
+    """Keep VM ``a`` from running for ``ticks`` ticks: paused, or blocked (as in the LOW
+    state; reclamation clears ``host.blocked`` every tick, so set it for each)."""
+    if how == "paused":
+        host.paused["a"] = float(ticks)
+        host.run_ticks(host.tick, ticks)
+        return
+    for _ in range(ticks):
+        host.blocked.add("a")
+        host.run_ticks(host.tick, 1)
+
+
+@pytest.mark.parametrize("how", ["paused", "blocked"])
+def test_period_advances_only_while_the_vm_runs(how):
+    host, (a, b) = two_vms()
+    host.run_ticks(0, 2 * PERIOD + 1)  # both closed the boot period (at 4) and one more (8)
+    assert a.sampler.periods == b.sampler.periods == 1
+    stop(host, how, 3)  # ticks 9-11: a does not run
+    assert a.stats.paused_ticks + a.stats.blocked_ticks == 3 and a.steps == b.steps - 3
+    host.run_ticks(host.tick, 1)  # tick 12: b has run a whole period, a only 1 tick of it
+    assert b.sampler.periods == 2 and a.sampler.periods == 1
+    host.run_ticks(host.tick, 2)  # ticks 13, 14: a's period has its 4 ticks now
+    assert a.sampler.periods == 1
+    host.run_ticks(host.tick, 1)  # tick 15: a's own boundary
+    assert a.sampler.periods == 2 and b.sampler.periods == 2
+    assert a.sampler.active_true == pytest.approx(0.5)  # measured over a's own 4 ticks
+
+
+def _restore(host, seed: int = 0):
+    arrays, meta = host_state(host)
+    specs = {n: v.spec for n, v in host.vms.items()}
+    twin = restore_host(host.spec, host.sim, host.policy, specs, arrays, meta)
+    for i, n in enumerate(("a", "b")):  # the test workload is code, not state: reattach
+        Activity(twin.vms[n], seed + i).p = 0.5
+    return twin, arrays, meta
+
+
+def test_snapshot_carries_each_vms_period_clock():
+    host, (a, _) = two_vms()
+    host.run_ticks(0, PERIOD + 1)
+    stop(host, "paused", 2)  # a's clock is now 2 ticks behind the host's
+    twin, _, _ = _restore(host)
+    assert twin.vms["a"].sampler.ran == a.sampler.ran != twin.vms["b"].sampler.ran
+    for h in (host, twin):
+        h.run_ticks(h.tick, 2 * PERIOD + 1)
+    assert twin.digest(full=True) == host.digest(full=True)
+    for n in ("a", "b"):
+        x, y = host.vms[n].sampler, twin.vms[n].sampler
+        assert (x.periods, x.ran, x.fast, x.slow) == (y.periods, y.ran, y.fast, y.slow)
+
+
+@pytest.mark.parametrize("ticks", [PERIOD + 3, 2 * PERIOD])
+def test_state_saved_before_per_vm_clocks_restores_the_host_wide_clock(ticks):
+    """A snapshot without ``ran`` (periods were host-wide: boundaries at multiples of the
+    period) resumes with each VM's clock where the host-wide one was."""
+    host, _ = two_vms()
+    host.run_ticks(0, ticks)  # nobody stopped: the per-VM clocks equal the host-wide one
+    arrays, meta = host_state(host)
+    for v in meta["vms"].values():
+        del v["meta"]["sampler"]["ran"]
+    twin = restore_host(
+        host.spec, host.sim, host.policy, {n: v.spec for n, v in host.vms.items()}, arrays, meta
+    )
+    for i, n in enumerate(("a", "b")):
+        Activity(twin.vms[n], i).p = 0.5
+        assert twin.vms[n].sampler.ran == host.vms[n].sampler.ran
+    for h in (host, twin):
+        h.run_ticks(h.tick, PERIOD + 1)
+    assert twin.digest(full=True) == host.digest(full=True)

@@ -206,6 +206,7 @@ def _vm_toml(workload: str, memory_mb: float = 2) -> str:
 [[hosts]]
 name = "h"
 memory_mb = 64
+swap_mb = 64
 [[vms]]
 name = "a"
 memory_mb = {memory_mb}
@@ -284,9 +285,11 @@ content_bytes = 64
 [policy]
 share_scan_vm_pages_per_s = 1000
 share_scan_host_pages_per_s = 4000
+vm_overhead_mb = 0
 [[hosts]]
 name = "h"
 memory_mb = 32
+swap_mb = 8
 [[vms]]
 name = "a"
 memory_mb = 4
@@ -297,6 +300,7 @@ program = "gcc"
 program_mb = 1
 heap_mb = 1
 load_s = 0
+classes = [["all", 1.0, 1.0, 0.0, "program"]]  # every page identical (not graded)
 [[vms]]
 name = "b"
 memory_mb = 4
@@ -307,6 +311,7 @@ program = "{prog_b}"
 program_mb = 1
 heap_mb = 1
 load_s = 0
+classes = [["all", 1.0, 1.0, 0.0, "program"]]
 """
         cfg = load(text)
         s = run(cfg, tmp_path / prog_b, backend="inprocess", quiet=True)

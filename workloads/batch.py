@@ -1,11 +1,19 @@
 """The ``batch`` pattern: a SPEC-like program, the same in many VMs.
 
 Model.  The program's text and input data (``program_mb``) are loaded over the first
-``load_s`` seconds into the private-data region, page ``i`` of the program written with
-a content key derived from (run seed, ``program``, ``i``) -- so every VM that runs the
-same program holds the same bytes there, whatever its size or image, and page sharing can
-merge them (ESX fig. 4).  The program then reads its pages and reads and rewrites a
-private heap (``heap_mb``, after the program's pages) with fresh content.
+``load_s`` seconds into the private-data region.  Its pages come in *classes*
+(:mod:`workloads.page_classes`, scope ``program``): a page of a class holds, with the
+class's probability ``p``, the program's canonical content (a key derived from the run
+seed, ``program``, the class and the page) -- the same bytes in every VM that runs the
+program, whatever its size or image, which page sharing can merge (ESX fig. 4) -- else
+content private to the VM (drawn from the VM's name).  The program then reads its pages
+and reads and rewrites a private heap (``heap_mb``, after the program's pages) with fresh
+content.
+
+Default classes (:data:`SPEC_CLASSES`, labelled estimates for a SPEC95-like run, used
+with the built-in linux image for ESX fig. 4): program text p 0.99; input data read from
+the shared disk image p 0.9; initialised data and buffers the program filled from its
+input p 0.6, 3% duplicated within the VM.
 
 Loading is a function of the step count (step ``k`` writes the pages whose load time falls
 in it), so the only state is the generator.  Program pages are never written after
@@ -19,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from vmmsim.workloads.content import derived_keys, nonzero_keys, stable_hash64
+from vmmsim.workloads.content import nonzero_keys, stable_hash64
+from vmmsim.workloads.page_classes import ClassTable, check_classes, class_keys
 from vmmsim.workloads.patterns import (
     EMPTY_I,
     EMPTY_K,
@@ -27,6 +36,13 @@ from vmmsim.workloads.patterns import (
     Workload,
     WorkloadEnv,
     check_range,
+)
+
+#: A SPEC95-like program's pages (fractions of ``program_mb``; see the module docstring).
+SPEC_CLASSES: ClassTable = (
+    ("text", 0.3, 0.99, 0.0, "program"),
+    ("input", 0.4, 0.9, 0.0, "program"),
+    ("data", 0.3, 0.6, 0.03, "program"),
 )
 
 
@@ -53,9 +69,18 @@ class BatchParams:
         default=0.0,
         metadata={"help": "mean accesses per second (0: one per program + heap page per second)"},
     )
+    classes: ClassTable = field(
+        default=SPEC_CLASSES,
+        metadata={
+            "help": "page classes of the program's pages, each [name, fraction, p identical "
+            'in another VM running the program, p duplicate within the VM, "program"]'
+        },
+    )
 
     def validate(self) -> list[str]:
-        errs = []
+        errs = check_classes(self.classes, ("program",))
+        if not self.classes:
+            errs.append("classes: give at least one class")
         if not self.program or any(c.isspace() for c in self.program):
             errs.append(f"program: must be a non-empty name without spaces (got {self.program!r})")
         return (
@@ -83,7 +108,9 @@ class Batch(Workload):
         n_heap = min(room - self.n_prog, env.pages(params.heap_mb))
         self.prog_start = start
         self.heap = np.arange(start + self.n_prog, start + self.n_prog + n_heap, dtype=np.int64)
-        self.key_base = stable_hash64("program", env.seed, params.program)
+        scopes = {"program": stable_hash64("program", env.seed, params.program)}
+        own = stable_hash64("program-private", env.seed, params.program, env.vm_name)
+        self.keys = class_keys(params.classes, self.n_prog, scopes, own)
         self.rate = params.accesses_per_s or float(self.n_prog + n_heap)
 
     def loaded(self, step: int) -> int:
@@ -94,8 +121,8 @@ class Batch(Workload):
         return int(self.n_prog * frac)
 
     def program_keys(self, index: np.ndarray) -> np.ndarray:
-        """Content keys of program pages ``index`` (the same in every VM)."""
-        return derived_keys(self.key_base, index)
+        """Content keys of program pages ``index`` of this VM."""
+        return self.keys[index]
 
     def _accesses(self, step: int) -> Accesses:
         lo, hi = (self.loaded(step - 1) if step else 0), self.loaded(step)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from vmmsim.workloads.content import nonzero_keys
-from vmmsim.workloads.images import boot_writes, image_keys
+from vmmsim.workloads.images import boot_writes, vm_image_keys
 from vmmsim.workloads.patterns import EMPTY_I, Accesses, Workload, WorkloadEnv, check_range
 
 
@@ -91,6 +91,7 @@ class Fileserver(Workload):
         start = min(env.layout.data_start, env.n_pages)
         n_dirty = min(env.n_pages - start, env.pages(params.dirty_mb))
         self.dirty = np.arange(start, start + n_dirty, dtype=np.int64)
+        self._img_keys: np.ndarray | None = None
 
     def loaded(self, step: int) -> int:
         """Cached files (popularity ranks ``< loaded``) in memory by the end of ``step``."""
@@ -105,13 +106,16 @@ class Fileserver(Workload):
         lo, hi = self.loaded(step - 1), self.loaded(step)
         pages = self.file_pages[lo:hi]
         if step == 0:
-            boot_p, _ = boot_writes(env.image, env.layout, env.seed)
+            boot_p, _ = boot_writes(env.image, env.layout, env.seed, env.vm_name)
             is_file = np.zeros(env.n_pages, dtype=bool)
             is_file[self.file_pages] = True
             rest = boot_p[~is_file[boot_p] | np.isin(boot_p, pages)]
             pages = rest
-        keys = image_keys(env.image, env.seed, pages, env.layout.n_image)
-        keys[pages >= env.layout.n_image] = 0  # zeroed at boot
+        if self._img_keys is None:  # this VM's image keys, kept (derived: no state)
+            self._img_keys = vm_image_keys(env.image, env.seed, env.vm_name, env.layout.n_image)
+        keys = np.zeros(len(pages), dtype=np.uint64)  # pages >= n_image: zeroed at boot
+        img = pages < env.layout.n_image
+        keys[img] = self._img_keys[pages[img]]
         return Accesses.concat(Accesses(writes=pages, write_keys=keys), self._accesses(step))
 
     @property

@@ -86,6 +86,7 @@ class WorkloadEnv:
     seed: int
     image: ImageSpec
     layout: BootLayout
+    vm_name: str = ""  # the VM's identity: its image and program pages' private content
 
     def pages(self, mb: float) -> int:
         return min(self.n_pages, int(mb * 2**20) // self.page_size)
@@ -108,7 +109,8 @@ class Workload:
     def step(self, step: int) -> Accesses:
         acc = self._accesses(step)
         if step == 0:
-            pages, keys = boot_writes(self.env.image, self.env.layout, self.env.seed)
+            e = self.env
+            pages, keys = boot_writes(e.image, e.layout, e.seed, e.vm_name)
             acc = Accesses.concat(Accesses(writes=pages, write_keys=keys), acc)
         return acc
 
