@@ -88,6 +88,7 @@ def _policy(rng: random.Random) -> dict[str, Any]:
             levels.append(_r(levels[-1] / 2, 6))
         if len(set(levels)) == 4 and levels[3] >= 0:
             p["free_high"], p["free_soft"], p["free_hard"], p["free_low"] = levels
+    maybe("share_salting", rng.choice([0, 1, 2]))
     return p
 
 

@@ -5,8 +5,10 @@ tick, every file's size and checksum, the coordinator's state: tick, targets, pl
 round digests, VM step counts, number of decisions), ``config.json`` (the resolved
 config, so a checkpoint stands alone) and one Arrow IPC file per host
 (:mod:`cluster.checkpoint_format`: frames, maps, swap store, sharing index, guest OS,
-RNG states, statistics).  A checkpoint is written under a temporary name and renamed
-when complete, so a crash never leaves a half checkpoint that looks whole.
+RNG states, statistics; optionally zstd- or lz4-compressed, ``--checkpoint-compression``:
+the manifest then names it and its checksums cover the compressed bytes).  A checkpoint
+is written under a temporary name and renamed when complete, so a crash never leaves a
+half checkpoint that looks whole.
 
 :class:`Checkpointer` takes one every ``every_ticks`` ticks, rounded *up* to the next
 reallocation boundary (every ``realloc_period_s``) at which no live migration is in
@@ -18,6 +20,9 @@ driver's file system even when the hosts run on other nodes.
 :func:`read_checkpoint` verifies everything before anything is used (LogError: missing
 file, size or checksum mismatch, wrong format version, config hash mismatch).
 :func:`restore` loads one into a coordinator and its (fresh) hosts.
+:func:`resume_config` is the config a resumed run may use: the checkpoint's, with only
+overrides that leave the past unchanged (``simulation.duration_s``, past the checkpoint);
+:func:`check_resumable` checks a config against a checkpoint's.
 
 Not covered: what a host's state is (``hosts/snapshot.py``), recovery (``session.py``).
 """
@@ -27,12 +32,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vmmsim.cluster import checkpoint_format as cf
-from vmmsim.cluster.config import ConfigError, SimConfig, config_from_dict
+from vmmsim.cluster.config import ConfigError, SimConfig, config_from_dict, with_overrides
 from vmmsim.cluster.outputs import OutputWriteError, write_json, writing
 from vmmsim.cluster.sealed_stream import LogError
 from vmmsim.cluster.specs import vm_spec
@@ -65,15 +71,17 @@ def write_checkpoint(
     coord_state: dict[str, Any],
     hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
     checksum: str = cf.DEFAULT_CHECKSUM,
+    compression: str = "none",
 ) -> Path:
-    """Write ``root/t<tick>/`` (via a temporary directory renamed at the end).  A failed
+    """Write ``root/t<tick>/`` (via a temporary directory renamed at the end), the host
+    files compressed with ``compression`` (``none``, ``zstd``, ``lz4``).  A failed
     write (disk full) raises :class:`cluster.outputs.OutputWriteError` naming the file;
     the temporary directory is removed."""
     tick = int(coord_state["tick"])
     final = Path(root) / checkpoint_name(cfg, tick)
     tmp = final.with_name(f".{final.name}.partial")
     try:
-        return _write_checkpoint(tmp, final, tick, cfg, coord_state, hosts, checksum)
+        return _write_checkpoint(tmp, final, tick, cfg, coord_state, hosts, checksum, compression)
     except OutputWriteError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -87,6 +95,7 @@ def _write_checkpoint(
     coord_state: dict[str, Any],
     hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
     checksum: str,
+    compression: str,
 ) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -108,6 +117,7 @@ def _write_checkpoint(
                     "vmmsim.config_hash": cfg.config_hash(),
                     "vmmsim.host_meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
                 },
+                compression,
             )
         host_files[name] = fname
         files[fname] = name
@@ -128,6 +138,8 @@ def _write_checkpoint(
         "hosts": host_files,
         "coordinator": coord_state,
     }
+    if compression != "none":  # (absent: plain, as in checkpoints from before the option)
+        body["compression"] = compression
     with writing(tmp / "manifest.json"):
         (tmp / "manifest.json").write_text(cf.manifest_text(body))
     if final.exists():
@@ -138,7 +150,8 @@ def _write_checkpoint(
 
 
 def read_checkpoint(path: str | Path, expect_hash: str | None = None) -> Checkpoint:
-    """Verify and open ``path`` (arrays memory-mapped, zero-copy)."""
+    """Verify and open ``path`` (arrays memory-mapped, zero-copy; decompressed into memory
+    when the checkpoint is compressed)."""
     root = Path(path)
     if not root.is_dir():
         raise LogError(root, "not a checkpoint directory")
@@ -180,6 +193,57 @@ def read_checkpoint(path: str | Path, expect_hash: str | None = None) -> Checkpo
     return Checkpoint(root, cfg, tick, coord, hosts)
 
 
+# Keys a resumed run may change: they leave every tick before the checkpoint as it was
+# (the workloads, the policy and the placement do not depend on the run's length).
+RESUME_KEYS = ("simulation.duration_s",)
+
+
+def _past_view(cfg: SimConfig) -> dict[str, Any]:
+    d = cfg.to_dict()
+    d["simulation"] = {k: v for k, v in d["simulation"].items() if k != "duration_s"}
+    return d
+
+
+def check_resumable(ckpt_cfg: SimConfig, cfg: SimConfig, tick: int) -> str | None:
+    """Why ``cfg`` cannot continue a checkpoint of ``ckpt_cfg`` taken at ``tick`` (None if
+    it can: equal but for :data:`RESUME_KEYS`, and running past ``tick``)."""
+    if cfg.config_hash() == ckpt_cfg.config_hash():
+        return None
+    if _past_view(cfg) != _past_view(ckpt_cfg):
+        return "config hash mismatch: a checkpoint of another run"
+    if cfg.simulation.n_ticks <= tick:
+        return f"simulation.duration_s must end after the checkpoint's tick {tick}"
+    return None
+
+
+def resume_config(ckpt: Checkpoint, overrides: Sequence[str] = ()) -> SimConfig:
+    """The checkpoint's config with ``overrides`` (``KEY=VALUE``); ConfigError naming the
+    key for a key outside :data:`RESUME_KEYS` or a duration that ends at or before the
+    checkpoint."""
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key not in RESUME_KEYS:
+            raise ConfigError(
+                f"--set {key}",
+                "cannot change when resuming (it would change the run before the "
+                f"checkpoint); only {', '.join(RESUME_KEYS)} may",
+            )
+    if not overrides:
+        return ckpt.cfg
+    cfg = with_overrides(ckpt.cfg, overrides)
+    if cfg.simulation.n_ticks <= ckpt.tick:
+        tick_s = ckpt.cfg.simulation.tick_s
+        raise ConfigError(
+            "--set simulation.duration_s",
+            f"must be longer than the checkpoint's {ckpt.tick * tick_s:g} s (tick {ckpt.tick})",
+            cfg.simulation.duration_s,
+        )
+    why = check_resumable(ckpt.cfg, cfg, ckpt.tick)
+    if why is not None:  # (cannot happen with RESUME_KEYS alone; a guard for new keys)
+        raise ConfigError("--set", why)
+    return cfg
+
+
 def restore(coord: Any, ckpt: Checkpoint) -> None:
     """Put the checkpointed state into ``coord`` and its pool's (fresh) hosts."""
     cfg = coord.cfg
@@ -195,8 +259,16 @@ class Checkpointer:
     """A coordinator observer: a checkpoint at the first round boundary at or after every
     multiple of ``every`` ticks (not at the end of the run)."""
 
-    def __init__(self, root: Path, cfg: SimConfig, every: int, start_tick: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        cfg: SimConfig,
+        every: int,
+        start_tick: int = 0,
+        compression: str = "none",
+    ) -> None:
         self.root, self.cfg, self.every = Path(root), cfg, every
+        self.compression = compression
         self.next_due = (start_tick // every + 1) * every
         self.last: Path | None = None
         self.written: list[int] = []
@@ -212,6 +284,8 @@ class Checkpointer:
         if not target.exists():  # (it does when a recovery re-executes this round)
             data = coord.pool.call("checkpoint", [()] * len(coord.hosts), coord.hosts)
             hosts = dict(zip(coord.hosts, data, strict=True))
-            write_checkpoint(self.root, self.cfg, coord.state(), hosts)
+            write_checkpoint(
+                self.root, self.cfg, coord.state(), hosts, compression=self.compression
+            )
             self.written.append(coord.tick)
         self.last = target

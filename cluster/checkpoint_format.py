@@ -10,6 +10,10 @@ format version, host, tick, config hash and the host's JSON meta.  Read with
 ``pa.memory_map``, every array is a zero-copy numpy view of the mapped file.  Only
 numeric dtypes are accepted on read (no objects, no pickle).
 
+Compression (``compression="zstd"`` or ``"lz4"``): Arrow IPC body compression of every
+buffer; the reader detects it (arrays are then decompressed into memory, not mapped).
+The default is none, the zero-copy case.  Checksums are over the file as written.
+
 Writes are deterministic: one batch, columns in the given order, metadata in a fixed
 order, so the same state gives the same bytes.
 
@@ -43,6 +47,7 @@ from vmmsim.cluster.sealed_stream import LogError
 FORMAT = "vmmsim-checkpoint/1"
 BLOCK = 8 * 2**20
 _KINDS = "biuf"  # numpy kinds a checkpoint may hold
+COMPRESSIONS = ("none", "zstd", "lz4")
 
 Arrays = dict[str, np.ndarray]
 
@@ -98,11 +103,17 @@ def batch_to_arrays(batch: pa.RecordBatch) -> Arrays:
     return out
 
 
-def write_arrays_file(path: Path, arrays: Arrays, meta: dict[str, str]) -> None:
-    """``arrays`` as an Arrow IPC file with ``meta`` (in this order) as schema metadata."""
+def write_arrays_file(
+    path: Path, arrays: Arrays, meta: dict[str, str], compression: str = "none"
+) -> None:
+    """``arrays`` as an Arrow IPC file with ``meta`` (in this order) as schema metadata,
+    its buffers compressed with ``compression`` (one of :data:`COMPRESSIONS`)."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r}: one of {', '.join(COMPRESSIONS)}")
     batch = arrays_to_batch(arrays)
     schema = batch.schema.with_metadata(meta)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+    opts = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema, options=opts) as w:
         w.write_batch(batch)
 
 

@@ -8,12 +8,16 @@ and a text summary of a run or sweep directory, :mod:`cluster.report`), ``trace 
 (a Bitbrains CSV into an access trace, :mod:`workloads.bitbrains`), ``trace export`` (one
 VM of a recorded run as a trace). Bad input -- config errors, impossible placements, an
 ``--out`` that holds a finished run -- prints one line ``vmmsim: error: ...`` and exits 2;
-a failed host exits 1; no tracebacks for either.
+a failed host exits 1; no tracebacks for either.  ``--version``; a bare ``vmmsim`` prints the
+usage with the commands (exit 2); output to a closed pipe (``vmmsim schema | head``) stops
+quietly with exit 141.  A run's last lines list its migrations and repeat its warnings.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import io
 import json
 import math
 import os
@@ -27,7 +31,6 @@ from vmmsim.cluster.config import (
     SimConfig,
     config_warnings,
     describe_schema,
-    host_commitments,
     load_config,
     page_state_bytes,
 )
@@ -39,10 +42,19 @@ from vmmsim.cluster.report import ReportError
 from vmmsim.cluster.runner import Terminated, signals_as_exceptions
 from vmmsim.cluster.sealed_stream import LogError
 from vmmsim.cluster.session import RecoveryFailed
+from vmmsim.cluster.sweep import SweepPointFailed, jobs_arg
 from vmmsim.workloads.bitbrains import ConvertError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+
+
+def _version() -> str:
+    """The installed package's version (``vmmsim --version``)."""
+    try:
+        return importlib.metadata.version("vmmsim")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "0+unknown"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmmsim",
         description="Simulate VMM memory management (ESX-style) on a cluster of hosts.",
     )
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    p.add_argument("--version", action="version", version=f"vmmsim {_version()}")
+    # Not required=True: a bare ``vmmsim`` prints the help with the commands (main()).
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a simulation", description="Run a simulation.")
     r.add_argument("config", type=Path, help="experiment TOML file")
@@ -118,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds to wait for any host call before declaring it failed",
     )
+    r.add_argument(
+        "--jobs",
+        type=jobs_arg,
+        default=None,
+        help="[sweep] points run at a time (default: the CPUs, at most the points; 1: serial)",
+    )
     _add_journal_args(r)
 
     rr = sub.add_parser(
@@ -142,6 +162,15 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("checkpoint", type=Path, help="a checkpoint directory (…/checkpoints/tNNN)")
     rs.add_argument("--out", type=Path, required=True, help="run directory to write")
     rs.add_argument("--checkpoint-every", type=_EVERY, default=0.0, metavar="SECONDS")
+    _add_compression_arg(rs)
+    rs.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only keys that leave the past unchanged: simulation.duration_s (longer)",
+    )
     _add_backend_args(rs)
 
     v = sub.add_parser("validate", help="check a config and print the placement")
@@ -157,9 +186,14 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="plot a run or sweep directory into DIR/plots/")
     rp.add_argument("dir", type=Path, help="run directory or sweep directory")
+    rp.add_argument(
+        "--points",
+        action="store_true",
+        help="for a sweep: also draw each point's plots into DIR/<point>/plots/",
+    )
 
-    tr = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_cmd")
-    tr.required = True
+    trace = sub.add_parser("trace", help="access traces: convert a CSV, export a recorded VM")
+    tr = trace.add_subparsers(dest="trace_cmd", metavar="COMMAND")
     tc = tr.add_parser("convert", help="Bitbrains GWA-T-12 CSV -> Arrow access trace")
     tc.add_argument("input", type=Path, help="one VM's ';'-separated GWA-T-12 CSV")
     tc.add_argument("--out", type=Path, required=True, help="trace file to write (.arrow)")
@@ -203,8 +237,25 @@ def _add_journal_args(r: argparse.ArgumentParser) -> None:
         help="write DIR/checkpoints/t<tick>/ every SECONDS of simulated time, rounded up "
         "to a reallocation round boundary; a failed host is then recovered from the last one",
     )
+    _add_compression_arg(r, record=True)
     # Fault injection for tests: kill host NAME before the round that runs tick TICK.
     r.add_argument("--kill-host-at", default=None, metavar="NAME:TICK", help=argparse.SUPPRESS)
+
+
+def _add_compression_arg(p: argparse.ArgumentParser, record: bool = False) -> None:
+    p.add_argument(
+        "--checkpoint-compression",
+        choices=("none", "zstd", "lz4"),
+        default="none",
+        help="compress checkpoint files (about 4x smaller; default none)",
+    )
+    if record:
+        p.add_argument(
+            "--record-compression",
+            choices=("none", "zstd", "lz4"),
+            default="none",
+            help="compress the record log (zstd: about 3x smaller, ~20%% slower in-process)",
+        )
 
 
 def _kill_at(text: str | None, hosts: Sequence[str], n_ticks: int) -> tuple[str, int] | None:
@@ -249,24 +300,44 @@ def _check_fits_machine(cfg: SimConfig, joined: bool) -> None:
     )
 
 
-def _warn(cfg: SimConfig) -> None:
-    """The config's warnings on stderr, one line each, before anything runs."""
-    for w in config_warnings(cfg):
-        print(f"vmmsim: warning: {w}", file=sys.stderr)
+def _warn(cfg: SimConfig, *, placement: dict[str, str] | None = None, again: bool = False) -> None:
+    """The config's warnings on stderr, one line each (with ``placement``, also the hosts'
+    of :func:`cluster.validate_report.host_report`): before anything runs and, with
+    ``again``, once more among a run's last lines (after the progress bar)."""
+    warnings = config_warnings(cfg)
+    if placement is not None:
+        from vmmsim.cluster.validate_report import host_report
+
+        warnings += [w for h in host_report(cfg, placement).values() for w in h["warnings"]]
+    if again:
+        sys.stdout.flush()  # after the run's result lines
+    for w in warnings:
+        print(f"vmmsim: warning: {w}{' (repeated)' if again else ''}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done; 2 bad input (config, placement, ``--out``, logs); 1 the run
     failed (a host, a replay difference, a write that failed: disk full); 143 SIGTERM,
-    130 SIGINT (partial output removed, embedded Ray shut down).  One line, no traceback."""
-    args = _parser().parse_args(argv)
+    130 SIGINT (partial output removed, embedded Ray shut down); 141 stdout's reader went
+    away (a closed pipe: quiet).  One line, no traceback."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.cmd is None or (args.cmd == "trace" and args.trace_cmd is None):
+        # Bare ``vmmsim`` (or ``vmmsim trace``): the usage with the list of commands.
+        sub = parser if args.cmd is None else _subparser(parser, "trace")
+        sub.print_help(sys.stderr)
+        return EXIT_USAGE
     try:
         with signals_as_exceptions():
-            return _dispatch(args)
+            status = _dispatch(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return status
+    except BrokenPipeError:
+        return _closed_pipe()
     except (ConfigError, PlacementError, RunDirError, ReportError, ConvertError, LogError) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (HostFailure, ReplayDiverged, RecoveryFailed, OutputWriteError) as e:
+    except (HostFailure, ReplayDiverged, RecoveryFailed, OutputWriteError, SweepPointFailed) as e:
         print(f"vmmsim: error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except Terminated as e:
@@ -276,6 +347,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vmmsim: interrupted (SIGINT); nothing was written to --out", file=sys.stderr)
         return 130
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The subcommand parser ``name`` of ``parser``."""
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 - argparse has no API
+        if name in getattr(action, "choices", {}):
+            return action.choices[name]
+    raise KeyError(name)  # pragma: no cover
+
+
+EXIT_PIPE = 128 + 13  # as if killed by SIGPIPE, like other filters (``cat``)
+
+
+def _closed_pipe() -> int:
+    """Standard output went to a pipe whose reader has gone (``vmmsim schema | head``):
+    stop quietly.  Stdout is pointed at /dev/null so that Python's final flush at exit
+    does not report the error again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass  # stdout is not a real file (tests capture it): nothing to flush at exit
+    return EXIT_PIPE
 
 
 CONFIG_DOC = "docs/config.md"
@@ -314,7 +409,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "report":
         from vmmsim.cluster.report import report
 
-        print(report(args.dir))
+        print(report(args.dir, points=args.points))
         return 0
     if args.cmd == "trace" and args.trace_cmd == "export":
         from vmmsim.cluster.replay import export_trace
@@ -340,17 +435,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _rerun(args)
     cfg = load_config(args.config, args.overrides)
     if args.cmd == "validate":
-        placement = place(cfg)
-        out = {
-            "config_hash": cfg.config_hash(),
-            "placement": placement,
-            "hosts": host_commitments(cfg, placement),
-            "warnings": config_warnings(cfg),
-        }
-        print(json.dumps(out, indent=2))
-        _warn(cfg)
+        from vmmsim.cluster.validate_report import summary_lines, validate_doc
+
+        doc = validate_doc(cfg, place(cfg))
+        print(json.dumps(doc, indent=2))
+        sys.stdout.flush()
+        print("\n".join(summary_lines(doc)), file=sys.stderr)
         return 0
-    _warn(cfg)
     joined = not args.inprocess and bool(args.address or os.environ.get("RAY_ADDRESS"))
     _check_fits_machine(cfg, joined)
     backend = "inprocess" if args.inprocess else "ray"
@@ -359,6 +450,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cfg.sweep:
         from vmmsim.cluster.sweep import run_sweep
 
+        _warn(cfg)
         table = run_sweep(
             args.config,
             args.overrides,
@@ -369,16 +461,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             quiet=args.quiet,
             check_invariants=args.check_invariants,
             timeout_s=args.timeout,
+            jobs=args.jobs,
         )
         print(f"vmmsim: sweep of {table.num_rows} points -> {args.out} (sweep.parquet)")
         return 0
     from vmmsim.cluster.runner import run
     from vmmsim.cluster.session import RunOptions
 
-    place(cfg)  # fail fast, before any Ray start-up
+    placement = place(cfg)  # fail fast, before any Ray start-up
+    _warn(cfg, placement=placement)
     opts = RunOptions(
         record=args.record,
         checkpoint_every_s=args.checkpoint_every,
+        checkpoint_compression=args.checkpoint_compression,
+        record_compression=args.record_compression,
         kill_host_at=_kill_at(args.kill_host_at, cfg.host_names(), cfg.simulation.n_ticks),
     )
     summary = run(
@@ -398,7 +494,54 @@ def _dispatch(args: argparse.Namespace) -> int:
         f"  shared {t['shared_mb']:.1f} MB, saved {t['saved_mb']:.1f} MB,"
         f" swap {t['swap_used_mb']:.1f} MB; digest {summary['final_digest'][:16]}"
     )
+    _print_migrations(args.out, cfg.simulation.tick_s)
+    _warn(cfg, placement=placement, again=True)
     return 0
+
+
+MAX_MIGRATION_LINES = 10
+
+
+def migration_lines(rows: Sequence[dict[str, typing.Any]], tick_s: float) -> list[str]:
+    """The last lines of a run about its migrations (``migrations.parquet`` rows): counts
+    by status, then one line per migration (at most :data:`MAX_MIGRATION_LINES`, those not
+    completed first) with the reason of a refusal or abort.  Empty when none was tried."""
+    if not rows:
+        return []
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    order = ("completed", "refused", "aborted", "unfinished")
+    statuses = [*order, *sorted(set(counts) - set(order))]
+    head = ", ".join(f"{counts[st]} {st}" for st in statuses if counts.get(st))
+    out = [f"vmmsim: migrations: {head} (DIR/migrations.parquet)"]
+    ranked = sorted(rows, key=lambda r: r["status"] == "completed")  # stable: run order
+    for r in ranked[:MAX_MIGRATION_LINES]:
+        what = f"{r['trigger']} {r['vm']} {r['source']} -> {r['destination']}"
+        at = f"at {r['start_tick'] * tick_s:g} s"
+        if r["status"] == "completed":
+            rounds = f"{r['rounds']} round{'' if r['rounds'] == 1 else 's'}"
+            how = f"completed in {rounds}, downtime {r['downtime_ms']:.1f} ms"
+        elif r["reason"]:
+            how = f"{r['status']}: {r['reason']}"
+        else:
+            how = r["status"]
+        out.append(f"vmmsim:   {what} {at}: {how}")
+    if len(rows) > MAX_MIGRATION_LINES:
+        out.append(f"vmmsim:   ... and {len(rows) - MAX_MIGRATION_LINES} more")
+    return out
+
+
+def _print_migrations(out: Path | None, tick_s: float) -> None:
+    """:func:`migration_lines` of the run directory ``out`` on stdout."""
+    path = None if out is None else Path(out) / "migrations.parquet"
+    if path is None or not path.is_file():
+        return
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    for line in migration_lines(rows, tick_s):
+        print(line.replace("DIR", str(out), 1))
 
 
 def _rerun(args: argparse.Namespace) -> int:
@@ -414,12 +557,20 @@ def _rerun(args: argparse.Namespace) -> int:
         "check_invariants": args.check_invariants,
     }
     if args.cmd == "resume":
-        s = rerun.resume(args.checkpoint, args.out, checkpoint_every_s=args.checkpoint_every, **kw)
+        s = rerun.resume(
+            args.checkpoint,
+            args.out,
+            checkpoint_every_s=args.checkpoint_every,
+            checkpoint_compression=args.checkpoint_compression,
+            overrides=args.overrides,
+            **kw,
+        )
         tick = s["resumed_from"]["tick"]
         print(
             f"vmmsim: resumed at tick {tick}, {s['n_ticks'] - tick} ticks -> {args.out};"
             f" digest {s['final_digest'][:16]}"
         )
+        _print_migrations(args.out, s["tick_s"])
         return 0
     res = rerun.replay(args.dir, args.out, args.overrides, **kw)
     if res.verified:
@@ -431,6 +582,7 @@ def _rerun(args: argparse.Namespace) -> int:
             f"vmmsim: counterfactual replay ({res.ticks} ticks) -> {args.out};"
             f" digest {res.summary['final_digest'][:16]}{note}"
         )
+        _print_migrations(args.out, res.summary["tick_s"])
     return 0
 
 

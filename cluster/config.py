@@ -107,6 +107,10 @@ POLICY_KEYS = {
 }
 # Folder relative policy file paths resolve from while a config is parsed.
 _BASE_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("base_dir", default=None)
+# Folder relative workload data paths (traces) resolve from: the config file's, when a
+# TOML file is parsed; None for a resolved config (a checkpoint's, a record log's: their
+# paths were made absolute when loaded, or are from the current directory as before).
+_DATA_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("data_dir", default=None)
 
 
 @dataclass(frozen=True)
@@ -357,11 +361,14 @@ def _parse(
                 parsed = policies.canonical(parsed)  # a path given here: from the cwd
             _apply_override(raw, path, parsed, f"--set {path}", resolved)
         src = Path(source)
-        token = _BASE_DIR.set(src.resolve().parent if src.is_file() else None)
+        base = src.resolve().parent if src.is_file() else None
+        token = _BASE_DIR.set(base)
+        data_token = _DATA_DIR.set(None if resolved else base)
         try:
             cfg = _check_policies(_build(raw, resolved))
         finally:
             _BASE_DIR.reset(token)
+            _DATA_DIR.reset(data_token)
         if not resolved:  # a loaded config's sweep was checked against its file already
             _check_sweep(raw, cfg.sweep)
         return replace(cfg, source=source)
@@ -398,8 +405,32 @@ def _build_workload(data: Any, where: str) -> WorkloadConfig:
         cls = registry.get(kind)
     except KeyError as e:
         raise ConfigError(join(where, "kind"), e.args[0]) from None
-    params = build(cls.Params, {k: v for k, v in data.items() if k != "kind"}, where)
+    fields = {k: v for k, v in data.items() if k != "kind"}
+    if isinstance(fields.get("path"), str) and "path" in getattr(
+        cls.Params, "__dataclass_fields__", {}
+    ):
+        fields["path"] = _data_file(fields["path"], join(where, "path"))
+    params = build(cls.Params, fields, where)
     return WorkloadConfig(kind, params)
+
+
+def _data_file(text: str, where: str) -> str:
+    """A workload's data file (a trace path): a relative path resolves from the config
+    file's folder and is made absolute (a config that is no file -- a dict, a checkpoint's
+    config -- keeps it as it is: from the current directory); a missing file is a
+    one-line ConfigError saying where it looked."""
+    given = Path(text).expanduser()
+    if not text or given.is_absolute():
+        return text  # (the workload's own checks: required, readable)
+    base = _DATA_DIR.get()
+    p = given if base is None else base / given
+    if not p.exists():
+        if base is not None:
+            note = "a relative path resolves from the config file's folder"
+        else:
+            note = "a relative path resolves from the current directory"
+        raise ConfigError(where, f"no such file: looked for {p.absolute()} ({note})", text)
+    return str(p) if base is not None else text
 
 
 def _policy_path(path: str) -> bool:
@@ -810,6 +841,7 @@ def _check_migrations(
 _EVENT_FIXED = {
     "policy.placement": "placement acts only at start (use [[migrations]] to move VMs)",
     "policy.vm_overhead_mb": "VM overhead is reserved at admission and fixed for the run",
+    "policy.share_salting": "a VM's sharing salt is fixed at boot (its shared frames carry it)",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

@@ -286,6 +286,9 @@ def build(
 
 # --- the schema ------------------------------------------------------------------------------
 
+#: vSphere's memory share presets, shares per configured MB.
+SHARES_PER_MB = {"low": 5.0, "normal": 10.0, "high": 20.0}
+
 PLACEMENTS = ("most_free", "image_affinity", "round_robin")
 """Built-in placement policies (more can be registered: :mod:`vmmsim.policies`)."""
 
@@ -368,6 +371,14 @@ class PolicyConfig:
         "cap on pages scanned per second per host for sharing (default from later ESX "
         "documentation, Mem.ShareScanTotal; not in the 2002 paper)",
         ge(0),
+    )
+    share_salting: int = opt(
+        1,
+        "which VMs' pages may share, as ESX's Mem.ShareForceSalting (ESX 5.x/6.x, after "
+        "VMware KB 2080735 / 2097593): 0 = every VM with every VM (the 2002 paper); 1 = "
+        "VMs of one `sharing_group` (each group a salt; all VMs share one by default); 2 = "
+        "each VM only with itself (its own salt: ESX's default since 2014)",
+        in_range(0, 2),
     )
     tax_rate: float = opt(
         0.75,
@@ -489,6 +500,12 @@ class VMConfig:
         gt(0),
     )
     shares: float = opt(1000.0, "memory shares S (proportional-share allocation)", gt(0))
+    shares_level: str | None = opt(
+        None,
+        "vSphere's share presets instead of `shares`: low / normal / high = 5 / 10 / 20 "
+        "shares per configured MB (vSphere Resource Management guide)",
+        one_of(*SHARES_PER_MB),
+    )
     min_mb: float = opt(
         0.0,
         "guaranteed minimum, MB: admission reserves min_mb + overhead in host memory and "
@@ -518,7 +535,16 @@ class VMConfig:
     def effective_max_mb(self) -> float:
         return self.memory_mb if self.max_mb is None else self.max_mb
 
+    @property
+    def effective_shares(self) -> float:
+        """``shares``, or the ``shares_level`` preset times the configured MB."""
+        if self.shares_level is None:
+            return self.shares
+        return SHARES_PER_MB[self.shares_level] * self.memory_mb
+
     def validate(self) -> list[str]:
+        if self.shares_level is not None and self.shares != 1000.0:
+            return [f"shares_level: set shares or shares_level, not both (got {self.shares:g})"]
         if self.max_mb is not None and self.max_mb > self.memory_mb:
             return [f"max_mb: must be <= memory_mb {self.memory_mb:g} (got {self.max_mb:g})"]
         if self.min_mb > self.effective_max_mb:

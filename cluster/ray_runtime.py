@@ -10,7 +10,10 @@ results in host-name order; a dead or silent host becomes a
 files, so the coordinator can live on any node.
 
 :func:`init_ray` / :func:`shutdown_ray` start and end embedded Ray (no dashboard; its
-agents ended too) on every exit path, signals included.
+agents ended too) on every exit path, signals included.  The session folder embedded Ray
+made (``/tmp/ray/session_*``, or under ``$RAY_TMPDIR``: logs, sockets) is removed after
+the shutdown -- that one folder only, never a cluster's joined with ``--address``; set
+``VMMSIM_KEEP_RAY_SESSION=1`` to keep it (Ray's logs, for debugging).
 
 User policies (:mod:`vmmsim.policies`): when the config names ``module:attr`` or
 ``file.py:attr`` policies or workload kinds that are not installed, the host actors and
@@ -28,6 +31,7 @@ import atexit
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -93,11 +97,13 @@ def init_ray(
         os.environ.setdefault("RAY_event_stats", "0")
         if object_store_mb:
             kwargs["object_store_memory"] = object_store_mb * 2**20
-    global _started
+    global _started, _session_dir
     _started = True
     try:
         with _own_sigterm_handler():
             ray.init(address=address or None, **kwargs)
+        if not address:
+            _session_dir = _current_session_dir()
     except BaseException:
         shutdown_ray()
         raise
@@ -105,6 +111,33 @@ def init_ray(
 
 
 _started = False
+_session_dir: str | None = None  # the session folder of the Ray this process started
+
+
+def _current_session_dir() -> str | None:
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    try:
+        return str(node.get_session_dir_path()) if node is not None else None
+    except Exception:  # noqa: BLE001 - a Ray without it: nothing is cleaned
+        return None
+
+
+def _remove_session_dir(path: str | None) -> None:
+    """Remove embedded Ray's session folder ``path`` (``.../session_<date>_<pid>``) and
+    the ``session_latest`` link when it points there; nothing else."""
+    if not path or os.environ.get("VMMSIM_KEEP_RAY_SESSION", "").strip() not in ("", "0"):
+        return
+    if not os.path.basename(path).startswith("session_") or os.path.islink(path):
+        return
+    latest = os.path.join(os.path.dirname(path), "session_latest")
+    with contextlib.suppress(OSError):
+        if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(path):
+            os.unlink(latest)
+    for _ in range(3):  # a process that was just ended may still have been writing a log
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            return
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
@@ -130,15 +163,17 @@ def _own_sigterm_handler():
 def shutdown_ray() -> None:
     """Shut down the Ray this process started (:func:`init_ray`), agents included; safe
     to call more than once and when Ray never finished starting."""
-    global _started
+    global _started, _session_dir
     if not _started:
         return
     _started = False
     mine = _ray_descendants()
+    session, _session_dir = _session_dir, None
     try:
         ray.shutdown()
     finally:
         _end(mine)
+        _remove_session_dir(session)
 
 
 atexit.register(shutdown_ray)

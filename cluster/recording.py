@@ -21,6 +21,11 @@ The hosts produce the accesses and digests (the workloads run there) and return 
 their round reports only when recording.  The writer is deterministic: one batch per
 stream per round, metadata in a fixed order.
 
+Compression (``--record-compression zstd`` or ``lz4``): Arrow IPC body compression,
+named by ``vmmsim.compression`` in the schema metadata (zstd: ~3x smaller).  Not the
+default: it costs ~20% of an in-process run's time (docs/running.md has the numbers).
+Reading detects it; plain logs (and logs from before the option) read as before.
+
 Not covered: using a log (``cluster/replay.py``).
 """
 
@@ -34,7 +39,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from vmmsim.cluster.config import ConfigError, SimConfig, config_from_dict
-from vmmsim.cluster.sealed_stream import LogError, SealedStreamWriter, read_sealed
+from vmmsim.cluster.sealed_stream import (
+    CODECS,
+    COMPRESSION,
+    LogError,
+    SealedStreamWriter,
+    read_sealed,
+)
 from vmmsim.workloads.replay import AccessRows
 
 FORMAT = "vmmsim-record/1"
@@ -52,6 +63,7 @@ ACCESSES = pa.schema(
 DIGESTS = pa.schema([("tick", pa.int64()), ("host", pa.string()), ("digest", pa.string())])
 DECISIONS = pa.schema([("tick", pa.int64()), ("kind", pa.string()), ("payload", pa.string())])
 STREAMS = {"decisions": DECISIONS, "accesses": ACCESSES, "digests": DIGESTS}  # file order
+DEFAULT_COMPRESSION = "none"
 
 
 def canonical_json(obj: Any) -> str:
@@ -113,7 +125,9 @@ def table_to_rows(table: pa.Table) -> AccessRows:
 class Recorder:
     """Appends each round to ``DIR/record/`` (a coordinator observer)."""
 
-    def __init__(self, root: Path, cfg: SimConfig) -> None:
+    def __init__(self, root: Path, cfg: SimConfig, compression: str = DEFAULT_COMPRESSION) -> None:
+        if compression not in CODECS:
+            raise ValueError(f"compression {compression!r}: one of {', '.join(CODECS)}")
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -126,6 +140,8 @@ class Recorder:
             }
             if name == "decisions":
                 meta["vmmsim.config"] = canonical_json(cfg.to_dict())
+            if compression != "none":
+                meta[COMPRESSION.decode()] = compression
             path = root / f"{name}.arrows"
             self.writers[name] = SealedStreamWriter(path, schema.with_metadata(meta))
         self.ticks_written = 0

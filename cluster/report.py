@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 from vmmsim.cluster.run_data import ReportError, RunData, load_run, read_json, read_parquet
 
-__all__ = ["ReportError", "RunData", "load_run", "report", "run_summary"]
+__all__ = ["ReportError", "RunData", "load_run", "plural", "report", "run_summary", "state_shares"]
 
 
-def report(path: Path) -> str:
-    """Write ``path/plots/*.png``; return the text summary."""
+def report(path: Path, points: bool = False) -> str:
+    """Write ``path/plots/*.png``; return the text summary.  For a sweep directory,
+    ``points`` also draws each point's plots into ``path/<point>/plots/``."""
     path = Path(path)
     if not path.is_dir():
         raise ReportError(f"{path}: not a directory")
@@ -38,7 +39,7 @@ def report(path: Path) -> str:
         meta = read_json(path / "sweep.json")
         if table.num_rows == 0:
             raise ReportError(f"{path / 'sweep.parquet'}: no rows")
-        return sweep_report(path, table.to_pylist(), meta, path / "plots")
+        return sweep_report(path, table.to_pylist(), meta, path / "plots", points=points)
     if not (path / "metrics.parquet").exists():
         raise ReportError(
             f"{path}: not a run directory (no metrics.parquet) or sweep directory "
@@ -51,28 +52,51 @@ def report(path: Path) -> str:
     return run_summary(data) + "\nplots: " + ", ".join(str(p) for p in written)
 
 
+STATE_ORDER = ("high", "soft", "hard", "low")  # free-memory states, calm to severe
+
+
+def plural(n: int, word: str) -> str:
+    """``1 host``, ``2 hosts``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def state_shares(state_ticks: dict[str, int]) -> str:
+    """``high 83% soft 11% hard 5% low 1%``: each state's share of the ticks, in the order
+    high, soft, hard, low (any other state after them), states never entered left out."""
+    total = sum(state_ticks.values()) or 1
+    order = [k for k in STATE_ORDER if k in state_ticks]
+    order += sorted(k for k in state_ticks if k not in STATE_ORDER)
+    shares = [(k, 100 * state_ticks[k] / total) for k in order if state_ticks[k]]
+    return " ".join(f"{k} {f'{p:.0f}' if p >= 0.5 else '<1'}%" for k, p in shares)
+
+
 def run_summary(d: RunData) -> str:
-    """The terminal summary of one run: hosts, VM groups (second-half means), migrations."""
+    """The terminal summary of one run: hosts (at the end, and their time in each state
+    over the whole run), VM groups (means over the second half), migrations."""
     s = d.summary
+    n_hosts, n_vms = len(s.get("hosts", {})), len(s.get("vms", {}))
     lines = [
-        f"{d.path}: {s.get('n_ticks')} ticks ({s.get('duration_s', 0):g} s simulated), "
-        f"{len(s.get('hosts', {}))} hosts, {len(s.get('vms', {}))} VMs, seed {s.get('seed')}",
+        f"{d.path}: {plural(int(s.get('n_ticks') or 0), 'tick')} "
+        f"({s.get('duration_s', 0):g} s simulated), {plural(n_hosts, 'host')}, "
+        f"{plural(n_vms, 'VM')}, seed {s.get('seed')}",
+        "  hosts (memory at the end of the run; states: share of the run in each):",
     ]
     for name, h in s.get("hosts", {}).items():
-        st = h.get("state_ticks", {})
-        total = sum(st.values()) or 1
-        states = " ".join(f"{k} {100 * v / total:.0f}%" for k, v in st.items() if v)
         lines.append(
-            f"  host {name}: {h['memory_mb']:g} MB, free at end {h['free_mb']:.1f} MB, "
+            f"  host {name}: {h['memory_mb']:g} MB, free {h['free_mb']:.1f} MB, "
             f"shared {h['shared_mb']:.1f} MB, saved {h['saved_mb']:.1f} MB, "
-            f"swap {h['swap_used_mb']:.1f} MB; states {states}"
+            f"swap {h['swap_used_mb']:.1f} MB; states {state_shares(h.get('state_ticks', {}))}"
         )
     tick = d.cols["tick"]
-    late = tick >= (int(tick.max()) + 1) // 2
+    half = (int(tick.max()) + 1) // 2
+    late = tick >= half
+    tick_s = float(s.get("tick_s", 1.0))
     lines.append(
-        "  group (n VMs)        resident  shared  balloon  swapped  active  throughput"
-        "   [MB, means per VM over the second half]"
+        f"  VM groups: means per VM over the second half of the run "
+        f"({half * tick_s:g}-{(int(tick.max()) + 1) * tick_s:g} s; MB, active: "
+        "estimated fraction)"
     )
+    lines.append("  group (n VMs)        resident  shared  balloon  swapped  active  throughput")
     for g, members in d.groups.items():
         m = late & np.isin(d.cols["vm"], members)
         if not m.any():

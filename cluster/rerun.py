@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmmsim.cluster.checkpoint import Checkpoint, read_checkpoint
+from vmmsim.cluster.checkpoint import Checkpoint, read_checkpoint, resume_config
 from vmmsim.cluster.config import ConfigError
 from vmmsim.cluster.recording import RecordLog
 from vmmsim.cluster.replay import policy_unchanged, replay_config
@@ -28,18 +28,66 @@ from vmmsim.hosts.snapshot import restore_host
 
 
 def resume(
-    checkpoint: str | Path, out: Path, *, checkpoint_every_s: float = 0.0, **run_kw: Any
+    checkpoint: str | Path,
+    out: Path,
+    *,
+    checkpoint_every_s: float = 0.0,
+    checkpoint_compression: str = "none",
+    overrides: Sequence[str] = (),
+    **run_kw: Any,
 ) -> dict[str, Any]:
     """Continue the run checkpointed in ``checkpoint`` into ``out``; return its summary.
 
     ``out`` holds the metrics from the checkpoint's tick on; its final digest equals the
     uninterrupted run's.  Every host is first restored here and must pass its
     ``check_invariants()`` (:func:`check_restored`): a checkpoint whose checksums hold but
-    whose state is inconsistent is refused before anything runs."""
+    whose state is inconsistent is refused before anything runs.  ``overrides``: only
+    keys that leave the past unchanged (:func:`cluster.checkpoint.resume_config`: a
+    longer ``simulation.duration_s`` extends the run)."""
+    _check_is_checkpoint(Path(checkpoint))
     ckpt = read_checkpoint(checkpoint)
+    cfg = resume_config(ckpt, overrides)
     check_restored(ckpt)
-    opts = RunOptions(resume_from=str(ckpt.path), checkpoint_every_s=checkpoint_every_s)
-    return run(ckpt.cfg, out, opts=opts, **run_kw)
+    opts = RunOptions(
+        resume_from=str(ckpt.path),
+        checkpoint_every_s=checkpoint_every_s,
+        checkpoint_compression=checkpoint_compression,
+    )
+    return run(cfg, out, opts=opts, **run_kw)
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    """:class:`LogError` naming the checkpoints that exist when ``path`` is not one (a run
+    directory, its ``checkpoints/``): a checkpoint holds ``manifest.json``."""
+    if (path / "manifest.json").exists() or not path.is_dir():
+        return  # read_checkpoint judges it
+    folder = path if path.name == "checkpoints" else path / "checkpoints"
+    found = sorted(
+        (p for p in folder.glob("t*") if (p / "manifest.json").is_file()),
+        key=lambda p: (len(p.name), p.name),
+    )
+    if found:
+        listed = ", ".join(str(p) for p in found[-5:])
+        more = f" (the last {min(5, len(found))} of {len(found)})" if len(found) > 5 else ""
+        what = f"not a checkpoint; the checkpoints of this run are{more}: {listed}"
+    else:
+        what = (
+            "not a checkpoint, and it holds no checkpoints/: write some with "
+            "`vmmsim run CONFIG --out DIR --checkpoint-every SECONDS`, then "
+            "`vmmsim resume DIR/checkpoints/tNNN --out NEW`"
+        )
+    raise LogError(path, what)
+
+
+def _check_is_recorded(path: Path) -> None:
+    """:class:`LogError` saying how to record when ``path`` is a run directory written
+    without ``--record`` (no ``record/`` folder)."""
+    if path.is_dir() and not (path / "record").exists() and not any(path.glob("*.arrows")):
+        raise LogError(
+            path,
+            "this run was not recorded (no record/ folder): run it again with --record "
+            "(`vmmsim run CONFIG --out DIR --record`), then `vmmsim replay DIR`",
+        )
 
 
 def check_restored(ckpt: Checkpoint) -> None:
@@ -82,6 +130,7 @@ def replay(
     (:class:`cluster.replay.ReplayDiverged` at the first difference) and the recorded
     decisions are reused; ``out`` is optional.  With ``overrides`` (policy, migration,
     hosts, VM allocation keys): a counterfactual run of the same inputs into ``out``."""
+    _check_is_recorded(Path(log_dir))
     log = RecordLog.open(log_dir)
     cfg = replay_config(log.cfg, overrides)
     verify = policy_unchanged(log.cfg, cfg)

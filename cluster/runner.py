@@ -171,6 +171,7 @@ def run(
             rundir.commit()
         return summary
     except BaseException:
+        progress.abandon()
         rundir.abort()
         raise
     finally:
@@ -189,6 +190,7 @@ def _run_inprocess(
     coord = session.coord
     try:
         session.start()
+        progress.started()
 
         def advance():
             t = session.advance()
@@ -213,7 +215,9 @@ def _run_ray(
     import ray
     from vmmsim.cluster.ray_runtime import init_ray, shutdown_ray, start_coordinator
 
+    t_init = time.perf_counter()
     started = init_ray(address)
+    t_init = time.perf_counter() - t_init
     coord = None
     interrupted = False
 
@@ -235,6 +239,7 @@ def _run_ray(
         coord = start_coordinator(cfg.to_dict(), timeout_s, opts, str(rundir.path))
         get(coord.start.remote(), timeout_s)
         t_start = time.perf_counter() - t0
+        progress.started("Ray start-up")
         waited = 0.0
 
         def advance():
@@ -248,7 +253,8 @@ def _run_ray(
         final = dict(get(coord.finish.remote(), timeout_s))
         nodes = get(coord.host_nodes.remote(), timeout_s)
         final["timing"] = {
-            "ray_startup_s": t_start,
+            "ray_init_s": t_init,  # ray.init (0 when joining a running Ray)
+            "ray_startup_s": t_start,  # coordinator and host actors up, VMs booted
             "driver_wait_s": waited,
             "host_nodes": nodes,
             "n_nodes": len(set(nodes.values())),

@@ -10,6 +10,12 @@ checks each seal before it accepts the segment's batches: one flipped byte anywh
 (data, padding, metadata) fails the next seal, a cut file ends without its end-of-stream
 marker, and nothing past the damage is returned.  Errors are :class:`LogError`.
 
+Compression: when the schema metadata holds ``vmmsim.compression`` (``zstd`` or ``lz4``)
+the writer compresses every batch's buffers with it (Arrow IPC body compression, which
+any Arrow reader undoes); the seals still cover the bytes as written, so checking a
+compressed stream is the same as checking a plain one.  Without the key: uncompressed
+(files written before compression existed).
+
 Not covered: what the streams contain (``cluster/recording.py``).
 """
 
@@ -28,6 +34,8 @@ SEAL = b"vmmsim.seal"
 SEAL_TICK = b"vmmsim.tick"
 SEAL_SHA = b"vmmsim.sha256"
 _EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # Arrow's end-of-stream marker
+COMPRESSION = b"vmmsim.compression"
+CODECS = ("none", "zstd", "lz4")  # what ``vmmsim.compression`` may name
 
 
 class LogError(ValueError):
@@ -39,6 +47,14 @@ class LogError(ValueError):
 
     def __reduce__(self):  # survives Ray's exception transport intact
         return (type(self), (self.path, self.what))
+
+
+def write_options(schema: pa.Schema) -> pa.ipc.IpcWriteOptions:
+    """The IPC options of a stream with ``schema``: its ``vmmsim.compression`` codec."""
+    codec = (schema.metadata or {}).get(COMPRESSION, b"none").decode(errors="replace")
+    if codec not in CODECS:
+        raise ValueError(f"unknown compression {codec!r} (one of {', '.join(CODECS)})")
+    return pa.ipc.IpcWriteOptions(compression=None if codec == "none" else codec)
 
 
 class _HashingSink(io.RawIOBase):
@@ -62,10 +78,13 @@ class SealedStreamWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = Path(path)
+        options = write_options(schema)
         with writing(self.path):
             self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
             self._sink = _HashingSink(self._file)
-            self._writer = pa.ipc.new_stream(pa.PythonFile(self._sink, mode="w"), schema)
+            self._writer = pa.ipc.new_stream(
+                pa.PythonFile(self._sink, mode="w"), schema, options=options
+            )
         self.schema = schema
         self._empty = pa.RecordBatch.from_pylist([], schema=schema)
         self.n_seals = 0
@@ -163,6 +182,10 @@ def _read_sealed(path: Path, expected: pa.Schema, fmt: str) -> SealedStream:
             raise LogError(path, f"not an Arrow IPC stream ({_short(e)})") from None
         schema = reader.schema
         _check_schema(path, schema, expected, fmt)
+        try:
+            options = write_options(schema)
+        except ValueError as e:
+            raise LogError(path, str(e)) from None
         head = src.n  # the schema message
         out = SealedStream(schema)
         pending: list[pa.RecordBatch] = []
@@ -182,7 +205,7 @@ def _read_sealed(path: Path, expected: pa.Schema, fmt: str) -> SealedStream:
             if (
                 meta[SEAL] != str(len(out.ticks)).encode()
                 or meta[SEAL_SHA] != before.encode()
-                or _seal_bytes(schema, meta, head) != _pread(f, start, src.n - start)
+                or _seal_bytes(schema, meta, head, options) != _pread(f, start, src.n - start)
             ):
                 raise LogError(path, f"checksum mismatch after tick {out.last_tick}")
             out.batches += pending
@@ -197,11 +220,13 @@ def _read_sealed(path: Path, expected: pa.Schema, fmt: str) -> SealedStream:
     return out
 
 
-def _seal_bytes(schema: pa.Schema, meta: Any, head: int) -> bytes | None:
+def _seal_bytes(
+    schema: pa.Schema, meta: Any, head: int, options: pa.ipc.IpcWriteOptions
+) -> bytes | None:
     """The bytes a writer produces for a seal with ``meta`` (None if the schema message
     would not be ``head`` bytes long)."""
     sink = pa.BufferOutputStream()
-    w = pa.ipc.new_stream(sink, schema)
+    w = pa.ipc.new_stream(sink, schema, options=options)
     ordered = {k: meta[k] for k in (SEAL, SEAL_TICK, SEAL_SHA)}
     w.write_batch(pa.RecordBatch.from_pylist([], schema=schema), custom_metadata=ordered)
     data = sink.getvalue().to_pybytes()

@@ -4,12 +4,15 @@ Scope: wiring the optional pieces around :class:`cluster.coordinator.Coordinator
 same way for both transports (``cluster/runner.py`` in-process, the coordinator actor in
 ``cluster/ray_runtime.py``), from one plain :class:`RunOptions`:
 
-* ``record``: a :class:`cluster.recording.Recorder` writes ``<out>/record/``;
+* ``record``: a :class:`cluster.recording.Recorder` writes ``<out>/record/``
+  (``record_compression``: none, zstd, lz4);
 * ``checkpoint_every_s``: a :class:`cluster.checkpoint.Checkpointer` writes
-  ``<out>/checkpoints/``;
+  ``<out>/checkpoints/`` (``checkpoint_compression``, none by default);
 * ``replay_dir``: hosts run replay workloads fed from the log; ``verify`` adds the
   per-tick digest check and reuses the recorded decisions;
-* ``resume_from``: start from a checkpoint instead of booting;
+* ``resume_from``: start from a checkpoint instead of booting (the run's config may
+  differ from the checkpoint's in what :func:`cluster.checkpoint.check_resumable`
+  allows: a longer ``duration_s``);
 * recovery: when a host fails and a checkpoint exists, every host is replaced
   (``pool.restart()``), the last checkpoint restored, and the rounds since then
   re-executed -- deterministically, the workload generators' states being part of the
@@ -29,13 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from vmmsim.cluster.checkpoint import Checkpointer, every_ticks, read_checkpoint, restore
+from vmmsim.cluster.checkpoint import (
+    Checkpointer,
+    check_resumable,
+    every_ticks,
+    read_checkpoint,
+    restore,
+)
 from vmmsim.cluster.config import ConfigError, SimConfig
 from vmmsim.cluster.coordinator import Coordinator
 from vmmsim.cluster.host_journal import HostMode
 from vmmsim.cluster.host_pool import HostFailure, HostPool
 from vmmsim.cluster.outputs import OutputWriteError
-from vmmsim.cluster.recording import Recorder, RecordLog
+from vmmsim.cluster.recording import DEFAULT_COMPRESSION, Recorder, RecordLog
 from vmmsim.cluster.replay import DigestChecker, ReplayDiverged, ReplayFeeder
 from vmmsim.cluster.sealed_stream import LogError
 
@@ -57,6 +66,8 @@ class RunOptions:
 
     record: bool = False
     checkpoint_every_s: float = 0.0
+    checkpoint_compression: str = "none"  # none, zstd, lz4
+    record_compression: str = DEFAULT_COMPRESSION  # none, zstd, lz4
     replay_dir: str | None = None
     verify: bool = False
     resume_from: str | None = None
@@ -101,13 +112,15 @@ class Session:
                 self.coord.recorded = log.decision_queue()
                 self.coord.observers.append(self.checker)
         if opts.record:
-            self.recorder = Recorder(Path(out) / "record", cfg)
+            self.recorder = Recorder(Path(out) / "record", cfg, opts.record_compression)
             self.coord.observers.append(self.recorder)
         if opts.check_pages:
             self.coord.enable_page_check()
         if opts.checkpoint_every_s > 0:
             every = every_ticks(cfg, opts.checkpoint_every_s)
-            self.checkpointer = Checkpointer(Path(out) / "checkpoints", cfg, every)
+            self.checkpointer = Checkpointer(
+                Path(out) / "checkpoints", cfg, every, compression=opts.checkpoint_compression
+            )
             self.coord.observers.append(self.checkpointer)
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,7 +128,10 @@ class Session:
         if self.opts.resume_from is None:
             self.coord.start()
             return
-        ckpt = read_checkpoint(self.opts.resume_from, self.cfg.config_hash())
+        ckpt = read_checkpoint(self.opts.resume_from)
+        why = check_resumable(ckpt.cfg, self.cfg, ckpt.tick)  # (a longer run may continue it)
+        if why is not None:
+            raise LogError(ckpt.path, why)
         restore(self.coord, ckpt)
         self.start_tick = ckpt.tick
         if self.checkpointer is not None:

@@ -39,17 +39,30 @@ def host_specs(cfg: SimConfig) -> list[HostSpec]:
     return [HostSpec(h.name, cfg.pages(h.memory_mb), cfg.pages(h.swap_mb)) for h in cfg.hosts]
 
 
+def salt(mode: int, group: str, vm: str) -> str:
+    """The VM's sharing salt under ``policy.share_salting`` (ESX's Mem.ShareForceSalting):
+    pages share only between VMs of the same salt, which becomes the host's sharing
+    group.  0: one salt for all; 1: the VM's ``sharing_group``; 2: one salt per VM (only
+    intra-VM sharing).  The salts of modes 0 and 2 cannot meet a mode-1 group name (only
+    one mode applies in a run)."""
+    if mode == 0:
+        return ""
+    if mode == 2:
+        return f"vm:{vm}"
+    return group
+
+
 def vm_spec(cfg: SimConfig, name: str) -> VMSpec:
     v = cfg.vm(name)
     return VMSpec(
         name=v.name,
         n_pages=cfg.pages(v.memory_mb),
-        shares=v.shares,
+        shares=v.effective_shares,
         min_pages=cfg.pages(v.min_mb),
         max_pages=cfg.pages(v.effective_max_mb),
         balloon=v.balloon,
         sharing=v.sharing,
-        sharing_group=v.sharing_group,
+        sharing_group=salt(cfg.policy.share_salting, v.sharing_group, v.name),
         pinned_pages=cfg.pages(v.pinned_mb),
         overhead_pages=cfg.pages(cfg.policy.vm_overhead_mb),
         image=cfg.image(v.image),

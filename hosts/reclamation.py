@@ -184,15 +184,17 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
         for vm in (host.vms[n] for n in victims.swap):
             if left <= 0:
                 break
-            excess = max(vm.resident - vm.target, 0) or left
-            left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
+            excess = max(vm.resident - vm.target, 0) or max(vm.resident - vm.spec.min_pages, 0)
+            if excess > 0:  # never below a VM's reservation (min)
+                left -= vm.swap_out_random(mem, min(excess, swap_rate, left))
     if "block" in acts:
         host.blocked = {vm.name for vm in vms if vm.resident > vm.target}
 
 
 def make_room(host: Any, k: int, requester: Any) -> None:
     """Free ``k`` frames of ``host`` now by VMM-swapping random victims (over-target VMs
-    first, most over first; then ``requester``; then the rest by name), pages that free a
+    first, most over first; then ``requester``; then the rest by name, never below their
+    reservation ``min``), pages that free a
     frame first, each offered to page sharing before it is written to swap; whatever the
     policy's rates, which pace only :func:`reclaim` (a rate of 0 turns that off).  Not a
     policy: a VM that needs a frame must get one or the host is out of memory and swap
@@ -204,9 +206,12 @@ def make_room(host: Any, k: int, requester: Any) -> None:
     )
     rest = [requester] + [host.vms[n] for n in host.order if host.vms[n] is not requester]
     for vm in over + rest:
-        while freed < k:
+        # Another VM's consumed reservation is never taken (admission keeps every VM's
+        # min + overhead within memory, so the requester can always be served without).
+        floor = 0 if vm is requester else vm.spec.min_pages
+        while freed < k and vm.resident > floor:
             before = vm.resident
-            n = vm.swap_out_random(host.mem, k - freed, frames_first=True)
+            n = vm.swap_out_random(host.mem, min(k - freed, vm.resident - floor), frames_first=True)
             freed += n
             host.emergency_swaps += before - vm.resident  # pages swapped (not shared)
             if vm.resident == before and n == 0:

@@ -3,6 +3,7 @@ the config loader."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -87,3 +88,48 @@ def write_config(tmp: Path, text: str, name: str = "exp.toml") -> Path:
     p = Path(tmp) / name
     p.write_text(text)
     return p
+
+
+def summary_of(run_dir: Path) -> dict:
+    """A run directory's ``summary.json``."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def error_line(capsys) -> str:
+    """The one ``vmmsim: error: ...`` line a refused command wrote to stderr."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("vmmsim: error: ")
+    return err[0]
+
+
+def trace_config(path: str, duration_s: int = 5) -> str:
+    """One 4 MB VM replaying the trace at ``path`` on a 16 MB host (no VMM overhead)."""
+    return f"""
+[simulation]
+duration_s = {duration_s}
+content_bytes = 64
+[policy]
+vm_overhead_mb = 0
+[[hosts]]
+name = "h"
+memory_mb = 16
+swap_mb = 4
+[[vms]]
+name = "bb"
+memory_mb = 4
+[vms.workload]
+kind = "trace"
+path = "{path}"
+"""
+
+
+def run_inprocess(tmp: Path, text: str, *args: str) -> tuple[Path, Path]:
+    """``vmmsim run`` of config ``text`` in-process and quiet into ``tmp/run``: (config, run
+    directory); ``args``: more flags."""
+    from vmmsim.cluster.cli import main
+
+    cfg = write_config(tmp, text)
+    out = tmp / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--inprocess", "--quiet", *args]) == 0
+    return cfg, out

@@ -213,7 +213,9 @@ def test_oversized_working_set_warns_in_validate_and_run(
     assert rc == 0
     shown = json.loads(out)
     assert shown["warnings"] == warnings
-    assert err.splitlines() == [f"vmmsim: warning: {warnings[0]}"]
+    # One line per host (committed memory, overcommit), then the warnings.
+    assert err.splitlines()[-1] == f"vmmsim: warning: {warnings[0]}"
+    assert err.splitlines()[0].startswith("vmmsim: h: 1 VM, committed")
 
     rc, out, err = _invoke(
         ["run", str(cfg), "--out", str(tmp_path / "o"), "--inprocess", "--quiet"], capsys

@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from runkit import error_line as _error_line
 from runkit import small_config, write_config
+from runkit import summary_of as _summary
 from vmmsim.cluster import checkpoint_format as cf
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import load_config
@@ -34,17 +36,6 @@ def base(tmp_path_factory) -> Path:
     args = ["run", str(cfg), "--out", str(out), "--checkpoint-every", "8", "--inprocess"]
     assert main([*args, "--quiet"]) == 0
     return out
-
-
-def _summary(d: Path) -> dict:
-    return json.loads((d / "summary.json").read_text())
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("vmmsim: error: ")
-    return err[0]
 
 
 # ---------------------------------------------------------------------------- format

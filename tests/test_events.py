@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from runkit import small_config, write_config
+from runkit import summary_of as _summary
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import ConfigError, config_from_dict, load_config, parse_config
 from vmmsim.cluster.coordinator import Coordinator
@@ -40,10 +41,6 @@ def config_text(events: str = "", policy: str = "") -> str:
 
 def event(time_s: float, changes: str = CHANGES) -> str:
     return f"\n[[events]]\ntime_s = {time_s}\nset = {{ {changes} }}\n"
-
-
-def _summary(d: Path) -> dict:
-    return json.loads((d / "summary.json").read_text())
 
 
 def _run(tmp: Path, text: str, name: str, *args: str) -> Path:

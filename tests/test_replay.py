@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from runkit import error_line as _error_line
 from runkit import small_config, write_config
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.recording import STREAMS, RecordLog, rows_to_batch, table_to_rows
@@ -42,13 +43,6 @@ def _copy(run: Path, tmp: Path) -> Path:
     dst = tmp / "copy"
     shutil.copytree(run, dst)
     return dst
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("vmmsim: error: ")
-    return err[0]
 
 
 # ---------------------------------------------------------------------------- units

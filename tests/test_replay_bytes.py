@@ -15,7 +15,6 @@ checks that every guest page reads back what it last wrote.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xxhash
+from runkit import error_line as _error_line
 from runkit import small_config, write_config
+from runkit import summary_of as _summary
 from vmmsim.cluster.checkpoint import read_checkpoint, write_checkpoint
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import load_config
@@ -40,17 +41,6 @@ from vmmsim.hosts.vm import vm_page_contents, vm_page_hashes
 TICKS = 30  # rounds of 5 ticks (small_config: realloc_period_s = 5)
 HOST_MB = 18  # overcommitted: balloons and swap happen
 FMT = "vmmsim-record/1"
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("vmmsim: error: ")
-    return err[0]
-
-
-def _summary(d: Path) -> dict:
-    return json.loads((d / "summary.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -93,8 +93,19 @@ def test_report_of_a_sweep_draws_the_experiment_figure(sweep_dir, capsys):
     assert main(["report", str(sweep_dir)]) == 0
     text = capsys.readouterr().out
     assert "sweep of 2 points over vms.busy.count" in text and "count=2" in text
+    assert f"vmmsim report {sweep_dir} --points" in text  # the hint; no point drawn
+    assert not (sweep_dir / "count=1" / "plots").exists()
     assert_png(sweep_dir / "plots" / "sharing_vs_vms.png")
     assert_png(sweep_dir / "plots" / "sweep.png")
+
+
+def test_report_points_draws_each_points_plots(sweep_dir, capsys):
+    assert not (sweep_dir / "count=1" / "plots").exists()  # not without --points
+    assert main(["report", str(sweep_dir), "--points"]) == 0
+    assert "per-point plots: 2 of 2 points" in capsys.readouterr().out
+    for point in ("count=1", "count=2"):
+        for n in ("memory", "hosts", "active", "throughput", "sharing"):
+            assert_png(sweep_dir / point / "plots" / f"{n}.png")
 
 
 def test_report_of_a_run_writes_every_plot(sweep_dir, capsys):

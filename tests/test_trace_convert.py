@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runkit import trace_config
 from vmmsim.cluster.cli import main
 from vmmsim.workloads.bitbrains import HEADER, ConvertError, convert, read_usage
 from vmmsim.workloads.trace import read_trace
@@ -53,25 +54,7 @@ def test_cli_convert_then_run_the_trace(tmp_path, capsys):
     assert main(["trace", "convert", str(SAMPLE), "--out", str(trace), "--vm-mb", "4"]) == 0
     assert "48 intervals -> 48 ticks" in capsys.readouterr().out
     cfg = tmp_path / "c.toml"
-    cfg.write_text(
-        f"""
-[simulation]
-duration_s = 10
-content_bytes = 64
-[policy]
-vm_overhead_mb = 0
-[[hosts]]
-name = "h"
-memory_mb = 16
-swap_mb = 4
-[[vms]]
-name = "bb"
-memory_mb = 4
-[vms.workload]
-kind = "trace"
-path = "{trace}"
-"""
-    )
+    cfg.write_text(trace_config(str(trace), duration_s=10))
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--inprocess", "--quiet"]) == 0
     import pyarrow.parquet as pq

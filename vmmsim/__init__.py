@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from vmmsim.api import Config, Run, load_config, load_run, run, sweep
+from vmmsim.api import Config, Run, load_config, load_run, run, sweep, sweep_summary
 from vmmsim.cluster.config import ConfigError
 from vmmsim.cluster.host_pool import HostFailure
 from vmmsim.cluster.outputs import RunDirError
 from vmmsim.cluster.placement import PlacementError
 from vmmsim.cluster.replay import ReplayDiverged
 from vmmsim.cluster.sealed_stream import LogError
+from vmmsim.cluster.sweep import SweepPointFailed
 
 try:
     __version__ = version("vmmsim")
@@ -39,9 +40,11 @@ __all__ = [
     "ReplayDiverged",
     "Run",
     "RunDirError",
+    "SweepPointFailed",
     "__version__",
     "load_config",
     "load_run",
     "run",
     "sweep",
+    "sweep_summary",
 ]

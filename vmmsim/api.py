@@ -157,16 +157,25 @@ def sweep(
     force: bool = False,
     quiet: bool = True,
     timeout_s: float = 600.0,
+    jobs: int | None = None,
 ) -> pa.Table:
     """Run ``config`` at every point of ``grid`` ({key: [values]}, the cross product, in
     the order given) and return one row per point: the point's values, its final digest
     and the headline figures of ``vmmsim run``'s sweep table.  ``out``: a directory that
-    receives one run directory per point and ``sweep.parquet`` (``None``: nothing kept)."""
+    receives one run directory per point and ``sweep.parquet`` (``None``: nothing kept);
+    with ``"simulation.seed"`` in ``grid`` also ``sweep_summary.parquet`` (mean, std, min,
+    max over the seeds per point of the other keys; :func:`sweep_summary`).  ``jobs``:
+    points run at a time (``None``: the CPUs, at most the points; ``1``: one after the
+    other); the table does not depend on it.  ``quiet=False``: a line per finished point."""
+    import sys
+
     from vmmsim.cluster.outputs import AsideDir
     from vmmsim.cluster.ray_runtime import init_ray, shutdown_ray
-    from vmmsim.cluster.runner import run as _run
-    from vmmsim.cluster.sweep import headline
+    from vmmsim.cluster.sweep import PointJob, check_jobs, default_jobs, headline, run_points
 
+    if backend not in BACKENDS:
+        raise ConfigError("backend", f"must be one of {', '.join(BACKENDS)}", backend)
+    check_jobs(jobs)
     base = replace(load_config(config, overrides), sweep=())
     keys = list(grid)
     if not keys:
@@ -182,20 +191,28 @@ def sweep(
     holder = AsideDir(scratch / "sweep" if scratch else Path(out), force)
     started = backend == "ray" and init_ray(address)
     try:
-        rows = []
-        for i, (p, cfg) in enumerate(zip(points, cfgs, strict=True)):
-            summary = _run(
+        n_jobs = jobs or default_jobs(cfgs, backend, address)
+        todo = [
+            PointJob(
+                i,
+                f"p{i:03d}",
                 cfg,
                 holder.tmp / f"p{i:03d}",
                 backend=backend,
                 address=address,
-                quiet=quiet,
+                quiet=quiet or n_jobs > 1,
                 timeout_s=timeout_s,
             )
-            metrics = pq.read_table(holder.tmp / f"p{i:03d}" / "metrics.parquet")
+            for i, cfg in enumerate(cfgs)
+        ]
+        log = None if quiet else (lambda s: print(s, file=sys.stderr))
+        summaries = run_points(todo, n_jobs, log=log)
+        rows = []
+        for job, p, cfg, summary in zip(todo, points, cfgs, summaries, strict=True):
+            metrics = pq.read_table(job.out / "metrics.parquet")
             rows.append(
                 {
-                    "point": f"p{i:03d}",
+                    "point": job.name,
                     **p,
                     "final_digest": summary["final_digest"],
                     **headline(cfg, summary, metrics),
@@ -203,6 +220,10 @@ def sweep(
             )
         table = pa.Table.from_pylist(rows)
         pq.write_table(table, holder.tmp / "sweep.parquet", compression="zstd")
+        if SEED in keys:
+            pq.write_table(
+                sweep_summary(table), holder.tmp / "sweep_summary.parquet", compression="zstd"
+            )
         if scratch:
             holder.abort()
         else:
@@ -216,3 +237,22 @@ def sweep(
             shutdown_ray()
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+SEED = "simulation.seed"
+
+
+def sweep_summary(table: pa.Table, seed: str = SEED) -> pa.Table:
+    """A :func:`sweep` table over repeated seeds, one row per point of the other keys (in
+    order of first appearance): their values, ``n_seeds``, ``seeds`` and, for every
+    numeric column ``c``, ``c.mean``, ``c.std`` (sample, ``ddof=1``; 0 for one seed),
+    ``c.min`` and ``c.max`` over that point's seeds.  ``point`` names the group
+    (``key=value,...`` of the other keys, ``all`` when the seed is the only key)."""
+    from vmmsim.cluster.sweep import headline_columns, seed_summary
+
+    if seed not in table.column_names:
+        raise ConfigError("table", f"has no {seed} column (not a sweep over seeds)")
+    group_cols = [c for c in table.column_names if c not in headline_columns(table) | {seed}]
+    rows = table.select(group_cols).to_pylist() if group_cols else [{}] * table.num_rows
+    names = [",".join(f"{k}={v}" for k, v in r.items()) or "all" for r in rows]
+    return seed_summary(table, seed, group_cols, names)

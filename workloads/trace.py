@@ -21,8 +21,9 @@ VM-utilisation trace.
 At step ``k`` the VM replays the rows with ``tick == k``; after the last tick it makes no
 accesses.  The guest still boots from its image at step 0 unless ``boot = false`` (for a
 trace that already contains the boot).  The path is checked when the config is loaded
-(file, schema, sort order) and against the VM's size; relative paths resolve against the
-directory ``vmmsim`` runs in -- on a multi-node Ray cluster, give a path every node sees.
+(file, schema, sort order) and against the VM's size; a relative path in a config file
+resolves from that file's folder (``cluster/config.py`` makes it absolute) -- on a
+multi-node Ray cluster, give a path every node sees.
 
 Not covered: recording a run (``cluster/record.py``).
 """
