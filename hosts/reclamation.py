@@ -193,31 +193,34 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
 
 def make_room(host: Any, k: int, requester: Any) -> None:
     """Free ``k`` frames of ``host`` now by VMM-swapping random victims (over-target VMs
-    first, most over first; then ``requester``; then the rest by name, never below their
-    reservation ``min``), pages that free a
+    first, most over first; then ``requester``; then the rest by name), pages that free a
     frame first, each offered to page sharing before it is written to swap; whatever the
-    policy's rates, which pace only :func:`reclaim` (a rate of 0 turns that off).  Not a
-    policy: a VM that needs a frame must get one or the host is out of memory and swap
-    (:class:`hosts.errors.SwapFull`)."""
+    policy's rates, which pace only :func:`reclaim` (a rate of 0 turns that off).
+
+    Other VMs' consumed reservations (``min``) are spared: a second pass takes from them
+    only when the first could not free ``k`` frames (a chunk of the requester larger than
+    free frames, its own pages and the others' unreserved ones: failing the host would be
+    the alternative).  Not a policy: a VM that needs a frame must get one or the host is
+    out of memory and swap (:class:`hosts.errors.SwapFull`)."""
     freed = 0
     over = sorted(
         (v for v in host.vms.values() if v.resident > v.target),
         key=lambda v: (v.target - v.resident, v.name),
     )
     rest = [requester] + [host.vms[n] for n in host.order if host.vms[n] is not requester]
-    for vm in over + rest:
-        # Another VM's consumed reservation is never taken (admission keeps every VM's
-        # min + overhead within memory, so the requester can always be served without).
-        floor = 0 if vm is requester else vm.spec.min_pages
-        while freed < k and vm.resident > floor:
-            before = vm.resident
-            n = vm.swap_out_random(host.mem, min(k - freed, vm.resident - floor), frames_first=True)
-            freed += n
-            host.emergency_swaps += before - vm.resident  # pages swapped (not shared)
-            if vm.resident == before and n == 0:
-                break  # nothing left to swap in this VM (all pinned or swapped)
-        if freed >= k:
-            return
+    for spare in (True, False):
+        for vm in over + rest:
+            floor = vm.spec.min_pages if spare and vm is not requester else 0
+            while freed < k and vm.resident > floor:
+                before = vm.resident
+                want = min(k - freed, vm.resident - floor)
+                n = vm.swap_out_random(host.mem, want, frames_first=True)
+                freed += n
+                host.emergency_swaps += before - vm.resident  # pages swapped (not shared)
+                if vm.resident == before and n == 0:
+                    break  # nothing left to swap in this VM (all pinned or swapped)
+            if freed >= k:
+                return
     if freed < k:  # the caller needs all k: never return short (it would loop)
         raise SwapFull(
             f"host {host.name}: out of memory and swap at tick {host.tick} "

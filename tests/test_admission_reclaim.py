@@ -365,22 +365,28 @@ def test_paper_rule_refuses_what_memory_plus_swap_admitted() -> None:
 
 # ------------------------------- max_mb below memory_mb: admission counts memory_mb (14)
 def _capped(
-    swap_mb: float, memory_mb: float = 64, min_mb: float = 0, max_mb: float = 40, **sim
+    swap_mb: float,
+    memory_mb: float = 64,
+    min_mb: float = 0,
+    max_mb: float = 40,
+    vm_mb: float = 128,
+    **sim,
 ) -> dict:
-    """A 128 MB VM capped at max_mb 40, no balloon, touching every page, on a 64 MB host."""
+    """A 128 MB VM capped at max_mb 40, no balloon, touching every page, on a 64 MB host
+    (``vm_mb``: another VM size; the working set is the whole VM)."""
     return {
         "simulation": {"duration_s": 10, "content_bytes": 64, **sim},
         "hosts": [{"name": "h", "memory_mb": memory_mb, "swap_mb": swap_mb}],
         "vms": [
             {
                 "name": "v",
-                "memory_mb": 128,
+                "memory_mb": vm_mb,
                 "min_mb": min_mb,
                 "max_mb": max_mb,
                 "balloon": False,
                 "sharing": False,  # every page to swap (none shared before paging out)
                 "host": "h",
-                "workload": {"kind": "steady", "wss_mb": 128},
+                "workload": {"kind": "steady", "wss_mb": vm_mb},
             }
         ],
     }
@@ -434,18 +440,35 @@ def test_capped_vm_touching_every_page_at_the_admission_limit_runs(
     """memory + swap exactly at the limit (memory_mb + overhead + two pages): every page
     touched, swap full; was SwapFull (a chunk of swapped-in pages needed more frames than
     free frames + free slots, and emergency swapping of shared pages used slots without
-    freeing frames).  The paper's rules: min 40 MB (= max_mb) + overhead in memory (two
-    pages over), the other 88 MB in swap."""
+    freeing frames).  The paper's rules: min = max_mb (5/16 of the VM) + overhead in
+    memory (two pages over), the rest in swap.  The VM has 32768 pages at every page size
+    (128 MB of 4 KB, 32 MB of 1 KB): at the limit every access is its own chunk."""
     page = page_size / 2**20
-    data = _capped(88, memory_mb=40 + overhead + 2 * page, min_mb=40, page_size=page_size)
+    vm = 32768 * page
+    mn = vm * 5 / 16
+    data = _capped(
+        vm - mn,
+        memory_mb=mn + overhead + 2 * page,
+        min_mb=mn,
+        max_mb=mn,
+        vm_mb=vm,
+        page_size=page_size,
+    )
     data["policy"] = {"vm_overhead_mb": overhead}
     summary = run_checked(data, tmp_path)
     assert summary["n_ticks"] == 10
     h = summary["hosts"]["h"]
-    assert h["swap_used_mb"] > 60 and h["emergency_swapped_pages"] > 0
+    assert h["swap_used_mb"] > 0.45 * vm and h["emergency_swapped_pages"] > 0
     with pytest.raises(ConfigError, match="less two pages"):
         parse_config(
-            _capped(88, memory_mb=40 + overhead + page, min_mb=40, page_size=page_size)
+            _capped(
+                vm - mn,
+                memory_mb=mn + overhead + page,
+                min_mb=mn,
+                max_mb=mn,
+                vm_mb=vm,
+                page_size=page_size,
+            )
             | {"policy": data["policy"]}
         )
 

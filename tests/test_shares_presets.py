@@ -6,6 +6,7 @@ configured size."""
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,11 @@ def test_bad_presets_are_one_line_errors(line: str, msg: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(two_vms(line))
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_chunk_larger_than_the_unreserved_memory_still_runs() -> None:
+    """Reservations are spared first, taken only when nothing else frees enough (was
+    SwapFull at tick 0: a 1663-page chunk beside another VM's 25 MB reservation)."""
+    path = Path(__file__).parent / "data" / "fuzz_seed407_reservations.toml"
+    r = vmmsim.run(path, backend="inprocess", check_invariants=True)
+    assert r.summary["n_ticks"] == 3
