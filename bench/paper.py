@@ -22,7 +22,6 @@ number, the paper column says so and the difference is left empty.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+import vmmsim
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- paper.py: begin -->", "<!-- paper.py: end -->"
@@ -77,17 +78,15 @@ def sweep_rows(d: Path) -> list[dict]:
     return pq.read_table(d / "sweep.parquet").to_pylist()
 
 
-def metrics(d: Path) -> dict[str, np.ndarray]:
-    t = pq.read_table(d / "metrics.parquet")
+def columns(run: vmmsim.Run) -> dict[str, np.ndarray]:
+    """A run's metrics (``vmmsim.load_run``) as numpy columns."""
+    t = run.metrics
     return {c: t.column(c).to_numpy(zero_copy_only=False) for c in t.column_names}
 
 
-def summary(d: Path) -> dict:
-    return json.loads((d / "summary.json").read_text())
-
-
-def config(d: Path) -> dict:
-    return json.loads((d / "config.json").read_text())
+def vm_mb(run: vmmsim.Run) -> float:
+    """Configured memory of all the run's VMs, MB."""
+    return sum(v["memory_mb"] for v in run.config["vms"])
 
 
 def vm_mean(m: dict[str, np.ndarray], col: str, vm: str, t0: float, t1: float) -> float:
@@ -144,17 +143,15 @@ FIG5_PAPER = {"a": (42.9, 32.9), "b": (29.2, 18.7), "c": (10.0, 7.2)}
 def fig5(dirs: list[Path]) -> list[Row]:
     out = []
     for d, (key, (shared, saved)) in zip(dirs, FIG5_PAPER.items(), strict=True):
-        tot = summary(d)["totals"]
-        vm_mb = sum(v["memory_mb"] for v in config(d)["vms"])
-        out.append(Row("5", f"({key}) shared", shared, 100.0 * tot["shared_mb"] / vm_mb, "%", True))
-        out.append(
-            Row("5", f"({key}) reclaimed", saved, 100.0 * tot["saved_mb"] / vm_mb, "%", True)
-        )
+        r = vmmsim.load_run(d)
+        tot, mb = r.summary["totals"], vm_mb(r)
+        out.append(Row("5", f"({key}) shared", shared, 100.0 * tot["shared_mb"] / mb, "%", True))
+        out.append(Row("5", f"({key}) reclaimed", saved, 100.0 * tot["saved_mb"] / mb, "%", True))
     return out
 
 
 def fig6(dirs: list[Path]) -> list[Row]:
-    m = metrics(dirs[0])
+    m = columns(vmmsim.load_run(dirs[0]))
     t = m["time_s"]
     est_mb = m["active_est"] * m["resident_mb"]
     true_mb = m["active_true"] * m["resident_mb"]
@@ -179,8 +176,8 @@ def fig6(dirs: list[Path]) -> list[Row]:
 
 
 def fig7(dirs: list[Path]) -> list[Row]:
-    d = dirs[0]
-    cfg, m = config(d), metrics(d)
+    r = vmmsim.load_run(dirs[0])
+    cfg, m = r.config, columns(r)
     switch = min(e["time_s"] for e in cfg.get("events", []))
     end = float(m["time_s"].max()) + 1.0
     names = sorted(set(m["vm"].tolist()))
@@ -207,12 +204,12 @@ def fig8(dirs: list[Path]) -> list[Row]:
     """Seconds per host state, the SQL Server VM's allocation while idle and after its
     query (its `phased` list is [warm-up, idle, query]: no hard-coded times), how long it
     takes to get its memory back, and the host's sharing and swap at the end."""
-    d = dirs[0]
-    s, cfg, m = summary(d), config(d), metrics(d)
+    r = vmmsim.load_run(dirs[0])
+    s, cfg, m = r.summary, r.config, columns(r)
     (host,) = s["hosts"].values()
     tick_s = float(s["tick_s"])
     period = float(cfg["policy"]["sample_period_s"])
-    vm_mb = sum(v["memory_mb"] for v in cfg["vms"])
+    total_mb = vm_mb(r)
     overhead = float(cfg["policy"]["vm_overhead_mb"]) * len(cfg["vms"])
     sql = next(v for v in cfg["vms"] if "sql" in v["name"])
     phases = sql["workload"]["phases"]
@@ -231,7 +228,7 @@ def fig8(dirs: list[Path]) -> list[Row]:
     got = np.flatnonzero((ts >= query0) & (res >= 0.9 * after))
     recover = float(ts[got[0]] - query0) if len(got) else float("inf")
     st = host["state_ticks"]
-    over = 100.0 * ((vm_mb + overhead) / host["memory_mb"] - 1.0)
+    over = 100.0 * ((total_mb + overhead) / host["memory_mb"] - 1.0)
     both = "passes through soft and hard"
     return [
         Row("8", "VM memory + overhead beyond host memory", "~60% (recollection)", over, "%"),
@@ -257,8 +254,8 @@ def salting(dirs: list[Path]) -> list[Row]:
     out = []
     n = len(FIG5)
     for key, inter, intra in zip("abc", dirs[:n], dirs[n:], strict=True):
-        vm_mb = sum(v["memory_mb"] for v in config(inter)["vms"])
-        pct = [100.0 * summary(d)["totals"]["saved_mb"] / vm_mb for d in (inter, intra)]
+        runs = [vmmsim.load_run(d) for d in (inter, intra)]
+        pct = [100.0 * r.summary["totals"]["saved_mb"] / vm_mb(runs[0]) for r in runs]
         what = f"({key}) reclaimed, salting 2 (0 and 1: {pct[0]:.1f}%)"
         out.append(Row("5+", what, "intra-VM only: lower", pct[1], "%", True))
     return out

@@ -667,6 +667,21 @@ def page_state_bytes(cfg: SimConfig) -> dict[str, int]:
 # --- warnings ----------------------------------------------------------------------------------
 
 
+def workload_working_sets(vm: VMConfig) -> list[tuple[str, float]]:
+    """The working sets ``vm``'s workload declares, as (key, MB): steady ``wss_mb``, each
+    phased phase, a batch program + heap, a fileserver dirty set; other kinds none."""
+    p, kind = vm.workload.params, vm.workload.kind
+    if kind == "steady":
+        return [("wss_mb", p.wss_mb)]
+    if kind == "phased":
+        return [(f"phases[{i}] wss_mb", mb) for i, (_, mb) in enumerate(p.phases)]
+    if kind == "batch":
+        return [("program_mb + heap_mb", p.program_mb + p.heap_mb)]
+    if kind == "fileserver":
+        return [("dirty_mb", p.dirty_mb)]
+    return []
+
+
 def config_warnings(cfg: SimConfig) -> list[str]:
     """Numbers that run but make little physical sense, one line each (``where: what``).
 
@@ -678,20 +693,10 @@ def config_warnings(cfg: SimConfig) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
     for vm in cfg.vms:
-        p, kind = vm.workload.params, vm.workload.kind
         who = f"vms.{vm.base_name or vm.name}"
         if who in seen:  # one warning per [[vms]] entry, not per expanded VM
             continue
-        wss: list[tuple[str, float]] = []
-        if kind == "steady":
-            wss = [("wss_mb", p.wss_mb)]
-        elif kind == "phased":
-            wss = [(f"phases[{i}] wss_mb", mb) for i, (_, mb) in enumerate(p.phases)]
-        elif kind == "batch":
-            wss = [("program_mb + heap_mb", p.program_mb + p.heap_mb)]
-        elif kind == "fileserver":
-            wss = [("dirty_mb", p.dirty_mb)]
-        for key, mb in wss:
+        for key, mb in workload_working_sets(vm):
             if mb > vm.memory_mb:
                 seen.add(who)
                 out.append(

@@ -13,22 +13,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmmsim.cluster.config import SimConfig, VMConfig, config_warnings, host_commitments
+from vmmsim.cluster.config import (
+    SimConfig,
+    VMConfig,
+    config_warnings,
+    host_commitments,
+    workload_working_sets,
+)
 
 
 def working_set_mb(vm: VMConfig) -> float:
     """The largest working set ``vm``'s workload touches, MB, at most the VM's memory."""
-    p, kind = vm.workload.params, vm.workload.kind
-    if kind == "steady":
-        mb = p.wss_mb
-    elif kind == "phased":
-        mb = max((m for _, m in p.phases), default=0.0)
-    elif kind == "batch":
-        mb = p.program_mb + p.heap_mb
-    elif kind == "fileserver":
-        mb = p.dirty_mb
-    else:
-        mb = 0.0
+    mb = max((mb for _, mb in workload_working_sets(vm)), default=0.0)
     return min(float(mb), vm.memory_mb)
 
 

@@ -150,9 +150,13 @@ class HostMemoryManager:
         be kept by swapping more than swap holds (with ``free_high`` large and VMs that
         fit exactly), so the margin shrinks instead.
         """
-        committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
-        slack = self.spec.n_frames + self.spec.n_swap_slots - committed - self.mem.n_index_frames
+        slack = self._uncommitted() - self.mem.n_index_frames
         return max(0, min(self._free_target, slack))
+
+    def _uncommitted(self) -> int:
+        """Frames + swap slots left after every VM's configured size and overhead."""
+        committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
+        return self.spec.n_frames + self.spec.n_swap_slots - committed
 
     def charge_index(self) -> None:
         """Charge the sharing index's memory to this host (after each tick's scan): 16
@@ -165,9 +169,7 @@ class HostMemoryManager:
         want = index_frames_for(
             ix.n_shared_frames() + ix.n_hints(), self.policy.index_entry_bytes, self.sim.page_size
         )
-        committed = sum(v.spec.n_pages + v.overhead_pages for v in self.vms.values())
-        room = self.spec.n_frames + self.spec.n_swap_slots - committed - 2
-        self.mem.charge_index(max(0, min(want, room)))
+        self.mem.charge_index(max(0, min(want, self._uncommitted() - 2)))
 
     def shared_pages(self) -> int:
         """Guest pages backed by shared frames, over all VMs."""

@@ -11,8 +11,8 @@ HIGH   page sharing only (the background scan, :mod:`hosts.sharing`);
        balloons of VMs now below target deflate (memory given back)
 SOFT   sharing; balloon the victims (at most ``excess``, the balloon rate and
        the goal each); VMM-swap only victims that cannot balloon further
-       (no driver, or at the balloon cap).  With the goal met (free memory at
-       or above the high threshold but not yet past it by the hysteresis
+       (no driver, or at the balloon cap).  With the goal met while still in
+       SOFT (uncommitted memory + swap cap the free target below high +
        margin), balloons of VMs below target deflate by at most the free
        frames above the target, so deflating never starts reclamation again
 HARD   sharing; VMM-swap the victims (a random page choice, pages that free
@@ -137,7 +137,8 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
     host.mstate = next_state(host.mstate, mem.n_free / host.spec.n_frames, p.thresholds)
     acts = ACTIONS[host.mstate]
     tick_s = host.sim.tick_s
-    goal = max(0, host.free_target() - mem.n_free)  # reclaim_goal_pages(n_free, ...)
+    target = host.free_target()
+    goal = max(0, target - mem.n_free)  # reclaim_goal_pages(n_free, ...)
     vms = [host.vms[n] for n in host.order]
     if host.mstate == MemState.HIGH:
         for vm in vms:  # give memory back to VMs below target
@@ -145,9 +146,11 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
             if room > 0 and vm.guest.n_ballooned:
                 vm.deflate_balloon(mem, min(room, int(p.balloon_rate_pages_per_s * tick_s)))
     elif host.mstate == MemState.SOFT and goal <= 0:
-        # Held in SOFT by the hysteresis margin: deflate only into the surplus above the
-        # free target, so the host does not sit in SOFT with balloons it no longer needs.
-        surplus = mem.n_free - host.free_target()
+        # SOFT with the goal met: only when what memory + swap leave over caps the
+        # free target below the exit point of SOFT (high + margin).  Deflate only into
+        # the surplus above the target, so the host does not sit in SOFT with balloons
+        # it no longer needs and deflating never starts reclamation again.
+        surplus = mem.n_free - target
         for vm in vms:
             if surplus <= 0:
                 break
