@@ -1,9 +1,10 @@
 """Worker processes for the points of an in-process sweep.
 
 Scope: :func:`run_all` calls ``fn(item)`` for every item, ``n`` at a time: in the calling
-thread and in ``n - 1`` fresh interpreter processes (``python -m
-vmmsim.cluster.sweep_pool``), each taking the next item when it is done; calls and results
-travel pickled over the workers' stdin/stdout.
+thread and in ``n - 1`` fresh interpreter processes (``python -c`` calling
+:func:`_worker`; not ``-m``, which would run this module a second time beside the copy
+the package imports, with a RuntimeWarning), each taking the next item when it is done;
+calls and results travel pickled over the workers' stdin/stdout.
 Unlike :mod:`multiprocessing`'s spawn, the caller's ``__main__`` is never re-imported,
 so a script calling ``vmmsim.sweep`` needs no ``if __name__ == "__main__"`` guard; unlike
 fork, nothing of the caller's threads or state is inherited.  ``fn`` must be importable
@@ -87,7 +88,7 @@ def run_all(
         i = -1
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                [sys.executable, "-c", _WORKER_MAIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE
             )
             with lock:
                 procs.append(proc)
@@ -178,6 +179,9 @@ def _end(procs: list[subprocess.Popen], kill: bool) -> None:
             proc.wait()
 
 
+_WORKER_MAIN = f"from {__name__} import _worker; _worker()"
+
+
 def _worker() -> None:
     """A worker: read ``sys.path``, then ``(fn, item)`` calls until stdin closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -197,7 +201,3 @@ def _worker() -> None:
         except Exception as e:  # noqa: BLE001 - sent back as one line
             reply = (False, one_line(e))
         _send(out, reply)
-
-
-if __name__ == "__main__":
-    _worker()

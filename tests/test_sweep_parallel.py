@@ -210,3 +210,14 @@ def test_ray_sweep_in_parallel_gives_the_inprocess_digests(ray_session) -> None:
     ray_rows = vmmsim.sweep(cfg, grid, backend="ray", jobs=2).to_pylist()
     local = vmmsim.sweep(cfg, grid, backend="inprocess", jobs=1).to_pylist()
     assert [r["final_digest"] for r in ray_rows] == [r["final_digest"] for r in local]
+
+
+def test_pool_workers_start_without_warnings(capfd) -> None:
+    """Workers start with ``python -c``, not ``-m``: running the pool module as
+    ``__main__`` beside the copy the package imports printed a RuntimeWarning."""
+    from vmmsim.cluster.sweep_pool import run_all
+
+    done: dict[int, int] = {}
+    run_all(abs, [-1, -2, -3, -4], 2, done.__setitem__)
+    assert sorted(done.values()) == [1, 2, 3, 4]
+    assert "Warning" not in capfd.readouterr().err
