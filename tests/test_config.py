@@ -424,3 +424,22 @@ def test_describe_schema_mentions_every_key() -> None:
     for f in dataclasses.fields(ImageSpec):
         assert f"| `{f.name}` |" in text
     assert "base_name" not in text  # derived, never written in a file
+
+
+#: A value off the default for every key of config.HASH_OMITS_AT_DEFAULT.
+MOVED: dict[str, str] = {}
+
+
+def test_hash_of_a_shipped_config_is_stable() -> None:
+    """Checkpoints and recordings carry the config hash and refuse another: a new key that
+    leaked into the hash at its default would orphan every file users wrote before it.
+    (Pinned at 54729b9, the first release of the formats; change only deliberately.)"""
+    from vmmsim.cluster.config import HASH_OMITS_AT_DEFAULT
+
+    path = Path(__file__).parents[1] / "configs" / "quickstart.toml"
+    cfg = load_config(path)
+    assert cfg.config_hash() == "932da8c118b6fba0d414ae0be309404fafeb9e6fd849cd8bc8b84c1ebe9ad7ac"
+    listed = {f"{s}.{k}" for s, keys in HASH_OMITS_AT_DEFAULT.items() for k in keys}
+    assert listed == set(MOVED)
+    for key, value in MOVED.items():  # a listed key moved off its default does count
+        assert load_config(path, [f"{key}={value}"]).config_hash() != cfg.config_hash(), key
