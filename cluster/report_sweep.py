@@ -70,7 +70,8 @@ def sweep_report(
         mem = next(p for p in paths if p.endswith("memory_mb"))
         written.append(_fig2(rows, mem, out / "throughput_vs_memory.png"))
     written.append(_save(generic_figure(rows, keys), out / "sweep.png"))
-    text = _table(path, rows, paths) + "\nplots: " + ", ".join(str(p) for p in written)
+    text = _table(path, rows, paths) + _seed_table(path)
+    text += "\nplots: " + ", ".join(str(p) for p in written)
     return text + "\n" + _point_plots(path, meta, points)
 
 
@@ -160,6 +161,35 @@ def _table(path: Path, rows: list[dict[str, Any]], paths: list[str]) -> str:
         cells += [f"{r.get(f'resident_mb.{g}', float('nan')):.1f}" for g in groups]
         lines.append("  " + f"{cells[0]:<{first}}" + "".join(f"{c:>{width}}" for c in cells[1:]))
     lines.append("  (tp: mean throughput, mb: mean resident MB per VM; second half of each run)")
+    return "\n".join(lines)
+
+
+def _seed_table(path: Path) -> str:
+    """``sweep_summary.parquet`` (seeds swept) as text: per point of the other keys, the
+    headline figures' mean +- std over the seeds and their range; empty without it."""
+    f = path / "sweep_summary.parquet"
+    if not f.exists():
+        return ""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(f).to_pylist()
+    if not rows:
+        return ""
+    groups = sorted(g[: -len(".mean")] for g in _groups(rows, "throughput") if g.endswith(".mean"))
+    cols = ["saved_mb", "saved_pct"] + [f"throughput.{g}" for g in groups]
+    lines = [f"\nover seeds ({path / 'sweep_summary.parquet'}): mean +- std [min..max]"]
+    first = max(len("point"), max(len(str(r["point"])) for r in rows))
+    for r in rows:
+        cells = []
+        for c in cols:
+            if f"{c}.mean" not in r:
+                continue
+            d = 3 if c.startswith("throughput") else 1
+            m, sd, lo, hi = (r[f"{c}.{x}"] for x in ("mean", "std", "min", "max"))
+            label = c.replace("throughput.", "tp.")
+            cells.append(f"{label}={m:.{d}f}+-{sd:.{d}f}")
+            cells[-1] += f" [{lo:.{d}f}..{hi:.{d}f}]"
+        lines.append(f"  {str(r['point']):<{first}}  n={r['n_seeds']}  " + "  ".join(cells))
     return "\n".join(lines)
 
 

@@ -221,3 +221,19 @@ def test_pool_workers_start_without_warnings(capfd) -> None:
     run_all(abs, [-1, -2, -3, -4], 2, done.__setitem__)
     assert sorted(done.values()) == [1, 2, 3, 4]
     assert "Warning" not in capfd.readouterr().err
+
+
+def test_report_prints_the_seed_summary(serial_and_parallel, capsys) -> None:
+    """``vmmsim report`` of a seed sweep shows sweep_summary.parquet: per point of the
+    other keys, mean +- std [min..max] over the seeds of the headline figures."""
+    out, _ = serial_and_parallel
+    summ = pq.read_table(out[1] / "sweep_summary.parquet").to_pylist()
+    assert main(["report", str(out[1])]) == 0
+    text = capsys.readouterr().out
+    assert "over seeds" in text
+    for s in summ:
+        line = next(x for x in text.splitlines() if x.strip().startswith(s["point"] + " "))
+        want = f"saved_mb={s['saved_mb.mean']:.1f}+-{s['saved_mb.std']:.1f}"
+        assert "n=3" in line and want in line
+        busy = f"tp.busy={s['throughput.busy.mean']:.3f}"
+        assert busy in line and f"..{s['throughput.busy.max']:.3f}]" in line
