@@ -37,20 +37,37 @@ from fractions import Fraction
 
 __all__ = [
     "ACTIONS",
+    "BY_PRESSURE",
     "MemState",
     "Thresholds",
     "next_state",
+    "pressure",
     "reclaim_goal_pages",
 ]
 
 
 class MemState(enum.IntEnum):
-    """Free-memory state; a larger value means less free memory (more pressure)."""
+    """Free-memory state.  Among the paper's four a larger value means less free memory
+    (more pressure); CLEAR (vSphere 6 only) is out of that order: use :func:`pressure`."""
 
     HIGH = 0
     SOFT = 1
     HARD = 2
     LOW = 3
+    # vSphere 6's fifth state (:mod:`hosts.min_free`), between HIGH and SOFT in pressure
+    # (:func:`pressure`); its value comes after LOW so the paper's four keep theirs (the
+    # digests and checkpoints of the paper's model hold these values).
+    CLEAR = 4
+
+
+#: Every state, calm to severe (vSphere 6's order; the paper's model never enters CLEAR).
+BY_PRESSURE = (MemState.HIGH, MemState.CLEAR, MemState.SOFT, MemState.HARD, MemState.LOW)
+
+
+def pressure(state: MemState) -> int:
+    """Rank of ``state`` from calm (HIGH, 0) to severe (LOW, 4), CLEAR between HIGH and
+    SOFT: compare states by this, never by their values (CLEAR's value is 4)."""
+    return BY_PRESSURE.index(MemState(state))
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,26 @@ class Thresholds:
         if not (0.0 <= self.up_margin < 1.0):
             raise ValueError(f"up_margin must satisfy 0 <= up_margin < 1, got {self.up_margin}")
 
+    # The state-model protocol the host uses (:class:`hosts.min_free.MinFreeThresholds`
+    # has the same members): the paper's model, as the functions of this module.
+    model = "esx2002"
+    states = (MemState.HIGH, MemState.SOFT, MemState.HARD, MemState.LOW)  # calm to severe
+
+    @property
+    def reserve(self) -> float:
+        """Free fraction the allocation keeps out of targets: ``high``."""
+        return self.high
+
+    def next_state(self, prev: MemState, free_fraction: float) -> MemState:
+        return next_state(prev, free_fraction, self)
+
+    def goal_pages(self, free_pages: int, total_pages: int) -> int:
+        return reclaim_goal_pages(free_pages, total_pages, self)
+
+    def actions(self, state: MemState, free_fraction: float) -> frozenset[str]:
+        """:data:`ACTIONS` of ``state`` (the paper's sets do not depend on free memory)."""
+        return ACTIONS[MemState(state)]
+
 
 def _state_entered(free: float, t: Thresholds) -> MemState:
     """Lowest state whose entry condition holds (the target when going down)."""
@@ -108,6 +145,8 @@ def next_state(prev: MemState, free_fraction: float, t: Thresholds) -> MemState:
     if math.isnan(free_fraction):
         raise ValueError("free_fraction must not be NaN")
     prev = MemState(prev)
+    if prev == MemState.CLEAR:
+        raise ValueError("the paper's four-state model has no CLEAR state")
     down = _state_entered(free_fraction, t)
     if down > prev:  # less free memory than prev tolerates: drop at once
         return down
