@@ -263,13 +263,15 @@ def test_run_reports_clear_and_is_deterministic(base, tmp_path):
     assert "clear" not in summary_of(paper)["hosts"]["h-0"]["state_ticks"]
 
 
-def test_invariants_hold_every_tick() -> None:
-    r = vmmsim.run(
-        tomllib.loads(small_config(duration_s=TICKS, host_mb=18, policy=V6)),
-        backend="inprocess",
-        check_invariants=True,
-    )
-    assert r.summary["final_digest"]
+@pytest.mark.parametrize(
+    ("n_vms", "host_mb", "extra"),
+    [(4, 18, ""), (2, 40, '[[migrations]]\ntime_s = 6\nvm = "busy"\nto = "h-1"\n')],
+)
+def test_invariants_hold_every_tick(n_vms: int, host_mb: int, extra: str) -> None:
+    """Under pressure (clear, soft, hard), and across a live migration between hosts."""
+    text = small_config(2, n_vms, duration_s=TICKS, host_mb=host_mb, policy=V6, extra=extra)
+    r = vmmsim.run(tomllib.loads(text), backend="inprocess", check_invariants=True)
+    assert r.summary["migrations"]["completed"] == (1 if extra else 0)
 
 
 @pytest.mark.parametrize("tick", ["t10", "t20"])
