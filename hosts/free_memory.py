@@ -22,6 +22,11 @@ hard); below that the row keeps its state.  Down moves ignore the margin.  The p
 gives no number for "significantly": ``up_margin`` defaults to 0.01 of host memory (one
 point, the gap between the low and hard thresholds) -- our choice, not ESX's.
 
+vSphere 6's five states with a sliding minFree (``policy.free_states = "vsphere6"``) are
+:mod:`hosts.min_free`; they add :attr:`MemState.CLEAR` (value 4, so the paper's four keep
+their values) and share the protocol of :class:`Thresholds` (``states``, ``reserve``,
+``next_state``, ``goal_pages``, ``actions``) that the host manager uses.
+
 Covered here: the state machine, the reclaim goal and the per-state action sets, as pure
 functions and data. *Not* covered: carrying out the actions (page sharing, ballooning,
 swapping, blocking VMs: the host manager), how the reclaim goal is split across VMs

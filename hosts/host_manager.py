@@ -140,8 +140,9 @@ class HostMemoryManager:
     # ------------------------------------------------------------------ allocation
     def available_pages(self) -> int:
         """Guest pages the VMs may hold: all frames but overheads and the HIGH free
-        margin, plus what page sharing saves (a shared frame backs several guest pages,
-        and targets are in guest pages, so sharing savings raise everyone's targets)."""
+        margin (the state model's ``reserve``: ``free_high``, or vSphere 6's minFree),
+        plus what page sharing saves (a shared frame backs several guest pages, and
+        targets are in guest pages, so sharing savings raise everyone's targets)."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values()) + self.mem.n_index_frames
         kept = int(n * (1.0 - self.thresholds.reserve))  # n less the HIGH margin

@@ -337,3 +337,29 @@ def test_reports_name_clear_in_order() -> None:
     assert names == rp.STATES5
     assert rp.state_codes(["low", "clear", "high"], names) == [4, 1, 0]
     assert state_shares({"soft": 1, "clear": 2, "high": 1}) == "high 25% clear 50% soft 25%"
+
+
+def test_validate_counts_the_min_free_reserve() -> None:
+    from vmmsim.cluster.validate_report import host_report
+
+    def warnings(policy: str) -> list[str]:
+        text = f"""
+[simulation]
+page_size = 65536
+content_bytes = 16
+[policy]
+{policy}
+[[hosts]]
+name = "h"
+memory_mb = 65536
+swap_mb = 1000
+[[vms]]
+name = "v"
+memory_mb = 64000
+min_mb = 63000
+"""
+        return host_report(parse_config(tomllib.loads(text)), {"v": "h"})["h"]["warnings"]
+
+    # committed 64032 MB > 65536 x 0.94 + 1000 but < 65536 x (1 - 0.019375) + 1000
+    assert any("free_high reserve of 0.06" in w for w in warnings(""))
+    assert not [w for w in warnings(V6) if "in practice" in w]
