@@ -89,6 +89,10 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         if len(set(levels)) == 4 and levels[3] >= 0:
             p["free_high"], p["free_soft"], p["free_hard"], p["free_low"] = levels
     maybe("share_salting", rng.choice([0, 1, 2]))
+    # vSphere 6's five states: only without free_* keys (valid by construction)
+    if rng.random() < 0.3 and "free_high" not in p:
+        p["free_states"] = "vsphere6"
+        maybe("share_scan_clear_factor", _r(rng.uniform(1, 8)))
     return p
 
 

@@ -8,7 +8,8 @@ between the ``paper.py`` markers in ``docs/paper.md``, and its key rows the one 
 ``README.md`` -- those tables are this output, never hand-written.
 
 Rows marked ``5+`` go beyond the paper: its fig. 5 deployments under a later ESX
-mechanism (sharing salts), with the direction expected.
+mechanism (sharing salts), with the direction expected.  Rows marked ``18`` (issue 18):
+vSphere 6's five free-memory states beside the paper's four on a small and a large host.
 
 Paper numbers are Waldspurger, "Memory Resource Management in VMware ESX Server", OSDI
 2002 (figs. 2, 4, 5, 6, 7, 8 and their text).  Where the paper gives a shape and no
@@ -261,6 +262,97 @@ def salting(dirs: list[Path]) -> list[Row]:
     return out
 
 
+STATES = ("vsphere6_states.toml", "vsphere6_states.toml policy.free_states=vsphere6")
+
+
+def _host_states(run: vmmsim.Run) -> dict[str, dict]:
+    """Per host: memory, the first tick of each state and the free % of memory one tick
+    before it (the last free seen before the state was entered), and the peak balloon
+    and VMM swap over its VMs (MB)."""
+    m = columns(run)
+    out = {}
+    for h, hs in run.summary["hosts"].items():
+        sel = m["host"] == h
+        ticks, first = np.unique(m["tick"][sel], return_index=True)
+        state, free = m["host_state"][sel][first], m["host_free_mb"][sel][first]
+        pct = 100.0 * free / hs["memory_mb"]
+        enter = {}
+        for i, st in enumerate(state.tolist()):
+            if st not in enter and i:
+                enter[st] = (float(ticks[i]), float(pct[i - 1]))
+
+        def peak(col: str, sel: np.ndarray = sel) -> float:
+            return float(np.bincount(m["tick"][sel], m[col][sel]).max())
+
+        out[h] = {
+            "mb": hs["memory_mb"],
+            "enter": enter,
+            "balloon": peak("ballooned_mb"),
+            "swap": peak("swapped_mb"),
+        }
+    return out
+
+
+def states(dirs: list[Path]) -> list[Row]:
+    """The same growing pressure on a 4 GB and a 64 GB host under the paper's four states
+    and vSphere 6's five (``policy.free_states``): the free % of memory at which each
+    enters clear and soft (measured one tick before), when, and what reclamation ran."""
+    from vmmsim.hosts.min_free import min_free_mb
+
+    paper, v6 = (_host_states(vmmsim.load_run(d)) for d in dirs)
+    out = []
+    for h in sorted(paper, key=lambda h: paper[h]["mb"]):  # small host first
+        p, f = paper[h], v6[h]
+        gb = f"{p['mb'] / 1024:g} GB"
+        mf = 100.0 * float(min_free_mb(p["mb"])) / p["mb"]
+        nan = (float("nan"), float("nan"))
+        soft_p, soft_f = p["enter"].get("soft", nan), f["enter"].get("soft", nan)
+        clear = f["enter"].get("clear", nan)
+        out += [
+            Row("18", f"{gb}: free % entering soft, esx2002", "4 (threshold)", soft_p[1], "%"),
+            Row(
+                "18", f"{gb}: free % entering clear, vsphere6", f"{mf:.2f} (minFree)", clear[1], "%"
+            ),
+            Row(
+                "18",
+                f"{gb}: free % entering soft, vsphere6",
+                f"{0.64 * mf:.2f} (64%)",
+                soft_f[1],
+                "%",
+            ),
+            Row(
+                "18",
+                f"{gb}: s until clear, vsphere6 (esx2002 soft: {soft_p[0]:g} s)",
+                "earlier on large hosts (issue 18)",
+                clear[0],
+                " s",
+                True,
+            ),
+            Row(
+                "18",
+                f"{gb}: s until soft, vsphere6 (esx2002: {soft_p[0]:g} s)",
+                "--",
+                soft_f[0],
+                " s",
+            ),
+            Row(
+                "18",
+                f"{gb}: peak balloon, vsphere6 (esx2002: {p['balloon']:.0f} MB)",
+                "--",
+                f["balloon"],
+                " MB",
+            ),
+            Row(
+                "18",
+                f"{gb}: peak VMM swap, vsphere6 (esx2002: {p['swap']:.0f} MB)",
+                "--",
+                f["swap"],
+                " MB",
+            ),
+        ]
+    return out
+
+
 EXPERIMENTS = (
     Experiment(
         "fig2",
@@ -273,6 +365,7 @@ EXPERIMENTS = (
     ),
     Experiment("fig5", FIG5, fig5),
     Experiment("salting", (*FIG5, *(f"{c} policy.share_salting=2" for c in FIG5)), salting),
+    Experiment("states", STATES, states),
     Experiment("fig6", ("esx_fig6_wss.toml",), fig6, (("active.png", "fig6_wss.png"),)),
     Experiment("fig7", ("esx_fig7_tax.toml",), fig7, (("events.png", "fig7_tax.png"),)),
     Experiment(

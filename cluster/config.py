@@ -862,6 +862,7 @@ _EVENT_FIXED = {
     "policy.placement": "placement acts only at start (use [[migrations]] to move VMs)",
     "policy.vm_overhead_mb": "VM overhead is reserved at admission and fixed for the run",
     "policy.share_salting": "a VM's sharing salt is fixed at boot (its shared frames carry it)",
+    "policy.free_states": "a host's state model is fixed at boot (its states and counts)",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

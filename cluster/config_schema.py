@@ -407,6 +407,24 @@ class PolicyConfig:
         "'significantly' and gives no value; 0.01 is our choice)",
         _FREE,
     )
+    # --- vSphere 6's five free-memory states (hosts/min_free.py) ---
+    free_states: str = opt(
+        "esx2002",
+        "free-memory state model: esx2002 = the paper's four states at free_high/soft/hard/"
+        "low; vsphere6 = vSphere 6's five (high 400 %, clear 100 %, soft 64 %, hard 32 %, "
+        "low 16 % of a sliding minFree: 6 % of the first 4 GB of host memory, 4 % of 4-12 "
+        "GB, 2 % of 12-28 GB, 1 % above; VMware vSphere 6.0 Resource Management; Epping, "
+        "'What happens at which vSphere memory state?', 2016), which uses no free_* or "
+        "state_up_margin key (they must keep their defaults)",
+        one_of("esx2002", "vsphere6"),
+    )
+    share_scan_clear_factor: float = opt(
+        1.0,
+        "vsphere6 only: the sharing scan rates are multiplied by this in the 'clear' state "
+        "(where vSphere 6 'actively calls TPS', Epping 2016; VMware gives no rate, so 1 = "
+        "the usual scan is the default)",
+        ge(1),
+    )
     vm_overhead_mb: float = opt(
         32.0,
         "VMM overhead memory reserved per VM (frame buffer, pmap, shadow page tables), MB; "
@@ -434,6 +452,20 @@ class PolicyConfig:
     )
 
     def validate(self) -> list[str]:
+        if self.free_states == "vsphere6":
+            fixed = ("free_high", "free_soft", "free_hard", "free_low", "state_up_margin")
+            for key in fixed:
+                f = PolicyConfig.__dataclass_fields__[key]
+                if getattr(self, key) != f.default:
+                    return [
+                        f"{key}: not used with free_states = 'vsphere6' (its thresholds come "
+                        "from minFree); leave it unset, or use free_states = 'esx2002'"
+                    ]
+        elif self.share_scan_clear_factor != 1.0:
+            return [
+                "share_scan_clear_factor: only used with free_states = 'vsphere6' (the "
+                "paper's model has no 'clear' state)"
+            ]
         levels = (self.free_high, self.free_soft, self.free_hard, self.free_low)
         if not levels[0] > levels[1] > levels[2] > levels[3] >= 0:
             return [

@@ -54,8 +54,8 @@ from vmmsim.cluster.migration_policy import HostView, VMView, choose
 from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
 from vmmsim.cluster.specs import host_policy, host_specs, vm_spec
 from vmmsim.hosts import admission
-from vmmsim.hosts.free_memory import reclaim_goal_pages
 from vmmsim.hosts.migration_host import vm_claim
+from vmmsim.hosts.min_free import thresholds_for
 from vmmsim.workloads.images import BootLayout
 
 REF_BYTES = 16  # a reference on the wire: the page's 128-bit strong digest
@@ -130,9 +130,11 @@ class Migrator:
             for n, s in self.specs.items()
         }
         self.where = dict(placement)
-        th = host_policy(cfg).thresholds
+        hp = host_policy(cfg)
         hs = host_specs(cfg)
-        self.reserve = {s.name: reclaim_goal_pages(0, s.n_frames, th) for s in hs}
+        self.reserve = {
+            s.name: thresholds_for(hp, s.memory_mb).goal_pages(0, s.n_frames) for s in hs
+        }
         self.capacity = {s.name: s.n_frames + s.n_swap_slots for s in hs}
         self.frames = {s.name: s.n_frames for s in hs}
         self.schedule = sorted(
@@ -153,8 +155,11 @@ class Migrator:
         ``[[events]]`` change): bandwidth, limits, free-memory reserves, calm period."""
         self.mc = cfg.migration
         self.bw = self.mc.bandwidth_mb_s * 2**20
-        th = host_policy(cfg).thresholds
-        self.reserve = {s.name: reclaim_goal_pages(0, s.n_frames, th) for s in host_specs(cfg)}
+        hp = host_policy(cfg)
+        self.reserve = {
+            s.name: thresholds_for(hp, s.memory_mb).goal_pages(0, s.n_frames)
+            for s in host_specs(cfg)
+        }
         self.calm_ticks = max(1, round(cfg.policy.realloc_period_s / self.tick_s))
 
     # ------------------------------------------------------------------ steps

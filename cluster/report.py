@@ -52,7 +52,8 @@ def report(path: Path, points: bool = False) -> str:
     return run_summary(data) + "\nplots: " + ", ".join(str(p) for p in written)
 
 
-STATE_ORDER = ("high", "soft", "hard", "low")  # free-memory states, calm to severe
+# free-memory states, calm to severe ("clear": vSphere 6's five-state model only)
+STATE_ORDER = ("high", "clear", "soft", "hard", "low")
 
 
 def plural(n: int, word: str) -> str:
@@ -62,7 +63,8 @@ def plural(n: int, word: str) -> str:
 
 def state_shares(state_ticks: dict[str, int]) -> str:
     """``high 83% soft 11% hard 5% low 1%``: each state's share of the ticks, in the order
-    high, soft, hard, low (any other state after them), states never entered left out."""
+    high, clear, soft, hard, low (any other state after them), states never entered left
+    out."""
     total = sum(state_ticks.values()) or 1
     order = [k for k in STATE_ORDER if k in state_ticks]
     order += sorted(k for k in state_ticks if k not in STATE_ORDER)

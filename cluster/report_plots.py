@@ -40,6 +40,17 @@ MEAN_WINDOW_S = 30.0  # the moving mean of throughput.png and events.png
 # Free-memory states, calmest first: the most severe (low) gets the most alarming colour.
 STATES = ("high", "soft", "hard", "low")
 STATE_COLORS = {"high": "#91cf60", "soft": "#fee08b", "hard": "#fc8d59", "low": "#d73027"}
+# vSphere 6's five states (policy.free_states = "vsphere6"): used when a run has "clear"
+STATES5 = ("high", "clear", "soft", "hard", "low")
+STATE_COLORS["clear"] = "#d9ef8b"
+
+
+def state_names(states: Any) -> tuple[str, ...]:
+    """The state scale of a run: :data:`STATES5` if any state is "clear", else
+    :data:`STATES` (the paper's four, so its plots stay as they were)."""
+    return STATES5 if "clear" in set(np.asarray(states).tolist()) else STATES
+
+
 MEM_LAYERS = ("private", "shared", "ballooned", "swapped", "untouched")
 MEM_COLORS = ("#4c72b0", "#55a868", "#ccb974", "#c44e52", "#e4e4e4")
 LINE_STYLES = ("-", "--", "-.", ":")
@@ -282,9 +293,10 @@ def host_line_styles(n: int, n_points: int) -> list[dict[str, Any]]:
     return out
 
 
-def state_codes(states: list[str]) -> list[int]:
-    """Free-memory states as indices into :data:`STATES` (calm 0 .. severe 3)."""
-    return [STATES.index(s) if s in STATES else 0 for s in states]
+def state_codes(states: list[str], names: tuple[str, ...] = STATES) -> list[int]:
+    """Free-memory states as indices into ``names`` (calm 0 .. severe 3, or 4 with
+    :data:`STATES5`)."""
+    return [names.index(s) if s in names else 0 for s in states]
 
 
 # ---------------------------------------------------------------- the figures
@@ -374,13 +386,14 @@ def _hosts(d: RunData, path: Path) -> Path:
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax, ax2 = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     hosts = d.hosts
+    names = state_names(d.cols["host_state"])
     img = []
     n_points = int(d.cols["tick"].max()) + 1
     for h, style in zip(hosts, host_line_styles(len(hosts), n_points), strict=True):
         t, free = d.host_series(h, "host_free_mb")
         ax.plot(t, free, label=h, **style)
         _, st = d.host_series(h, "host_state")
-        img.append(state_codes(st.tolist()))
+        img.append(state_codes(st.tolist(), names))
     ax.set_ylabel("free memory (MB)")
     ax.set_title("Host free memory and state")
     if len(hosts) <= 10:
@@ -394,17 +407,17 @@ def _hosts(d: RunData, path: Path) -> Path:
         grid,
         aspect="auto",
         interpolation="nearest",
-        cmap=ListedColormap([STATE_COLORS[s] for s in STATES]),
+        cmap=ListedColormap([STATE_COLORS[s] for s in names]),
         vmin=0,
-        vmax=len(STATES) - 1,
+        vmax=len(names) - 1,
         extent=(0, t_end, len(hosts) - 0.5, -0.5),
     )
     ax2.set_yticks(range(len(hosts)), hosts if len(hosts) <= 10 else [""] * len(hosts))
     ax2.set_xlabel("time (s)")
     ax2.set_title("free-memory state", fontsize=8)
     ax2.legend(
-        [Patch(color=STATE_COLORS[s]) for s in STATES],
-        STATES,
+        [Patch(color=STATE_COLORS[s]) for s in names],
+        names,
         loc="upper left",
         bbox_to_anchor=(1.0, 1.0),
         fontsize=7,

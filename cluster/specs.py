@@ -32,11 +32,16 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         minor_fault_s=p.minor_fault_us / 1e6,
         reclamation=p.reclamation,
         working_set=p.working_set,
+        free_states=p.free_states,
+        share_scan_clear_factor=p.share_scan_clear_factor,
     )
 
 
 def host_specs(cfg: SimConfig) -> list[HostSpec]:
-    return [HostSpec(h.name, cfg.pages(h.memory_mb), cfg.pages(h.swap_mb)) for h in cfg.hosts]
+    return [
+        HostSpec(h.name, cfg.pages(h.memory_mb), cfg.pages(h.swap_mb), h.memory_mb)
+        for h in cfg.hosts
+    ]
 
 
 def salt(mode: int, group: str, vm: str) -> str:

@@ -5,8 +5,9 @@ VMs' working sets (estimated from the config: steady ``wss_mb``, the largest pha
 batch program + heap, a fileserver's dirty set; other kinds count 0), and warnings: a VM
 whose working set is larger than the VM (:func:`config_warnings`), a host whose VMs'
 working sets do not fit its memory (it reclaims all the time), a host whose VMs cannot all
-be held in practice (committed memory beyond memory less the ``free_high`` reserve, plus
-swap).  Deterministic (config order); no simulation.
+be held in practice (committed memory beyond memory less the ``free_high`` reserve --
+vSphere 6's minFree with ``free_states = "vsphere6"`` -- plus swap).  Deterministic
+(config order); no simulation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vmmsim.cluster.config import (
     host_commitments,
     workload_working_sets,
 )
+from vmmsim.hosts.min_free import min_free_mb
 
 
 def working_set_mb(vm: VMConfig) -> float:
@@ -44,12 +46,16 @@ def host_report(cfg: SimConfig, placement: dict[str, str]) -> dict[str, dict[str
                 f"overheads ({len(vms) * ovh:g} MB) exceed its memory_mb {h['memory_mb']:g} MB: "
                 "it will balloon or swap all the time"
             )
-        holds = h["memory_mb"] * (1 - cfg.policy.free_high) + h["swap_mb"]
+        reserve, what = cfg.policy.free_high, "free_high"
+        if cfg.policy.free_states == "vsphere6":  # the allocation keeps minFree free
+            reserve = float(min_free_mb(h["memory_mb"])) / h["memory_mb"]
+            what = "vSphere 6 minFree"
+        holds = h["memory_mb"] * (1 - reserve) + h["swap_mb"]
         if h["committed_mb"] > holds:
             warn.append(
                 f"hosts.{name}: its VMs' memory + overheads ({h['committed_mb']:g} MB) exceed "
-                f"what it holds in practice ({holds:g} MB: memory_mb less the free_high "
-                f"reserve of {cfg.policy.free_high:g}, plus swap_mb): if the guests touch all "
+                f"what it holds in practice ({holds:g} MB: memory_mb less the {what} "
+                f"reserve of {reserve:g}, plus swap_mb): if the guests touch all "
                 "their memory, only page sharing can keep them running"
             )
         h["warnings"] = warn

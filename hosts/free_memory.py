@@ -22,6 +22,11 @@ hard); below that the row keeps its state.  Down moves ignore the margin.  The p
 gives no number for "significantly": ``up_margin`` defaults to 0.01 of host memory (one
 point, the gap between the low and hard thresholds) -- our choice, not ESX's.
 
+vSphere 6's five states with a sliding minFree (``policy.free_states = "vsphere6"``) are
+:mod:`hosts.min_free`; they add :attr:`MemState.CLEAR` (value 4, so the paper's four keep
+their values) and share the protocol of :class:`Thresholds` (``states``, ``reserve``,
+``next_state``, ``goal_pages``, ``actions``) that the host manager uses.
+
 Covered here: the state machine, the reclaim goal and the per-state action sets, as pure
 functions and data. *Not* covered: carrying out the actions (page sharing, ballooning,
 swapping, blocking VMs: the host manager), how the reclaim goal is split across VMs
@@ -37,20 +42,37 @@ from fractions import Fraction
 
 __all__ = [
     "ACTIONS",
+    "BY_PRESSURE",
     "MemState",
     "Thresholds",
     "next_state",
+    "pressure",
     "reclaim_goal_pages",
 ]
 
 
 class MemState(enum.IntEnum):
-    """Free-memory state; a larger value means less free memory (more pressure)."""
+    """Free-memory state.  Among the paper's four a larger value means less free memory
+    (more pressure); CLEAR (vSphere 6 only) is out of that order: use :func:`pressure`."""
 
     HIGH = 0
     SOFT = 1
     HARD = 2
     LOW = 3
+    # vSphere 6's fifth state (:mod:`hosts.min_free`), between HIGH and SOFT in pressure
+    # (:func:`pressure`); its value comes after LOW so the paper's four keep theirs (the
+    # digests and checkpoints of the paper's model hold these values).
+    CLEAR = 4
+
+
+#: Every state, calm to severe (vSphere 6's order; the paper's model never enters CLEAR).
+BY_PRESSURE = (MemState.HIGH, MemState.CLEAR, MemState.SOFT, MemState.HARD, MemState.LOW)
+
+
+def pressure(state: MemState) -> int:
+    """Rank of ``state`` from calm (HIGH, 0) to severe (LOW, 4), CLEAR between HIGH and
+    SOFT: compare states by this, never by their values (CLEAR's value is 4)."""
+    return BY_PRESSURE.index(MemState(state))
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,26 @@ class Thresholds:
         if not (0.0 <= self.up_margin < 1.0):
             raise ValueError(f"up_margin must satisfy 0 <= up_margin < 1, got {self.up_margin}")
 
+    # The state-model protocol the host uses (:class:`hosts.min_free.MinFreeThresholds`
+    # has the same members): the paper's model, as the functions of this module.
+    model = "esx2002"
+    states = (MemState.HIGH, MemState.SOFT, MemState.HARD, MemState.LOW)  # calm to severe
+
+    @property
+    def reserve(self) -> float:
+        """Free fraction the allocation keeps out of targets: ``high``."""
+        return self.high
+
+    def next_state(self, prev: MemState, free_fraction: float) -> MemState:
+        return next_state(prev, free_fraction, self)
+
+    def goal_pages(self, free_pages: int, total_pages: int) -> int:
+        return reclaim_goal_pages(free_pages, total_pages, self)
+
+    def actions(self, state: MemState, free_fraction: float) -> frozenset[str]:
+        """:data:`ACTIONS` of ``state`` (the paper's sets do not depend on free memory)."""
+        return ACTIONS[MemState(state)]
+
 
 def _state_entered(free: float, t: Thresholds) -> MemState:
     """Lowest state whose entry condition holds (the target when going down)."""
@@ -108,6 +150,8 @@ def next_state(prev: MemState, free_fraction: float, t: Thresholds) -> MemState:
     if math.isnan(free_fraction):
         raise ValueError("free_fraction must not be NaN")
     prev = MemState(prev)
+    if prev == MemState.CLEAR:
+        raise ValueError("the paper's four-state model has no CLEAR state")
     down = _state_entered(free_fraction, t)
     if down > prev:  # less free memory than prev tolerates: drop at once
         return down

@@ -33,9 +33,10 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts import reclamation
 from vmmsim.hosts.allocation import AllocationInput, allocate
 from vmmsim.hosts.errors import OutOfFrames
-from vmmsim.hosts.free_memory import MemState, reclaim_goal_pages
+from vmmsim.hosts.free_memory import MemState
 from vmmsim.hosts.host_memory import HostMemory, index_frames_for
 from vmmsim.hosts.metrics_rows import MetricRows
+from vmmsim.hosts.min_free import thresholds_for
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
 from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
@@ -70,9 +71,14 @@ class HostMemoryManager:
         self.scan_credit = 0.0
         self.period_ticks = max(1, round(policy.sample_period_s / sim.tick_s))
         self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        # The free-memory state model: the paper's thresholds, or vSphere 6's five states
+        # from this host's configured memory (hosts.min_free; fixed for the run).
+        self.memory_mb = spec.memory_mb or spec.n_frames * sim.page_size / 2**20
+        self.thresholds = thresholds_for(policy, self.memory_mb)
         # Free pages at the high threshold: the reclaim goal is max(0, this - free), so
         # reclaim_goal_pages (exact decimal arithmetic, slow) runs once, not every tick.
-        self._free_target = reclaim_goal_pages(0, spec.n_frames, policy.thresholds)
+        self._free_target = self.thresholds.goal_pages(0, spec.n_frames)
+        self.actions: frozenset[str] = frozenset()  # the last reclaim's actions (min_free)
         self.paused: dict[str, float] = {}
         # CPU seconds of this thread per part of a tick: timing.json's profile (CPU, not
         # wall time, so a host that waits for a core is not charged); never in results.
@@ -83,7 +89,8 @@ class HostMemoryManager:
         self.incoming: dict[str, Any] = {}
         self.outgoing: dict[tuple[str, int], Any] = {}
         self.emergency_swaps = 0
-        self.state_ticks = np.zeros(len(MemState), dtype=np.int64)
+        # ticks per state, indexed by state value (4 for the paper's model, 5 with CLEAR)
+        self.state_ticks = np.zeros(max(self.thresholds.states) + 1, dtype=np.int64)
         self.shared_series: list[int] = []
         self.tick_saved = 0  # saved pages at the end of the last tick (metrics)
         # Recording (cluster/recording.py): off unless asked, so normal runs pay nothing.
@@ -133,11 +140,12 @@ class HostMemoryManager:
     # ------------------------------------------------------------------ allocation
     def available_pages(self) -> int:
         """Guest pages the VMs may hold: all frames but overheads and the HIGH free
-        margin, plus what page sharing saves (a shared frame backs several guest pages,
-        and targets are in guest pages, so sharing savings raise everyone's targets)."""
+        margin (the state model's ``reserve``: ``free_high``, or vSphere 6's minFree),
+        plus what page sharing saves (a shared frame backs several guest pages, and
+        targets are in guest pages, so sharing savings raise everyone's targets)."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values()) + self.mem.n_index_frames
-        kept = int(n * (1.0 - self.policy.thresholds.high))  # n less the HIGH margin
+        kept = int(n * (1.0 - self.thresholds.reserve))  # n less the HIGH margin
         kept += self._free_target - self.free_target()  # the part of it swap cannot cover
         return max(0, kept - overhead + self.saved_pages())
 
@@ -213,7 +221,8 @@ class HostMemoryManager:
         self.policy = policy
         self.period_ticks = max(1, round(policy.sample_period_s / self.sim.tick_s))
         self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
-        self._free_target = reclaim_goal_pages(0, self.spec.n_frames, policy.thresholds)
+        self.thresholds = thresholds_for(policy, self.memory_mb)
+        self._free_target = self.thresholds.goal_pages(0, self.spec.n_frames)
         self.reclaim_policy = resolve_callable("reclamation", policy.reclamation)
         self.estimator = (
             None
@@ -320,7 +329,10 @@ class HostMemoryManager:
 
     def _scan(self, t: int) -> None:
         p = self.policy
-        tick_s = self.sim.tick_s
+        # vSphere 6's CLEAR "actively calls TPS" (hosts.min_free): the scan rates times
+        # share_scan_clear_factor there (the state of the last reclaim; x * 1.0 == x)
+        boost = p.share_scan_clear_factor if self.mstate == MemState.CLEAR else 1.0
+        tick_s = self.sim.tick_s * boost
         host_rate = p.scan_host_pages_per_s * tick_s
         self.scan_credit = min(self.scan_credit + host_rate, host_rate + 1.0)
         names = [n for n in self.order if self.vms[n].spec.sharing]
@@ -381,7 +393,9 @@ class HostMemoryManager:
             "saved_mb": (shared_pages - shared_frames) * mb,
             "swap_used_mb": self.mem.swap.n_used * mb,
             "time_to_90pct_sharing_s": t90,
-            "state_ticks": {s.name.lower(): int(self.state_ticks[s]) for s in MemState},
+            "state_ticks": {
+                s.name.lower(): int(self.state_ticks[s]) for s in self.thresholds.states
+            },
             "emergency_swapped_pages": self.emergency_swaps,
             "vms": sorted(self.vms),
         }

@@ -57,7 +57,6 @@ from vmmsim.hosts import admission, native
 from vmmsim.hosts import migration_host_kernel as mk
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
-from vmmsim.hosts.free_memory import reclaim_goal_pages
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.phys_map import PhysMap
 from vmmsim.hosts.snapshot import restore_vm, vm_state
@@ -338,7 +337,7 @@ def can_accept(host: HostMemoryManager, spec: VMSpec, allocated_pages: int) -> s
     n = host.spec.n_frames
     return admission_reason(
         free_pages=host.mem.n_free - sum(i.allocated + i.spec.overhead_pages for i in incoming),
-        reserve_pages=reclaim_goal_pages(0, n, host.policy.thresholds),
+        reserve_pages=host.thresholds.goal_pages(0, n),
         need_pages=allocated_pages + spec.overhead_pages,
         host=claims,
         vm=vm_claim(spec),

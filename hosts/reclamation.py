@@ -20,6 +20,13 @@ HARD   sharing; VMM-swap the victims (a random page choice, pages that free
 LOW    as HARD, and VMs above target are blocked on the next tick
 ====== =====================================================================
 
+With ``policy.free_states = "vsphere6"`` (:mod:`hosts.min_free`) the states and goal are
+vSphere 6's: CLEAR acts as HIGH does (no ballooning or swapping; the sharing scan at
+``share_scan_clear_factor`` times its rates) but deflates balloons only into the surplus
+above the free target, as SOFT with its goal met does; SOFT, HARD and LOW are as above.
+The actions come from the state model (``host.thresholds.actions``, kept in
+``host.actions``), so ``break_large`` and ``compress`` are visible to other mechanisms.
+
 As in Waldspurger 2002, sec. 6.3: in the soft state ESX reclaims by ballooning and pages
 only where ballooning is not possible; in the hard state it relies on paging; in the low
 state it also blocks the VMs above their targets.  Every VMM swap-out
@@ -52,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmmsim.hosts.errors import SwapFull
-from vmmsim.hosts.free_memory import ACTIONS, MemState, next_state
+from vmmsim.hosts.free_memory import MemState
 
 from vmmsim.policies import PolicyError, register
 from vmmsim.policies import call as call_policy
@@ -77,7 +84,7 @@ class ReclaimView:
 
     host: str
     tick: int
-    state: str  # "soft", "hard" or "low" (never called in "high")
+    state: str  # "soft", "hard" or "low" (never called in "high" or "clear")
     goal_pages: int  # frames to free this tick (> 0)
     vms: tuple[VictimView, ...]  # name order
 
@@ -133,9 +140,10 @@ def _checked(view: ReclaimView, decision: Any, name: str) -> Victims:
 def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str = "esx") -> None:
     """One tick of reclamation on ``host`` (a :class:`hosts.host_manager.HostMemoryManager`):
     next free-memory state, then the actions of that state (module docstring)."""
-    p, mem = host.policy, host.mem
-    host.mstate = next_state(host.mstate, mem.n_free / host.spec.n_frames, p.thresholds)
-    acts = ACTIONS[host.mstate]
+    p, mem, th = host.policy, host.mem, host.thresholds
+    free = mem.n_free / host.spec.n_frames
+    host.mstate = th.next_state(host.mstate, free)
+    host.actions = acts = th.actions(host.mstate, free)
     tick_s = host.sim.tick_s
     target = host.free_target()
     goal = max(0, target - mem.n_free)  # reclaim_goal_pages(n_free, ...)
@@ -145,11 +153,12 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
             room = vm.target - vm.resident
             if room > 0 and vm.guest.n_ballooned:
                 vm.deflate_balloon(mem, min(room, int(p.balloon_rate_pages_per_s * tick_s)))
-    elif host.mstate == MemState.SOFT and goal <= 0:
+    elif (host.mstate == MemState.SOFT and goal <= 0) or host.mstate == MemState.CLEAR:
         # SOFT with the goal met: only when what memory + swap leave over caps the
         # free target below the exit point of SOFT (high + margin).  Deflate only into
         # the surplus above the target, so the host does not sit in SOFT with balloons
-        # it no longer needs and deflating never starts reclamation again.
+        # it no longer needs and deflating never starts reclamation again.  vSphere 6's
+        # CLEAR (hosts.min_free) deflates the same way: free is near minFree there.
         surplus = mem.n_free - target
         for vm in vms:
             if surplus <= 0:
@@ -161,8 +170,8 @@ def reclaim(host: Any, policy: Callable[[ReclaimView], Victims] = esx, name: str
     host.blocked = set()
     if goal <= 0:
         return
-    if host.mstate == MemState.HIGH:  # free below the margin it may shrink to: no actions
-        return
+    if not acts & {"balloon", "swap"}:  # HIGH (and CLEAR): free below the margin it
+        return  # may shrink to, no actions
     view = _view(host, goal)
     decision = call_policy("reclamation", name, policy, view, where=f" on host {host.name}")
     victims = _checked(view, decision, name)

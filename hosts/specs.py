@@ -48,6 +48,9 @@ class HostPolicy:
     reclamation: str = "esx"  # reclamation victim policy (vmmsim.policies)
     working_set: str = "esx_sampler"  # working-set estimator (vmmsim.policies)
     index_entry_bytes: int = 16  # host memory per sharing-index entry (paper, sec. 4.3)
+    # vSphere 6's five free-memory states (hosts.min_free) instead of ``thresholds``
+    free_states: str = "esx2002"  # "esx2002" (the paper's four) or "vsphere6"
+    share_scan_clear_factor: float = 1.0  # scan rate multiplier in CLEAR ("share actively")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class HostSpec:
     name: str
     n_frames: int
     n_swap_slots: int
+    memory_mb: float = 0.0  # configured memory (vSphere 6's minFree); 0: n_frames' worth
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ TABLE = {
 }
 
 
-@pytest.mark.parametrize("prev", list(MemState))
+@pytest.mark.parametrize("prev", Thresholds.states)  # the paper's four
 @pytest.mark.parametrize("band", range(5))
 def test_transition_table(prev, band):
     assert next_state(prev, BANDS[band], T) is TABLE[prev][band]
@@ -182,6 +182,6 @@ def test_actions():
 
 def test_hard_and_low_page_without_ballooning():
     """Paper, sec. 6.3: soft balloons, hard relies on paging (was: HARD/LOW balloon too)."""
-    assert [s for s in MemState if "balloon" in ACTIONS[s]] == [S]
-    assert [s for s in MemState if "swap" in ACTIONS[s]] == [D, L]
-    assert [s for s in MemState if "block" in ACTIONS[s]] == [L]
+    assert [s for s in Thresholds.states if "balloon" in ACTIONS[s]] == [S]
+    assert [s for s in Thresholds.states if "swap" in ACTIONS[s]] == [D, L]
+    assert [s for s in Thresholds.states if "block" in ACTIONS[s]] == [L]

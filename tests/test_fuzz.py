@@ -78,12 +78,20 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
         seen["migrations"] += len(cfg.migrations) > 0
         seen["policy"] += "policy" in case.raw
         seen["migration section"] += "migration" in case.raw
+        seen["vsphere6"] += cfg.policy.free_states == "vsphere6"
         seen["count"] += any("count" in e for e in case.raw["hosts"] + case.raw["vms"])
     for kind in fuzz.KINDS:
         assert seen[f"kind:{kind}"] > 0, kind
     for feature in ("pinned host", "min_mb", "max_mb", "pinned_mb", "balloon off"):
         assert seen[feature] > 0, feature
-    for feature in ("custom image", "migrations", "policy", "migration section", "count"):
+    for feature in (
+        "custom image",
+        "migrations",
+        "policy",
+        "migration section",
+        "count",
+        "vsphere6",
+    ):
         assert seen[feature] > 0, feature
     page_classes = ("image classes", "family class", "image_mb", "kernel_fraction")
     for feature in (*page_classes, "VM on a class image", "batch classes"):
