@@ -32,6 +32,8 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         minor_fault_s=p.minor_fault_us / 1e6,
         reclamation=p.reclamation,
         working_set=p.working_set,
+        large_pages=p.large_pages,
+        large_page_break_state=p.large_page_break_state,
     )
 
 

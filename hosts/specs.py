@@ -48,6 +48,9 @@ class HostPolicy:
     reclamation: str = "esx"  # reclamation victim policy (vmmsim.policies)
     working_set: str = "esx_sampler"  # working-set estimator (vmmsim.policies)
     index_entry_bytes: int = 16  # host memory per sharing-index entry (paper, sec. 4.3)
+    # Large pages (hosts.large_pages): guest memory in 2 MB pages, broken under pressure.
+    large_pages: bool = False
+    large_page_break_state: str = "soft"  # a free-memory state name (MemState), lower case
 
 
 @dataclass(frozen=True)
