@@ -89,6 +89,9 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         if len(set(levels)) == 4 and levels[3] >= 0:
             p["free_high"], p["free_soft"], p["free_hard"], p["free_low"] = levels
     maybe("share_salting", rng.choice([0, 1, 2]))
+    # Large pages (hosts/large_pages.py): on in a quarter of configs, any break state.
+    maybe("large_pages", rng.random() < 0.5)
+    maybe("large_page_break_state", rng.choice(["high", "soft", "hard", "low"]))
     return p
 
 

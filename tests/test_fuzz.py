@@ -79,12 +79,14 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
         seen["policy"] += "policy" in case.raw
         seen["migration section"] += "migration" in case.raw
         seen["count"] += any("count" in e for e in case.raw["hosts"] + case.raw["vms"])
+        seen["large pages"] += cfg.policy.large_pages
     for kind in fuzz.KINDS:
         assert seen[f"kind:{kind}"] > 0, kind
     for feature in ("pinned host", "min_mb", "max_mb", "pinned_mb", "balloon off"):
         assert seen[feature] > 0, feature
     for feature in ("custom image", "migrations", "policy", "migration section", "count"):
         assert seen[feature] > 0, feature
+    assert seen["large pages"] > 0
     page_classes = ("image classes", "family class", "image_mb", "kernel_fraction")
     for feature in (*page_classes, "VM on a class image", "batch classes"):
         assert seen[feature] > 0, feature
