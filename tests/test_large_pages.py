@@ -14,7 +14,10 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import test_host_memory_properties as prop
 from hostkit import CB, TEST_IMAGE, apply, keyed, make_mem, make_policy, pages, vm_spec, write_keys
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from runkit import small_config, summary_of, write_config
 from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import ConfigError, parse_config
@@ -335,3 +338,63 @@ def test_bad_values_and_events_are_refused_in_one_line():
         parse_config(tomllib.loads(small_config(extra=ev)))
     ok = '[[events]]\ntime_s = 5\nset = { "policy.large_page_break_state" = "high" }\n'
     parse_config(tomllib.loads(small_config(policy="large_pages = true", extra=ok)))
+
+
+# ---------------------------------------------------------------------------- properties
+LP_OP = st.one_of(
+    prop.op,
+    st.tuples(st.just("back"), prop.vm_ids, prop.page_sets),
+    st.tuples(st.just("seen"), prop.vm_ids, prop.page_sets),
+    st.tuples(st.just("break"), prop.vm_ids, prop.page_sets),
+)
+
+
+class LargeDriver(prop.Driver):
+    """The property driver of ``test_host_memory_properties`` with 4-page large pages on
+    VMs 0 and 1: first-touch backing, scanner visits and breaks in between the ops."""
+
+    def __init__(self, sharing_vm2: bool) -> None:
+        super().__init__(sharing_vm2)
+        for pm in self.pmaps[:2]:
+            pm.large = LargePages(prop.N_PAGES, 4)
+
+    def step(self, o) -> None:
+        kind, vm = o[0], o[1]
+        lp = self.pmaps[vm].large
+        if kind not in ("back", "seen", "break"):
+            super().step(o)
+        elif lp is None:
+            return
+        elif kind == "back":  # as the host: back what fits, the rest gets 4 KB pages
+            regions, need = lp.to_back(self.pmaps[vm].state)
+            fit = int(np.searchsorted(np.cumsum(need), self.mem.n_free, side="right"))
+            self.mem.back_large(vm, regions[:fit])
+            self.mem.break_large(vm, regions[fit:], scan=False)
+        elif kind == "seen":
+            lp.mark_seen(np.asarray(o[2], dtype=np.int64))
+        else:
+            regions = lp.regions_of(np.asarray(o[2], dtype=np.int64))
+            self.mem.break_large(vm, regions[lp.backed[regions]])
+
+    def check(self) -> None:
+        super().check()
+        for pm in self.pmaps[:2]:
+            assert shared_in_intact_n(pm) == 0
+
+
+def shared_in_intact_n(pmap) -> int:
+    lp = pmap.large
+    st_ = pmap.state[: lp.n_regions * lp.region_pages].reshape(lp.n_regions, lp.region_pages)
+    return int((st_[lp.intact] == ps.SHARED).sum())
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(LP_OP, max_size=40), sharing_vm2=st.booleans())
+def test_large_pages_never_lose_or_leak_content(ops, sharing_vm2):
+    d = LargeDriver(sharing_vm2)
+    for o in ops:
+        d.step(o)
+        d.check()
+    for vm in range(prop.N_VMS):  # scans after everything: still nothing intact shares
+        d.mem.scan(vm, np.arange(prop.N_PAGES))
+        d.check()
