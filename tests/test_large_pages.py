@@ -23,6 +23,8 @@ from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import ConfigError, parse_config
 from vmmsim.cluster.host_pool import InProcessPool
 from vmmsim.cluster.migration_transfer import admit, precopy_round, stop_and_copy
+from vmmsim.cluster.report import run_summary
+from vmmsim.cluster.run_data import load_run
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.free_memory import MemState
@@ -317,6 +319,7 @@ def test_checkpoint_resume_with_large_pages(tmp_path):
     assert summary_of(out)["final_digest"] == summary_of(base)["final_digest"]
     full = pq.read_table(base / "metrics.parquet")
     assert full["host_large_broken"].to_numpy().max() > 0  # pages broke in this run
+    assert "    large pages: " in run_summary(load_run(base))  # vmmsim report's text
 
 
 def test_record_replay_with_large_pages(tmp_path, capsys):
