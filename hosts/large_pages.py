@@ -118,7 +118,8 @@ class LargePages:
 
     def mark_seen(self, ppns: np.ndarray) -> None:
         """The scanner visited ``ppns``: those in intact large pages are hashed (hints)."""
-        r = np.asarray(ppns, dtype=np.int64) // self.region_pages
+        ppns = np.asarray(ppns, dtype=np.int64)
+        r = ppns // self.region_pages
         m = r < self.n_regions
         m[m] = self.intact[r[m]] & self.backed[r[m]]
         self.seen[ppns[m]] = True
