@@ -93,6 +93,9 @@ def _policy(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.3 and "free_high" not in p:
         p["free_states"] = "vsphere6"
         maybe("share_scan_clear_factor", _r(rng.uniform(1, 8)))
+    # Large pages (hosts/large_pages.py): on in a quarter of configs, any break state.
+    maybe("large_pages", rng.random() < 0.5)
+    maybe("large_page_break_state", rng.choice(["high", "soft", "hard", "low"]))
     return p
 
 

@@ -863,6 +863,8 @@ _EVENT_FIXED = {
     "policy.vm_overhead_mb": "VM overhead is reserved at admission and fixed for the run",
     "policy.share_salting": "a VM's sharing salt is fixed at boot (its shared frames carry it)",
     "policy.free_states": "a host's state model is fixed at boot (its states and counts)",
+    "policy.large_pages": "guest memory is backed by large pages from boot (ESX never forms "
+    "large pages from 4 KB ones later)",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from vmmsim.hosts.large_pages import state_names
 from vmmsim.workloads import registry
 from vmmsim.workloads.images import BUILTIN_IMAGES, ImageSpec
 
@@ -449,6 +450,24 @@ class PolicyConfig:
     working_set: str = opt(
         "esx_sampler",
         f"working-set estimator, active fraction from sampling: esx_sampler, or {_PLUGIN}",
+    )
+    # Large pages (hosts/large_pages.py).
+    large_pages: bool = opt(
+        False,
+        "back guest memory with 2 MB machine pages (ESX 3.5+ with hardware MMU "
+        "virtualisation; VMware 'Large Page Performance', 2008): a whole 2 MB page at the "
+        "first touch of any page in it; no sharing, ballooning or VMM swapping inside an "
+        "intact one -- ballooning or swapping a page breaks its large page first, and the "
+        "sharing scan breaks those it visits from `large_page_break_state` on (VMware KB "
+        "1021095); broken ones stay broken",
+    )
+    large_page_break_state: str = opt(
+        "soft",
+        "free-memory state from which the sharing scan breaks the large pages it visits, "
+        "and new memory gets 4 KB pages: ESX 5.x breaks them on the way to 'soft' (the "
+        "default); vSphere 6 already in its 'clear' state (VMware KB 1021095, 'Understanding "
+        "Memory Resource Management in VMware vSphere 5.0', 2011)",
+        one_of(*state_names()),
     )
 
     def validate(self) -> list[str]:

@@ -89,6 +89,14 @@ def run_summary(d: RunData) -> str:
             f"shared {h['shared_mb']:.1f} MB, saved {h['saved_mb']:.1f} MB, "
             f"swap {h['swap_used_mb']:.1f} MB; states {state_shares(h.get('state_ticks', {}))}"
         )
+        if "large_pages" in h:  # policy.large_pages (hosts/large_pages.py)
+            lp = h["large_pages"]
+            first = lp["first_break_s"]
+            lines.append(
+                f"    large pages: {lp['intact']} intact, {lp['broken']} broken, "
+                f"{lp['small']} regions in 4 KB pages; first broken "
+                + ("never" if first is None else f"at {first:g} s")
+            )
     tick = d.cols["tick"]
     half = (int(tick.max()) + 1) // 2
     late = tick >= half

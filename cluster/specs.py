@@ -34,6 +34,8 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         working_set=p.working_set,
         free_states=p.free_states,
         share_scan_clear_factor=p.share_scan_clear_factor,
+        large_pages=p.large_pages,
+        large_page_break_state=p.large_page_break_state,
     )
 
 

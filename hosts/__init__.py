@@ -4,6 +4,7 @@ Each mechanism's home (see ``docs/layout.md``):
 
 * ballooning -- :mod:`hosts.balloon` (guest-side bookkeeping in :mod:`hosts.guest_os`).
 * page sharing -- :mod:`hosts.sharing` (``index``: the xxh3 index; ``scan``: scan + merge).
+* large pages -- :mod:`hosts.large_pages` (2 MB regions per VM: intact, backed, seen).
 * VMM swapping -- :mod:`hosts.vmm_swap` (store); victim choice ``VirtualMachine.swap_out_random``.
 * the guest OS -- :mod:`hosts.guest_os` (page table, clock, guest swap),
   kernel :mod:`hosts.guest_os_kernel`.

@@ -4,7 +4,8 @@ Scope: the balloon's cap and its two moves, for one VM.  *Inflating* by ``k`` pa
 guest's balloon driver allocates ``k`` physical pages (free ones first; if it has too few,
 the guest pages out its coldest by its own clock, :meth:`hosts.guest_os.GuestOS.choose_victims`)
 and pins them; the VMM then releases their machine frames (state
-:data:`hosts.page_state.BALLOONED`).  *Deflating*: the VMM gives the pages back untouched
+:data:`hosts.page_state.BALLOONED`), breaking first any intact large page holding one
+(:mod:`hosts.large_pages`).  *Deflating*: the VMM gives the pages back untouched
 and the driver frees them in the guest.  The guest decides what to give up -- that is the
 point of the balloon.
 

@@ -3,10 +3,14 @@
 Scope, per tick, in this fixed order (VMs always in name order):
 
 1. working-set sampling: at each period boundary close the old period, mark a new sample;
-2. each VM runs one workload step (unless blocked in the LOW state or paused);
+2. each VM runs one workload step (unless blocked in the LOW state or paused); with large
+   pages (``policy.large_pages``), the large pages first touched in the step are backed
+   whole (:meth:`HostMemoryManager.back_large_pages`);
 3. the page-sharing scanner visits pages at ``scan_vm_pages_per_s`` per VM, capped at
    ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
-   then the index's own memory is charged to the host (:meth:`charge_index`);
+   then the index's own memory is charged to the host (:meth:`charge_index`); from the
+   free-memory state ``policy.large_page_break_state`` on, it breaks the large pages it
+   visits (:mod:`hosts.large_pages`);
 4. reclamation by free-memory state (:mod:`hosts.reclamation`, victims chosen by the
    ``reclamation`` policy): balloon in SOFT (swap a VM only if it cannot be ballooned),
    swap (no ballooning) in HARD, and in LOW also block VMs above target on the next tick;
@@ -34,7 +38,8 @@ from vmmsim.hosts import reclamation
 from vmmsim.hosts.allocation import AllocationInput, allocate
 from vmmsim.hosts.errors import OutOfFrames
 from vmmsim.hosts.free_memory import MemState
-from vmmsim.hosts.host_memory import HostMemory, index_frames_for
+from vmmsim.hosts.host_memory import HostMemory, ScanStats, index_frames_for
+from vmmsim.hosts.large_pages import LargePages, breaks_at, region_pages
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.min_free import thresholds_for
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
@@ -93,6 +98,7 @@ class HostMemoryManager:
         self.state_ticks = np.zeros(max(self.thresholds.states) + 1, dtype=np.int64)
         self.shared_series: list[int] = []
         self.tick_saved = 0  # saved pages at the end of the last tick (metrics)
+        self.large_first_break: int | None = None  # first tick a large page broke here
         # Recording (cluster/recording.py): off unless asked, so normal runs pay nothing.
         self.digest_every_tick = False  # append digest() to tick_digests after each tick
         self.tick_digests: list[str] = []
@@ -122,6 +128,8 @@ class HostMemoryManager:
             raise OutOfFrames(f"{self.name}: no room for the overhead of {vm.name}")
         group = self.groups.setdefault(vm.spec.sharing_group, len(self.groups))
         vm.group_id = group
+        if self.policy.large_pages and vm.pmap.large is None:  # booted, or arriving
+            vm.pmap.large = LargePages(vm.spec.n_pages, region_pages(self.sim.page_size))
         vm.vm_id = self.mem.attach(vm.pmap, group, vm.spec.sharing, vm.overhead_pages)
         vm.sampler.estimator = self.estimator
         self.vms[vm.name] = vm
@@ -257,6 +265,8 @@ class HostMemoryManager:
         for name in self.order:
             vm = self.vms[name]
             vm.tick = c = TickCounters()
+            if vm.pmap.large is not None:
+                vm.pmap.large.tick_broken = 0
             pause = self.paused.pop(name, 0.0)
             if name in self.blocked:
                 c.paused = 1.0
@@ -282,6 +292,8 @@ class HostMemoryManager:
                 if self.access_log is not None:
                     self.access_log.append((vm.name, vm.steps - 1, t, acc))
                 written.append((vm.name, acc.writes))
+        if self.policy.large_pages:
+            self.back_large_pages()
         t2 = thread_time()
         ph["vm_steps"] += t2 - t1
         self._scan(t)
@@ -292,6 +304,9 @@ class HostMemoryManager:
         t4 = thread_time()
         ph["reclaim"] += t4 - t3
         self.state_ticks[self.mstate] += 1
+        if self.large_first_break is None and self.policy.large_pages:
+            if any(v.pmap.large.tick_broken for v in self.vms.values() if v.pmap.large):
+                self.large_first_break = t
         shared = self.shared_pages()
         self.shared_series.append(shared)
         self.tick_saved = shared - self.mem.index.n_shared_frames()
@@ -338,6 +353,7 @@ class HostMemoryManager:
         names = [n for n in self.order if self.vms[n].spec.sharing]
         if not names:
             return
+        breaking = self.policy.large_pages and breaks_at(self.mstate, p.large_page_break_state)
         r = t % len(names)
         for name in names[r:] + names[:r]:
             vm = self.vms[name]
@@ -348,14 +364,53 @@ class HostMemoryManager:
                 continue
             vm.scan_credit -= n
             self.scan_credit -= n
-            s = self.mem.scan(vm.vm_id, vm.scan_candidates(n))
+            cand = vm.scan_candidates(n)
+            if vm.pmap.large is not None and vm.pmap.large.n_intact:
+                vm.pmap.large.mark_seen(cand)  # hashed: hints kept for when they break
+                if breaking:
+                    cand = self._break_scanned(vm, cand)
+            s = self.mem.scan(vm.vm_id, cand)
             vm.tick.scanned += n
-            st = vm.stats
-            st.scanned += n
-            st.merged += s.merged
-            st.hint_hits += s.hint_hits
-            st.hint_stale += s.hint_stale
-            st.collisions += s.collisions
+            vm.stats.scanned += n
+            _count_scan(vm, s)
+
+    def _break_scanned(self, vm: VirtualMachine, cand: np.ndarray) -> np.ndarray:
+        """Break the intact large pages among the scan's candidates ``cand`` (their pages
+        the scanner has hashed, ``cand`` among them, are scanned at once,
+        :meth:`HostMemory.break_large`); return the candidates outside them, left for the
+        ordinary scan."""
+        lp = vm.pmap.large
+        regions = lp.regions_of(cand)
+        regions = regions[lp.backed[regions]]  # (a region not backed yet has nothing)
+        if not len(regions):
+            return cand
+        _count_scan(vm, self.mem.break_large(vm.vm_id, regions))
+        return cand[~np.isin(cand // lp.region_pages, regions)]
+
+    def back_large_pages(self) -> None:
+        """Back the large pages the tick's steps touched first (:mod:`hosts.large_pages`):
+        ESX backs a whole 2 MB page at the first touch of any 4 KB page in it (the
+        zeroed rest is memory the guest has not asked for: large-page bloat).  VMs in
+        name order, regions in address order, each while the host has the frames for it
+        and is not in the break state or beyond (``policy.large_page_break_state``);
+        the others are backed by 4 KB pages for good (ESX falls back to small pages when
+        it cannot get a large page, and never promotes them later)."""
+        pressure = breaks_at(self.mstate, self.policy.large_page_break_state)
+        for name in self.order:
+            vm = self.vms[name]
+            lp = vm.pmap.large
+            if lp is None:
+                continue
+            regions, need = lp.to_back(vm.pmap.state)
+            if not len(regions):
+                continue
+            fit = 0
+            if not pressure:
+                fit = int(np.searchsorted(np.cumsum(need), self.mem.n_free, side="right"))
+            if fit:
+                self.mem.back_large(vm.vm_id, regions[:fit])
+            if fit < len(regions):
+                self.mem.break_large(vm.vm_id, regions[fit:], scan=False)
 
     def _reclaim(self) -> None:
         reclamation.reclaim(self, self.reclaim_policy, self.policy.reclamation)
@@ -398,6 +453,22 @@ class HostMemoryManager:
             },
             "emergency_swapped_pages": self.emergency_swaps,
             "vms": sorted(self.vms),
+            **({"large_pages": self.large_page_summary()} if self.policy.large_pages else {}),
+        }
+
+    def large_page_summary(self) -> dict:
+        """Large pages of this host now (:mod:`hosts.large_pages`): intact and broken
+        large pages, regions never backed by one, pages shared at once when their large
+        page broke, and when the first large page broke (the start of its tick, seconds;
+        None: none yet)."""
+        lps = [v.pmap.large for v in self.vms.values() if v.pmap.large is not None]
+        t = self.large_first_break
+        return {
+            "intact": sum(lp.n_intact for lp in lps),
+            "broken": sum(lp.n_broken for lp in lps),
+            "small": sum(lp.n_small for lp in lps),
+            "shared_at_break": sum(lp.shared_at_break for lp in lps),
+            "first_break_s": None if t is None else t * self.sim.tick_s,
         }
 
     def digest(self, full: bool = False, written: list[tuple[str, Any]] | None = None) -> str:
@@ -422,6 +493,10 @@ class HostMemoryManager:
             for a in (vm.pmap.state, vm.pmap.loc, vm.guest.v2p, vm.guest.vstate, vm.pmap.counts):
                 h.update(a.tobytes())
             h.update(f"{vm.steps}|{vm.target}|{vm.guest.n_ballooned}".encode())
+            if vm.pmap.large is not None:
+                h.update(vm.pmap.large.intact.tobytes())
+                h.update(vm.pmap.large.backed.tobytes())
+                h.update(vm.pmap.large.seen.tobytes())
         for name, pages in written or ():
             vm = self.vms.get(name)
             if vm is None or not len(pages):
@@ -442,3 +517,12 @@ class HostMemoryManager:
         self.mem.check_invariants()
         for name in self.order:
             self.vms[name].check_invariants()
+
+
+def _count_scan(vm: VirtualMachine, s: ScanStats) -> None:
+    """Add a scan's outcome to the VM's totals."""
+    st = vm.stats
+    st.merged += s.merged
+    st.hint_hits += s.hint_hits
+    st.hint_stale += s.hint_stale
+    st.collisions += s.collisions

@@ -7,6 +7,12 @@ vectorised over a batch of guest pages, the host frames the sharing index itself
 (:meth:`charge_index`), and ``check_invariants()`` over all of it.  Callers pass *unique*
 guest page numbers.
 
+Large pages (:mod:`hosts.large_pages`, a VM whose ``pmap.large`` is set): the scan never
+shares a page of an intact large page; VMM swapping and ballooning a page break its large
+page first (:meth:`break_large`, which runs the sharing scan over the broken page's
+other pages at once: ESX kept their hashes); :meth:`back_large` backs the rest of a large
+page at its first touch.
+
 Writes replace whole pages (the access model is page-granular), so the copy a real COW
 break makes is subsumed by the write itself; the fault is still counted.
 
@@ -23,7 +29,7 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.machine_memory import MachineMemory
 from vmmsim.hosts.phys_map import PhysMap
-from vmmsim.hosts.sharing.index import SharingIndex, hash_page
+from vmmsim.hosts.sharing.index import NONE, SharingIndex, hash_page
 from vmmsim.hosts.sharing.scan import merge_pages, scan_batch
 from vmmsim.hosts.vmm_swap import SwapStore
 
@@ -224,8 +230,13 @@ class HostMemory:
         return len(freed)
 
     def release(self, vm: int, ppns: np.ndarray, to_state: int) -> int:
-        """Drop the backing of pages (balloon inflation, migration away); frames freed."""
+        """Drop the backing of pages (balloon inflation, migration away); frames freed.
+
+        Ballooning a page of an intact large page breaks it first (:meth:`break_large`)."""
         pmap = self.vms[vm].pmap
+        freed = 0
+        if pmap.large is not None and to_state == ps.BALLOONED:
+            freed = self._break_for(vm, ppns)
         st = pmap.state[ppns]
         res = ppns[(st == ps.MAPPED) | (st == ps.SHARED)]
         frames = pmap.loc[res].copy()
@@ -233,7 +244,7 @@ class HostMemory:
         sw = ppns[st == ps.VMM_SWAPPED]
         self.swap.free(pmap.loc[sw].copy())
         pmap.set_state(ppns, to_state, -1)
-        return self.decref(frames)
+        return freed + self.decref(frames)
 
     def page_out(self, vm: int, ppns: np.ndarray) -> tuple[int, ScanStats]:
         """VMM page-out of resident pages, sharing first; return (frames freed, scan).
@@ -250,9 +261,10 @@ class HostMemory:
         st = pmap.state[ppns]
         if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
             raise InvariantError("page_out of a page that is not resident")
+        freed = self._break_for(vm, ppns) if pmap.large is not None else 0
         s = self.scan(vm, ppns[st == ps.MAPPED])
         out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
-        return s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
+        return freed + s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
 
     def swap_out(self, vm: int, ppns: np.ndarray) -> int:
         """Write resident pages to the swap store; return how many frames that freed.
@@ -264,11 +276,12 @@ class HostMemory:
         st = pmap.state[ppns]
         if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
             raise InvariantError("swap_out of a page that is not resident")
+        freed = self._break_for(vm, ppns) if pmap.large is not None else 0
         frames = pmap.loc[ppns].copy()
         slots = self.swap.put(self.frames.content[frames])
         pmap.n_zero_shared -= int(self.zero[frames].sum())
         pmap.set_state(ppns, ps.VMM_SWAPPED, slots)
-        return self.decref(frames)
+        return freed + self.decref(frames)
 
     # ------------------------------------------------------------------ sharing
     def scan(self, vm: int, ppns: np.ndarray) -> ScanStats:
@@ -292,6 +305,8 @@ class HostMemory:
         pmap = slot.pmap
         stats = ScanStats()
         cand = ppns[pmap.state[ppns] == ps.MAPPED]
+        if pmap.large is not None:  # never a page of an intact large page
+            cand = cand[~pmap.large.in_intact(cand)]
         stats.scanned = len(cand)
         if not len(cand) or not slot.sharing:
             return stats
@@ -356,6 +371,49 @@ class HostMemory:
             opmap.set_state(fr.owner_ppn[of].astype(np.int64), ps.SHARED, of)
             opmap.n_zero_shared += int(self.zero[of].sum())
 
+    # ------------------------------------------------------------------ large pages
+    def break_large(
+        self, vm: int, regions: np.ndarray, *, scan: bool = True, spare: np.ndarray | None = None
+    ) -> ScanStats:
+        """Break the intact large pages ``regions`` (sorted, unique) of ``vm`` into 4 KB
+        pages; with ``scan`` (and the VM sharing), run the sharing scan at once over their
+        pages the scanner had hashed (``seen``), ``spare`` excepted -- ESX kept hints for
+        the small pages inside large pages, so those share as soon as the large page is
+        broken.  Returns that scan's stats (``frames_freed``: frames sharing freed)."""
+        lp = self.vms[vm].pmap.large
+        regions = np.asarray(regions, dtype=np.int64)
+        if lp is None or not len(regions):
+            return ScanStats()
+        pages = lp.take_seen(regions)
+        lp.mark_broken(regions)
+        if not scan or not self.vms[vm].sharing or not len(pages):
+            return ScanStats()
+        if spare is not None and len(spare):
+            pages = pages[~np.isin(pages, spare)]
+        s = self.scan(vm, pages)
+        lp.shared_at_break += s.merged + s.hint_hits
+        return s
+
+    def _break_for(self, vm: int, ppns: np.ndarray) -> int:
+        """Break the intact large pages holding any of ``ppns`` (to be swapped or
+        ballooned: ESX breaks a large page when it must reclaim a small page from it);
+        return the frames the scan of their other pages freed."""
+        regions = self.vms[vm].pmap.large.regions_of(ppns)
+        if not len(regions):
+            return 0
+        return self.break_large(vm, regions, spare=ppns).frames_freed
+
+    def back_large(self, vm: int, regions: np.ndarray) -> int:
+        """Back intact, not yet backed ``regions`` of ``vm`` with a large page each: their
+        untouched pages get zeroed frames (ESX backs the whole 2 MB at the first touch of
+        any 4 KB page in it).  Returns the frames taken."""
+        pmap = self.vms[vm].pmap
+        pages = pmap.large.pages_of(regions)
+        new = pages[pmap.state[pages] == ps.UNTOUCHED]
+        self._back(vm, pmap, new, fill=True, f=Faults())
+        pmap.large.mark_backed(np.asarray(regions, dtype=np.int64))
+        return len(new)
+
     # ------------------------------------------------------------------ migration
     def install(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> None:
         """Back pages with given contents as private frames (migration arrival)."""
@@ -376,6 +434,8 @@ class HostMemory:
             raise InvariantError("installing over a page that is already backed")
         if not self.frames.shared[frames].all() or (self.index.group[frames] != slot.group).any():
             raise InvariantError("install_shared onto a frame not shared in the VM's group")
+        if pmap.large is not None and pmap.large.in_intact(ppns).any():
+            raise InvariantError("install_shared into an intact large page")
         pmap.set_state(ppns, ps.SHARED, frames)
         np.add.at(self.frames.refcount, frames, np.int32(1))
         pmap.n_zero_shared += int(self.zero[frames].sum())
@@ -408,6 +468,11 @@ class HostMemory:
                 raise InvariantError(f"vm {vm}: shares a frame outside its sharing group")
             if int(self.zero[sf].sum()) != pmap.n_zero_shared:
                 raise InvariantError(f"vm {vm}: zero-shared count is off")
+            if pmap.large is not None:
+                pmap.large.check_invariants(st)
+                lf = loc[mapped[pmap.large.in_intact(mapped)]]
+                if (self.index.kind[lf] != NONE).any():
+                    raise InvariantError(f"vm {vm}: a page of an intact large page is indexed")
         ix = self.index_frames
         refs += np.bincount(ix, minlength=n)
         if len(ix) and (fr.shared[ix].any() or (fr.owner_vm[ix] != -1).any()):

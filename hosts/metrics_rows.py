@@ -24,6 +24,8 @@ class HostView(Protocol):
     mstate: Any  # hosts.free_memory.MemState
     mem: Any  # hosts.host_memory.HostMemory: n_free
     tick_saved: int
+    policy: Any  # hosts.specs.HostPolicy: large_pages
+    vms: dict[str, Any]  # name -> VirtualMachine
 
 
 # name -> numpy dtype; the order here is the column order of metrics.parquet.
@@ -51,6 +53,13 @@ COLUMNS: dict[str, str] = {
     "host_state": "str",
     "host_free_mb": "float64",
     "host_saved_mb": "float64",
+    # Large pages (hosts.large_pages; all 0 without them): the VM's intact and broken 2 MB
+    # pages, those broken in the tick, and the host's intact and broken ones.
+    "large_pages": "int64",
+    "large_broken": "int64",
+    "large_broken_tick": "int64",
+    "host_large_pages": "int64",
+    "host_large_broken": "int64",
 }
 
 
@@ -64,6 +73,10 @@ class MetricRows:
     def host_part(host: HostView, t: int) -> tuple:
         """The values every row of host ``host`` at tick ``t`` shares (computed once)."""
         mb = host.sim.page_size / 2**20
+        large = (0, 0)
+        if host.policy.large_pages:
+            lps = [v.pmap.large for v in host.vms.values() if v.pmap.large is not None]
+            large = (sum(lp.n_intact for lp in lps), sum(lp.n_broken for lp in lps))
         return (
             t,
             t * host.sim.tick_s,
@@ -72,11 +85,14 @@ class MetricRows:
             host.mem.n_free * mb,
             host.tick_saved * mb,
             mb,
+            large,
         )
 
     def add(self, host: HostView, vm: VirtualMachine, throughput: float, host_part: tuple) -> None:
         """One row: VM ``vm`` of ``host`` in the tick of ``host_part`` (:meth:`host_part`)."""
-        t, time_s, host_name, state, free_mb, saved_mb, mb = host_part
+        t, time_s, host_name, state, free_mb, saved_mb, mb, host_large = host_part
+        lp = vm.pmap.large
+        large = (0, 0, 0) if lp is None else (lp.n_intact, lp.n_broken, lp.tick_broken)
         counts = vm.pmap.counts.tolist()
         c = vm.tick
         sampler = vm.sampler
@@ -105,6 +121,8 @@ class MetricRows:
                 state,
                 free_mb,
                 saved_mb,
+                *large,
+                *host_large,
             )
         )
 

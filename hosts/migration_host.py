@@ -39,6 +39,15 @@ ballooned pages, and releases everything the VM held on the source; destination
 shared frame of its group when the bytes are equal (real byte compare), else a private
 frame -- and pauses it for the downtime.
 
+Large pages (``policy.large_pages``): the destination backs the VM with large pages again,
+as ESX allocates guest memory at the destination as it does at power-on: every 2 MB
+region without a ballooned page is an intact large page again (not if the destination
+is in the break state or beyond: 4 KB pages then), its pages installed as private frames
+(never onto shared ones), the rest of it backed at the next tick
+(:meth:`hosts.host_manager.HostMemoryManager.back_large_pages`).  What broke on the
+source does not travel: a large page is a property of the host's backing, not of the
+guest.
+
 Admission (:func:`can_accept`, pure core :func:`admission_reason`): the destination's free
 frames above its HIGH-state reserve must hold the VM's allocated pages + overhead, and
 the destination with the VM (incoming ones included) must pass ESX admission control
@@ -58,6 +67,7 @@ from vmmsim.hosts import migration_host_kernel as mk
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.host_manager import HostMemoryManager
+from vmmsim.hosts.large_pages import breaks_at
 from vmmsim.hosts.phys_map import PhysMap
 from vmmsim.hosts.snapshot import restore_vm, vm_state
 from vmmsim.hosts.specs import VMSpec
@@ -429,8 +439,15 @@ def attach_migrated(
     state = {k: v for k, v in arrays.items() if not k.startswith(_MIG)}
     vm = restore_vm(spec, host.sim, host.policy, state, meta)
     host.attach(vm)
-    shared = _install(host, vm.vm_id, spec.sharing, vm.group_id, alloc, data)
-    vm.pmap.set_state(arrays[_MIG + "ballooned"], ps.BALLOONED, -1)
+    ballooned = arrays[_MIG + "ballooned"]
+    lp = vm.pmap.large
+    if lp is not None:  # large pages again, but none holding a ballooned page
+        small = lp.regions_of(ballooned)
+        if breaks_at(host.mstate, host.policy.large_page_break_state):
+            small = np.flatnonzero(lp.intact)
+        lp.mark_broken(small)
+    shared = _install(host, vm.vm_id, spec.sharing, vm.group_id, alloc, data, lp)
+    vm.pmap.set_state(ballooned, ps.BALLOONED, -1)
     if pause_ticks > 0:
         host.paused[spec.name] = pause_ticks
     return {"pages_migrated": len(alloc), "final_pages": len(stage_final), "shared": shared}
@@ -443,15 +460,21 @@ def _install(
     group: int,
     ppns: np.ndarray,
     data: np.ndarray,
+    large: Any = None,
 ) -> int:
-    """Back ``ppns`` with ``data``: shared frames where equal bytes are shared already."""
+    """Back ``ppns`` with ``data``: shared frames where equal bytes are shared already
+    (never inside an intact large page of ``large``, a :class:`LargePages`)."""
     mem = host.mem
     share = np.zeros(len(ppns), dtype=bool)
     frames = np.zeros(0, dtype=np.int64)
+    if large is not None and len(ppns) and large.in_intact(ppns).all():
+        sharing = False
     if sharing and len(ppns):
         if mem.index.n_shared_frames():
             h = native.hash_pages(data, np.arange(len(data), dtype=np.int64))
             cand = mem.index.find_shared(group, h)
+            if large is not None:
+                cand[large.in_intact(ppns)] = -1
             hit = np.flatnonzero(cand >= 0)
             same = mk.rows_equal(mem.frames.content, cand[hit], data, hit)  # byte compare
             share[hit[same]] = True

@@ -10,9 +10,14 @@ Not covered: changing frames or swap slots -- only :mod:`hosts.host_memory` does
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vmmsim.hosts.large_pages import LargePages
 
 
 class PhysMap:
@@ -30,6 +35,8 @@ class PhysMap:
         # Guest pages pinned for device I/O (never reclaimed): the host counts their frames
         # as locked when it sizes a step's chunks (hosts.host_memory.HostMemory.n_locked).
         self.n_pinned = 0
+        # Large-page regions (hosts.large_pages), when the host backs the VM with them.
+        self.large: LargePages | None = None
 
     def set_state(self, ppns: np.ndarray, new_state: int, loc: np.ndarray | int = -1) -> None:
         """Move unique pages ``ppns`` to ``new_state`` and keep the counts exact."""

@@ -32,7 +32,8 @@ only where ballooning is not possible; in the hard state it relies on paging; in
 state it also blocks the VMs above their targets.  Every VMM swap-out
 first offers the page to the sharing index (sec. 4.3: ESX always tries to share a page
 before paging it out): a page whose bytes match a shared or hinted frame is shared
-instead of swapped (:meth:`HostMemory.page_out`).
+instead of swapped (:meth:`HostMemory.page_out`).  With large pages
+(:mod:`hosts.large_pages`), ballooning or swapping a page breaks its large page first.
 
 The reclaim goal is ``free_target - free frames`` (:meth:`HostMemoryManager.free_target`);
 a VM's ``excess`` is its resident pages above its allocation target.

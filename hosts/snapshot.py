@@ -20,6 +20,7 @@ import numpy as np
 from vmmsim.hosts.free_memory import MemState
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.host_memory import VMSlot
+from vmmsim.hosts.large_pages import LargePages, region_pages
 from vmmsim.hosts.page_state import N_STATES
 from vmmsim.hosts.sharing.index import SharingIndex
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
@@ -47,6 +48,10 @@ def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, A
         a["pmap.state"] = vm.pmap.state
         a["pmap.loc"] = vm.pmap.loc
         a["pmap.dirty"] = vm.pmap.dirty
+    large = None
+    if with_map and vm.pmap.large is not None:  # (a migrating VM gets new large pages)
+        la, large = vm.pmap.large.state()
+        a.update({f"pmap.{k}": v for k, v in la.items()})
     s = vm.sampler
     meta = {
         "name": vm.name,
@@ -76,6 +81,8 @@ def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, A
         "vm_id": vm.vm_id,
         "group_id": vm.group_id,
     }
+    if large is not None:
+        meta["large"] = large
     return a, meta
 
 
@@ -104,6 +111,10 @@ def restore_vm(
         vm.pmap.dirty = _own(a["pmap.dirty"])
         vm.pmap.counts = np.bincount(vm.pmap.state, minlength=N_STATES).astype(np.int64)
         vm.pmap.n_zero_shared = meta["n_zero_shared"]
+    if "pmap.large.intact" in a:
+        la = {k[len("pmap.") :]: v for k, v in a.items() if k.startswith("pmap.large.")}
+        rp = region_pages(sim.page_size)
+        vm.pmap.large = LargePages.restore(spec.n_pages, rp, la, meta["large"])
     vm.steps, vm.target = meta["steps"], meta["target"]
     vm.stats = VMStats(**meta["stats"])
     vm.scan_credit, vm.scan_a, vm.scan_b, vm.scan_pos = meta["scan"]
@@ -151,6 +162,8 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
         "next_id": mem.next_id,
         "vms": vms,
     }
+    if host.policy.large_pages:
+        meta["large_first_break"] = host.large_first_break
     return a, meta
 
 
@@ -184,6 +197,7 @@ def restore_host(
     host.paused = dict(meta["paused"])
     host.blocked = set(meta["blocked"])
     host.emergency_swaps = meta["emergency_swaps"]
+    host.large_first_break = meta.get("large_first_break")
     host.state_ticks = _own(a["state_ticks"])
     host.shared_series = a["shared_series"].tolist()
     for name, info in meta["vms"].items():

@@ -51,6 +51,9 @@ class HostPolicy:
     # vSphere 6's five free-memory states (hosts.min_free) instead of ``thresholds``
     free_states: str = "esx2002"  # "esx2002" (the paper's four) or "vsphere6"
     share_scan_clear_factor: float = 1.0  # scan rate multiplier in CLEAR ("share actively")
+    # Large pages (hosts.large_pages): guest memory in 2 MB pages, broken under pressure.
+    large_pages: bool = False
+    large_page_break_state: str = "soft"  # a free-memory state name (MemState), lower case
 
 
 @dataclass(frozen=True)

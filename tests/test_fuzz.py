@@ -80,6 +80,7 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
         seen["migration section"] += "migration" in case.raw
         seen["vsphere6"] += cfg.policy.free_states == "vsphere6"
         seen["count"] += any("count" in e for e in case.raw["hosts"] + case.raw["vms"])
+        seen["large pages"] += cfg.policy.large_pages
     for kind in fuzz.KINDS:
         assert seen[f"kind:{kind}"] > 0, kind
     for feature in ("pinned host", "min_mb", "max_mb", "pinned_mb", "balloon off"):
@@ -93,6 +94,7 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
         "vsphere6",
     ):
         assert seen[feature] > 0, feature
+    assert seen["large pages"] > 0
     page_classes = ("image classes", "family class", "image_mb", "kernel_fraction")
     for feature in (*page_classes, "VM on a class image", "batch classes"):
         assert seen[feature] > 0, feature
