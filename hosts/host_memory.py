@@ -70,6 +70,9 @@ class HostMemory:
         self._locked: int | None = None  # cache of n_locked (None: count again)
         # Frames holding the sharing index's entries (charge_index): used, no owner.
         self.index_frames = np.zeros(0, dtype=np.int32)
+        # ESX offers every page it swaps to the sharing scan first (page_out); a KVM host
+        # (KSM, :mod:`hosts.sharing.ksm`) does not.
+        self.share_before_swap = True
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -250,6 +253,8 @@ class HostMemory:
         st = pmap.state[ppns]
         if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
             raise InvariantError("page_out of a page that is not resident")
+        if not self.share_before_swap:
+            return self.swap_out(vm, ppns), ScanStats()
         s = self.scan(vm, ppns[st == ps.MAPPED])
         out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
         return s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s

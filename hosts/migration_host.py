@@ -449,7 +449,8 @@ def _install(
     mem = host.mem
     share = np.zeros(len(ppns), dtype=bool)
     frames = np.zeros(0, dtype=np.int64)
-    if sharing and len(ppns):
+    # (On a KSM host pages arrive private: KSM merges them when it scans them.)
+    if sharing and len(ppns) and host.ksm is None:
         if mem.index.n_shared_frames():
             h = native.hash_pages(data, np.arange(len(data), dtype=np.int64))
             cand = mem.index.find_shared(group, h)
