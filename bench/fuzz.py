@@ -89,6 +89,17 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         if len(set(levels)) == 4 and levels[3] >= 0:
             p["free_high"], p["free_soft"], p["free_hard"], p["free_low"] = levels
     maybe("share_salting", rng.choice([0, 1, 2]))
+    # KVM-style host (issue 18 item 6): KSM and free page reporting.
+    if rng.random() < 0.3:
+        p["sharing_scanner"] = "ksm"
+        maybe("ksm_pages_to_scan", rng.choice([0, rng.randint(1, 2000)]))
+        maybe("ksm_sleep_millisecs", _r(rng.uniform(1, 200)))
+        maybe("ksm_max_page_sharing", rng.choice([2, 3, rng.randint(2, 512)]))
+        maybe("ksm_use_zero_pages", rng.random() < 0.5)
+    if rng.random() < 0.3:
+        p["free_page_reporting"] = True
+        maybe("free_page_reporting_delay_s", _r(rng.choice([0.0, rng.uniform(0, 10)])))
+        maybe("free_page_reporting_order", rng.choice([0, 2, 9]))
     return p
 
 
