@@ -6,7 +6,9 @@ Scope, per tick, in this fixed order (VMs always in name order):
 2. each VM runs one workload step (unless blocked in the LOW state or paused);
 3. the page-sharing scanner visits pages at ``scan_vm_pages_per_s`` per VM, capped at
    ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
-   then the index's own memory is charged to the host (:meth:`charge_index`);
+   then the index's own memory is charged to the host (:meth:`charge_index`); on a
+   KVM-style host KSM scans instead (:mod:`hosts.sharing.ksm`), and free page reporting
+   (:mod:`hosts.free_page_reporting`, if on) unbacks the pages guests report free;
 4. reclamation by free-memory state (:mod:`hosts.reclamation`, victims chosen by the
    ``reclamation`` policy): balloon in SOFT (swap a VM only if it cannot be ballooned),
    swap (no ballooning) in HARD, and in LOW also block VMs above target on the next tick;

@@ -17,10 +17,10 @@ from vmmsim.hosts.vm import TickCounters
 
 
 def ksm_host(n_vms: int = 2, n_pages: int = 40, per_tick: int = 10, **kw):
-    """A host with KSM scanning ``per_tick`` pages a 1 s tick and ``n_vms`` idle VMs."""
-    policy = make_policy(
-        sharing_scanner="ksm", ksm_pages_to_scan=per_tick, ksm_sleep_millisecs=1000.0, **kw
-    )
+    """A host with KSM scanning ``per_tick`` pages a 1 s tick (one batch, unless
+    ``ksm_sleep_millisecs`` says otherwise) and ``n_vms`` idle VMs."""
+    kw.setdefault("ksm_sleep_millisecs", 1000.0)
+    policy = make_policy(sharing_scanner="ksm", ksm_pages_to_scan=per_tick, **kw)
     host = make_host(1024, 1024, policy=policy)
     for i in range(n_vms):
         host.boot_vm(vm_spec(f"vm{i}", n_pages))
@@ -87,9 +87,20 @@ def test_linear_scan_covers_every_page_in_ceil_n_over_pages_to_scan_rounds() -> 
     assert host.ksm.full_scans == 0
     tick(host)
     assert all(s.all() for s in host.ksm.seen.values())
-    # the pass ended when the walk wrapped; the rest of the round goes on from vm0
+    # the pass ended when the walk wrapped, and with it that wake-up's batch (ksm.c's
+    # scan_get_next_rmap_item returns NULL at the wrap): the next pass starts next tick
     assert host.ksm.full_scans == 1
-    assert host.ksm.cursor_vm == "vm0" and host.ksm.cursor_pos == rounds * 10 - total
+    assert host.ksm.cursor_vm == "vm0" and host.ksm.cursor_pos == 0
+    tick(host)
+    assert host.ksm.cursor_pos == 10
+
+
+def test_a_wrap_ends_only_its_own_batch() -> None:
+    host = ksm_host(n_vms=1, n_pages=25, per_tick=10, ksm_sleep_millisecs=250.0)
+    # (per_tick here is pages_to_scan: 4 wake-ups of 10 pages a 1 s tick)
+    fill(host, "vm0", np.arange(1, 26))  # 4 batches of 10 a tick: 25 pages, wrap, 10
+    tick(host)
+    assert host.ksm.full_scans == 1 and host.ksm.cursor_pos == 10
 
 
 def test_only_present_pages_count_against_pages_to_scan() -> None:

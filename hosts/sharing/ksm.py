@@ -227,7 +227,9 @@ class KsmScanner:
     # ------------------------------------------------------------------ the scan
     def run(self, host: HostMemoryManager) -> None:
         """One tick of ksmd: ``pages_to_scan`` present pages per ``sleep_millisecs``,
-        from the cursor on (fractions carried as credit, at most one tick's worth)."""
+        from the cursor on (fractions carried as credit, at most one tick's worth).  The
+        tick's pages are its wake-ups' batches back to back; as in the kernel, a batch
+        ends where the walk wraps (a full scan), the rest of it unused."""
         rate = self.params.pages_per_s() * host.sim.tick_s
         self.credit = min(self.credit + rate, rate + 1.0)
         budget = int(self.credit)
@@ -237,17 +239,22 @@ class KsmScanner:
         names = [n for n in host.order if host.vms[n].spec.sharing]
         if not names:
             return
-        empty_wraps = 0
+        batch = max(1, self.params.pages_to_scan)
+        start = budget
         got_since_wrap = 0
+        wrapped = False
         while budget > 0:
             name = next((n for n in names if n >= self.cursor_vm), None)
             if name is None:  # past the last VM: a full scan ends, the unstable tree empties
                 self.full_scans += 1
                 self.cursor_vm, self.cursor_pos = names[0], 0
-                empty_wraps = empty_wraps + 1 if got_since_wrap == 0 else 0
+                if wrapped and got_since_wrap == 0:
+                    break  # a whole pass found no present page: ksmd has nothing to do
+                wrapped = True
                 got_since_wrap = 0
-                if empty_wraps >= 2:
-                    break
+                # scan_get_next_rmap_item returns NULL at the wrap: the rest of that
+                # wake-up's batch of pages_to_scan is not scanned
+                budget -= (batch - (start - budget) % batch) % batch
                 continue
             if name != self.cursor_vm:
                 self.cursor_vm, self.cursor_pos = name, 0
