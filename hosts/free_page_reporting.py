@@ -24,14 +24,16 @@ Not covered: the free page *hinting* of live migration (``VIRTIO_BALLOON_F_FREE_
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.guest_os import FREE
 
-if TYPE_CHECKING:  # pragma: no cover
-    from vmmsim.hosts.host_manager import HostMemoryManager
+#: (The host manager that owns the reporter is passed in; annotated as Any, since
+#: hosts.host_manager imports this module.)
+HostMemoryManager = Any
 
 #: Per-VM metrics column when reporting is on: guest pages reported this tick.
 FPR_COLUMNS: dict[str, str] = {"reported_pages": "int64"}
@@ -85,8 +87,6 @@ class FreePageReporter:
 
     def check_invariants(self, host: HostMemoryManager) -> None:
         """Free-since ticks only for VMs here, only on free pages, never in the future."""
-        from vmmsim.hosts.errors import InvariantError
-
         for name, since in self.free_since.items():
             vm = host.vms.get(name)
             if vm is None or len(since) != vm.guest.n_pages:

@@ -324,7 +324,7 @@ class HostMemory:
             stats.hint_hits = len(promote)
             stats.merged = len(targets) - len(promote)
             if len(promote):
-                self._promote(promote)
+                self.promote_owners(promote)
             nz, n_freed, fr.n_free, err = merge_pages(
                 cand[ok_i].astype(np.int64, copy=False),
                 targets,
@@ -349,7 +349,7 @@ class HostMemory:
             stats.frames_freed = n_freed
         return stats
 
-    def _promote(self, frames: np.ndarray) -> None:
+    def promote_owners(self, frames: np.ndarray) -> None:
         """Owner pages of frames the scan just made shared become SHARED pages too.
 
         (The frames' flags, references and index entries are the kernel's work.)"""

@@ -40,7 +40,7 @@ page.  Not covered: ``merge_across_nodes`` (one NUMA node), ``smart_scan``, the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numba
 import numpy as np
@@ -50,9 +50,10 @@ from vmmsim.hosts.native import JIT, memcmp, xxh3_64
 from vmmsim.hosts.sharing.index import FULL, HINT, NONE, SHARED, delete, insert, lookup
 from vmmsim.hosts.sharing.scan import merge_pages
 
-if TYPE_CHECKING:  # pragma: no cover
-    from vmmsim.hosts.host_manager import HostMemoryManager
-    from vmmsim.hosts.host_memory import HostMemory
+#: (The host manager that owns the scanner and its HostMemory are passed in; annotated
+#: as Any, since hosts.host_manager imports this module.)
+HostMemoryManager = Any
+HostMemory = Any
 
 #: Host metrics columns (ksm.rst's ``/sys/kernel/mm/ksm/`` counters), when KSM is on.
 KSM_COLUMNS: dict[str, str] = {
@@ -295,7 +296,7 @@ class KsmScanner:
             raise InvariantError(f"ksm: index entry of frame {err} missing")
         self.volatile_seen += int(nvol)
         if len(promote):
-            mem._promote(promote)
+            mem.promote_owners(promote)
         if not len(targets):
             return 0, 0
         nz, n_freed, fr.n_free, err = merge_pages(
