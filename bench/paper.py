@@ -9,6 +9,8 @@ between the ``paper.py`` markers in ``docs/paper.md``, and its key rows the one 
 
 Rows marked ``5+`` go beyond the paper: its fig. 5 deployments under a later ESX
 mechanism (sharing salts), with the direction expected.
+Rows marked ``18`` (issue 18 item 6) run fig. 4's VMs on a KVM-style host (Linux KSM,
+``configs/kvm_ksm.toml``) beside the ESX scan, and free page reporting on fig. 8's host.
 
 Paper numbers are Waldspurger, "Memory Resource Management in VMware ESX Server", OSDI
 2002 (figs. 2, 4, 5, 6, 7, 8 and their text).  Where the paper gives a shape and no
