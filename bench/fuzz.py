@@ -95,7 +95,18 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         maybe("share_scan_clear_factor", _r(rng.uniform(1, 8)))
     # Large pages (hosts/large_pages.py): on in a quarter of configs, any break state.
     maybe("large_pages", rng.random() < 0.5)
-    maybe("large_page_break_state", rng.choice(["high", "soft", "hard", "low"]))
+    maybe("large_page_break_state", rng.choice(["high", "clear", "soft", "hard", "low"]))
+    # KVM-style host (issue 18 item 6): KSM and free page reporting (KSM: no large pages).
+    if rng.random() < 0.3 and not p.get("large_pages"):
+        p["sharing_scanner"] = "ksm"
+        maybe("ksm_pages_to_scan", rng.choice([0, rng.randint(1, 2000)]))
+        maybe("ksm_sleep_millisecs", _r(rng.uniform(1, 200)))
+        maybe("ksm_max_page_sharing", rng.choice([2, 3, rng.randint(2, 512)]))
+        maybe("ksm_use_zero_pages", rng.random() < 0.5)
+    if rng.random() < 0.3:
+        p["free_page_reporting"] = True
+        maybe("free_page_reporting_delay_s", _r(rng.choice([0.0, rng.uniform(0, 10)])))
+        maybe("free_page_reporting_order", rng.choice([0, 2, 9]))
     return p
 
 

@@ -590,6 +590,14 @@ def _check_limits(
         )
     for key in ("share_scan_vm_pages_per_s", "share_scan_host_pages_per_s"):
         _check_rate(f"policy.{key}", getattr(policy, key), tick, MAX_PAGES_PER_TICK, "pages")
+    ksm_rate = policy.ksm_pages_to_scan * 1000.0 / policy.ksm_sleep_millisecs
+    if not ksm_rate * tick <= MAX_PAGES_PER_TICK:
+        raise ConfigError(
+            "policy.ksm_pages_to_scan",
+            f"too fast: ksm_pages_to_scan per ksm_sleep_millisecs gives {ksm_rate * tick:.3g} "
+            f"pages per tick > {MAX_PAGES_PER_TICK:,}",
+            policy.ksm_pages_to_scan,
+        )
     for key in ("balloon_rate_pages_per_s", "swap_rate_pages_per_s"):
         _check_rate(f"policy.{key}", getattr(policy, key), tick, MAX_PAGES_PER_TICK, "pages")
     if (n := _pages(policy.vm_overhead_mb, ps)) > MAX_PAGES:
@@ -865,6 +873,15 @@ _EVENT_FIXED = {
     "policy.free_states": "a host's state model is fixed at boot (its states and counts)",
     "policy.large_pages": "guest memory is backed by large pages from boot (ESX never forms "
     "large pages from 4 KB ones later)",
+    # KVM-style host: the scanner's kind and KSM's trees are built at boot (Linux lets
+    # max_page_sharing and use_zero_pages change only with no KSM pages); free page
+    # reporting is a virtio feature negotiated when the guest's driver starts.
+    "policy.sharing_scanner": "the sharing scanner (esx or ksm) is chosen at boot",
+    "policy.ksm_max_page_sharing": "KSM's shared pages are capped as they form (fixed at boot)",
+    "policy.ksm_use_zero_pages": "KSM's zero pages are merged as they form (fixed at boot)",
+    "policy.free_page_reporting": "a virtio-balloon feature negotiated at the guest's boot",
+    "policy.free_page_reporting_delay_s": "part of free page reporting, fixed at boot",
+    "policy.free_page_reporting_order": "part of free page reporting, fixed at boot",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

@@ -469,6 +469,49 @@ class PolicyConfig:
         "Memory Resource Management in VMware vSphere 5.0', 2011)",
         one_of(*state_names()),
     )
+    # --- KVM-style host (issue 18 item 6): KSM and virtio-balloon free page reporting.
+    sharing_scanner: str = opt(
+        "esx",
+        "the page-sharing scanner: esx = the paper's random scan at share_scan_* rates "
+        "(sharing tried before every VMM swap-out); ksm = Linux KSM (Documentation/admin-"
+        "guide/mm/ksm.rst): a linear walk of all VMs' pages, stable and unstable trees, "
+        "volatile pages skipped, no sharing on swap-out",
+        one_of("esx", "ksm"),
+    )
+    ksm_pages_to_scan: int = opt(
+        100, "KSM: pages ksmd scans per wake-up (ksm.rst pages_to_scan, default 100)", ge(0)
+    )
+    ksm_sleep_millisecs: float = opt(
+        20.0, "KSM: ms ksmd sleeps between scans (ksm.rst sleep_millisecs, default 20)", gt(0)
+    )
+    ksm_max_page_sharing: int = opt(
+        256,
+        "KSM: most sharers of one shared page; further matches start a new copy (ksm.rst "
+        "max_page_sharing, default 256, at least 2)",
+        ge(2),
+    )
+    ksm_use_zero_pages: bool = opt(
+        False,
+        "KSM: merge pages of zeros with the zero page, uncapped and outside pages_shared/"
+        "pages_sharing (ksm.rst use_zero_pages, default 0)",
+    )
+    free_page_reporting: bool = opt(
+        False,
+        "virtio-balloon free page reporting (Linux VIRTIO_BALLOON_F_REPORTING, mm/"
+        "page_reporting.c): guests report pages that stay free, the host unbacks them",
+    )
+    free_page_reporting_delay_s: float = opt(
+        2.0,
+        "free page reporting: seconds a page must stay free before it is reported (Linux "
+        "PAGE_REPORTING_DELAY, 2 s); rounded up to whole ticks",
+        ge(0),
+    )
+    free_page_reporting_order: int = opt(
+        9,
+        "free page reporting: only whole aligned free blocks of 2**order 4 KB pages are "
+        "reported (Linux page_reporting_order = pageblock_order, 9 = 2 MB); 0 = any page",
+        in_range(0, 18),
+    )
 
     def validate(self) -> list[str]:
         if self.free_states == "vsphere6":
@@ -484,6 +527,11 @@ class PolicyConfig:
             return [
                 "share_scan_clear_factor: only used with free_states = 'vsphere6' (the "
                 "paper's model has no 'clear' state)"
+            ]
+        if self.large_pages and self.sharing_scanner == "ksm":
+            return [
+                "large_pages: not modelled with sharing_scanner = 'ksm' (KSM on huge pages "
+                "needs khugepaged's splitting, which vmmsim does not model); use the esx scanner"
             ]
         levels = (self.free_high, self.free_soft, self.free_hard, self.free_low)
         if not levels[0] > levels[1] > levels[2] > levels[3] >= 0:

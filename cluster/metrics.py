@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-from vmmsim.hosts.metrics_rows import COLUMNS
+from vmmsim.hosts.metrics_rows import COLUMNS, OPTIONAL_COLUMNS
 
 _ARROW = {"int64": pa.int64(), "float64": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 
@@ -19,8 +19,21 @@ SCHEMA = pa.schema([pa.field(k, _ARROW[t], nullable=False) for k, t in COLUMNS.i
 
 
 def merge_rounds(reports: Sequence[dict[str, np.ndarray]]) -> pa.Table:
-    """Host reports (already in host-name order) -> one table sorted by tick."""
-    cols = {k: np.concatenate([r[k] for r in reports]) for k in COLUMNS}
+    """Host reports (already in host-name order) -> one table sorted by tick.
+
+    Optional columns (:data:`hosts.metrics_rows.OPTIONAL_COLUMNS`: KSM, free page
+    reporting) follow when the hosts report them (all hosts share one policy)."""
+    extra = [k for k in OPTIONAL_COLUMNS if reports and k in reports[0]]
+    if not extra:
+        cols = {k: np.concatenate([r[k] for r in reports]) for k in COLUMNS}
+        order = np.argsort(cols["tick"], kind="stable")
+        arrays = [pa.array(cols[k][order], type=SCHEMA.field(k).type) for k in COLUMNS]
+        return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    names = [*COLUMNS, *extra]
+    schema = pa.schema(
+        [*SCHEMA, *(pa.field(k, _ARROW[OPTIONAL_COLUMNS[k]], nullable=False) for k in extra)]
+    )
+    cols = {k: np.concatenate([r[k] for r in reports]) for k in names}
     order = np.argsort(cols["tick"], kind="stable")
-    arrays = [pa.array(cols[k][order], type=SCHEMA.field(k).type) for k in COLUMNS]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    arrays = [pa.array(cols[k][order], type=schema.field(k).type) for k in names]
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -245,7 +245,7 @@ class RunDir(AsideDir):
         path = self.tmp / "metrics.parquet"
         with writing(path):
             if self._metrics is None:
-                self._metrics = pq.ParquetWriter(path, SCHEMA, compression="zstd")
+                self._metrics = pq.ParquetWriter(path, table.schema, compression="zstd")
             self._metrics.write_table(table, row_group_size=max(1, table.num_rows))
 
     def write_json(self, name: str, obj: Any) -> None:

@@ -36,6 +36,14 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         share_scan_clear_factor=p.share_scan_clear_factor,
         large_pages=p.large_pages,
         large_page_break_state=p.large_page_break_state,
+        sharing_scanner=p.sharing_scanner,
+        ksm_pages_to_scan=p.ksm_pages_to_scan,
+        ksm_sleep_millisecs=p.ksm_sleep_millisecs,
+        ksm_max_page_sharing=p.ksm_max_page_sharing,
+        ksm_use_zero_pages=p.ksm_use_zero_pages,
+        free_page_reporting=p.free_page_reporting,
+        free_page_reporting_delay_s=p.free_page_reporting_delay_s,
+        free_page_reporting_order=p.free_page_reporting_order,
     )
 
 

@@ -10,7 +10,9 @@ Scope, per tick, in this fixed order (VMs always in name order):
    ``scan_host_pages_per_s`` for the host (the VM order rotates each tick for fairness);
    then the index's own memory is charged to the host (:meth:`charge_index`); from the
    free-memory state ``policy.large_page_break_state`` on, it breaks the large pages it
-   visits (:mod:`hosts.large_pages`);
+   visits (:mod:`hosts.large_pages`); on a KVM-style host KSM scans instead
+   (:mod:`hosts.sharing.ksm`), and free page reporting (:mod:`hosts.free_page_reporting`,
+   if on) unbacks the pages guests report free;
 4. reclamation by free-memory state (:mod:`hosts.reclamation`, victims chosen by the
    ``reclamation`` policy): balloon in SOFT (swap a VM only if it cannot be ballooned),
    swap (no ballooning) in HARD, and in LOW also block VMs above target on the next tick;
@@ -38,10 +40,12 @@ from vmmsim.hosts import reclamation
 from vmmsim.hosts.allocation import AllocationInput, allocate
 from vmmsim.hosts.errors import OutOfFrames
 from vmmsim.hosts.free_memory import MemState
+from vmmsim.hosts.free_page_reporting import FPR_COLUMNS, FreePageReporter
 from vmmsim.hosts.host_memory import HostMemory, ScanStats, index_frames_for
 from vmmsim.hosts.large_pages import LargePages, breaks_at, region_pages
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.min_free import thresholds_for
+from vmmsim.hosts.sharing.ksm import KSM_COLUMNS, KsmParams, KsmScanner
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
 from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
@@ -111,6 +115,24 @@ class HostMemoryManager:
             if policy.working_set == "esx_sampler"
             else (resolve_callable("working_set", policy.working_set), policy.working_set)
         )
+        # KVM-style host (issue 18 item 6): KSM in place of the ESX scan, free page
+        # reporting; both None (off) by default.
+        self.ksm: KsmScanner | None = None
+        if policy.sharing_scanner == "ksm":
+            self.ksm = KsmScanner(ksm_params(policy), spec.n_frames)
+            self.mem.share_before_swap = False
+        self.reporter: FreePageReporter | None = None
+        if policy.free_page_reporting:
+            self.reporter = free_page_reporter(policy, sim)
+
+    def extra_columns(self) -> dict[str, str]:
+        """Metrics columns beyond :data:`hosts.metrics_rows.COLUMNS` (KSM, reporting)."""
+        extra: dict[str, str] = {}
+        if self.ksm is not None:
+            extra.update(KSM_COLUMNS)
+        if self.reporter is not None:
+            extra.update(FPR_COLUMNS)
+        return extra
 
     # ------------------------------------------------------------------ VMs
     def boot_vm(self, spec: VMSpec, workload: Any = None) -> VirtualMachine:
@@ -141,6 +163,10 @@ class HostMemoryManager:
         self.mem.detach(vm.vm_id)
         self.order = sorted(self.vms)
         vm.vm_id = -1
+        if self.ksm is not None:
+            self.ksm.forget(name)
+        if self.reporter is not None:
+            self.reporter.forget(name)
         self.paused.pop(name, None)
         self.blocked.discard(name)
         return vm
@@ -237,6 +263,8 @@ class HostMemoryManager:
             if policy.working_set == "esx_sampler"
             else (resolve_callable("working_set", policy.working_set), policy.working_set)
         )
+        if self.ksm is not None:  # (the scanner kind and the cap are fixed at boot)
+            self.ksm.params = ksm_params(policy)
         for vm in self.vms.values():
             vm.sampler.n_sample = policy.sample_pages
             vm.sampler.estimator = self.estimator
@@ -247,7 +275,7 @@ class HostMemoryManager:
         """Run ticks ``start .. start+n-1``; return their metrics as numpy columns."""
         if start != self.tick:
             raise ValueError(f"{self.name}: asked to run tick {start}, next is {self.tick}")
-        rows = MetricRows()
+        rows = MetricRows(self.extra_columns())
         for t in range(start, start + n):
             if self_allocate_every and t % self_allocate_every == 0:
                 self.self_allocate()
@@ -296,8 +324,13 @@ class HostMemoryManager:
             self.back_large_pages()
         t2 = thread_time()
         ph["vm_steps"] += t2 - t1
-        self._scan(t)
+        if self.ksm is None:
+            self._scan(t)
+        else:
+            self.ksm.run(self)
         self.charge_index()
+        if self.reporter is not None:
+            self.reporter.report(self, t)
         t3 = thread_time()
         ph["sharing_scan"] += t3 - t2
         self._reclaim()
@@ -312,8 +345,12 @@ class HostMemoryManager:
         self.tick_saved = shared - self.mem.index.n_shared_frames()
         self.tick = t + 1
         host_part = rows.host_part(self, t)
+        if self.ksm is not None:
+            self.ksm_row = self.ksm.stats(self)
         for name in self.order:
             self._account(self.vms[name], t, rows, host_part)
+            if rows.extra:
+                rows.add_extra(self, self.vms[name])
         if self.digest_every_tick:
             self.tick_digests.append(self.digest(written=written))
         ph["accounting"] += thread_time() - t4
@@ -454,7 +491,20 @@ class HostMemoryManager:
             "emergency_swapped_pages": self.emergency_swaps,
             "vms": sorted(self.vms),
             **({"large_pages": self.large_page_summary()} if self.policy.large_pages else {}),
-        }
+        } | self._kvm_summary()
+
+    def _kvm_summary(self) -> dict:
+        """KSM's counters and free page reporting's totals (only when on)."""
+        out: dict = {}
+        if self.ksm is not None:
+            names = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile")
+            st = self.ksm.stats(self)
+            out["ksm"] = dict(zip(names, st[:4], strict=True)) | {"full_scans": st[4]}
+        if self.reporter is not None:
+            mb = self.sim.page_size / 2**20
+            out["reported_mb"] = self.reporter.reported * mb
+            out["reported_frames_freed_mb"] = self.reporter.frames_freed * mb
+        return out
 
     def large_page_summary(self) -> dict:
         """Large pages of this host now (:mod:`hosts.large_pages`): intact and broken
@@ -517,6 +567,28 @@ class HostMemoryManager:
         self.mem.check_invariants()
         for name in self.order:
             self.vms[name].check_invariants()
+        if self.ksm is not None:
+            self.ksm.check_invariants(self)
+        if self.reporter is not None:
+            self.reporter.check_invariants(self)
+
+
+def ksm_params(policy: HostPolicy) -> KsmParams:
+    """KSM's knobs from the host policy."""
+    return KsmParams(
+        policy.ksm_pages_to_scan,
+        policy.ksm_sleep_millisecs,
+        policy.ksm_max_page_sharing,
+        policy.ksm_use_zero_pages,
+    )
+
+
+def free_page_reporter(policy: HostPolicy, sim: SimParams) -> FreePageReporter:
+    """Free page reporting from the host policy: the delay in whole ticks (rounded up),
+    blocks of ``2**order`` 4 KB pages in the simulation's pages (at least one)."""
+    delay = int(np.ceil(policy.free_page_reporting_delay_s / sim.tick_s - 1e-9))
+    block = max(1, (4096 << policy.free_page_reporting_order) // sim.page_size)
+    return FreePageReporter(delay, block)
 
 
 def _count_scan(vm: VirtualMachine, s: ScanStats) -> None:

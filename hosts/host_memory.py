@@ -76,6 +76,9 @@ class HostMemory:
         self._locked: int | None = None  # cache of n_locked (None: count again)
         # Frames holding the sharing index's entries (charge_index): used, no owner.
         self.index_frames = np.zeros(0, dtype=np.int32)
+        # ESX offers every page it swaps to the sharing scan first (page_out); a KVM host
+        # (KSM, :mod:`hosts.sharing.ksm`) does not.
+        self.share_before_swap = True
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -262,6 +265,8 @@ class HostMemory:
         if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
             raise InvariantError("page_out of a page that is not resident")
         freed = self._break_for(vm, ppns) if pmap.large is not None else 0
+        if not self.share_before_swap:
+            return freed + self.swap_out(vm, ppns), ScanStats()
         s = self.scan(vm, ppns[st == ps.MAPPED])
         out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
         return freed + s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
@@ -334,7 +339,7 @@ class HostMemory:
             stats.hint_hits = len(promote)
             stats.merged = len(targets) - len(promote)
             if len(promote):
-                self._promote(promote)
+                self.promote_owners(promote)
             nz, n_freed, fr.n_free, err = merge_pages(
                 cand[ok_i].astype(np.int64, copy=False),
                 targets,
@@ -359,7 +364,7 @@ class HostMemory:
             stats.frames_freed = n_freed
         return stats
 
-    def _promote(self, frames: np.ndarray) -> None:
+    def promote_owners(self, frames: np.ndarray) -> None:
         """Owner pages of frames the scan just made shared become SHARED pages too.
 
         (The frames' flags, references and index entries are the kernel's work.)"""

@@ -63,11 +63,28 @@ COLUMNS: dict[str, str] = {
 }
 
 
-class MetricRows:
-    """Rows collected as tuples (one per tick and VM), turned into columns at the end."""
+#: Columns a host adds after :data:`COLUMNS` only when a mechanism is on (name -> dtype):
+#: KSM's counters (:data:`hosts.sharing.ksm.KSM_COLUMNS`, host values in every row) and
+#: free page reporting's (:data:`hosts.free_page_reporting.FPR_COLUMNS`, per VM).
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "ksm_pages_shared": "int64",
+    "ksm_pages_sharing": "int64",
+    "ksm_pages_unshared": "int64",
+    "ksm_pages_volatile": "int64",
+    "ksm_full_scans": "int64",
+    "reported_pages": "int64",
+}
 
-    def __init__(self) -> None:
+
+class MetricRows:
+    """Rows collected as tuples (one per tick and VM), turned into columns at the end.
+
+    ``extra``: the host's columns beyond :data:`COLUMNS` (of :data:`OPTIONAL_COLUMNS`, in
+    that order), empty unless a KVM-style mechanism is on."""
+
+    def __init__(self, extra: dict[str, str] | None = None) -> None:
         self.rows: list[tuple] = []
+        self.extra = dict(extra or {})
 
     @staticmethod
     def host_part(host: HostView, t: int) -> tuple:
@@ -126,9 +143,19 @@ class MetricRows:
             )
         )
 
+    def add_extra(self, host: Any, vm: VirtualMachine) -> None:
+        """Append the optional columns' values to the row just added."""
+        vals: list = []
+        if "ksm_pages_shared" in self.extra:
+            vals.extend(host.ksm_row)
+        if "reported_pages" in self.extra:
+            vals.append(vm.tick.reported)
+        self.rows[-1] = self.rows[-1] + tuple(vals)
+
     def columns(self) -> dict[str, np.ndarray]:
-        cols = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(COLUMNS)
+        names = COLUMNS | self.extra
+        cols = list(zip(*self.rows, strict=True)) if self.rows else [()] * len(names)
         return {
             k: np.array(col, dtype=object if dt == "str" else dt)
-            for (k, dt), col in zip(COLUMNS.items(), cols, strict=True)
+            for (k, dt), col in zip(names.items(), cols, strict=True)
         }

@@ -469,7 +469,8 @@ def _install(
     frames = np.zeros(0, dtype=np.int64)
     if large is not None and len(ppns) and large.in_intact(ppns).all():
         sharing = False
-    if sharing and len(ppns):
+    # (On a KSM host pages arrive private: KSM merges them when it scans them.)
+    if sharing and len(ppns) and host.ksm is None:
         if mem.index.n_shared_frames():
             h = native.hash_pages(data, np.arange(len(data), dtype=np.int64))
             cand = mem.index.find_shared(group, h)

@@ -164,6 +164,13 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
     }
     if host.policy.large_pages:
         meta["large_first_break"] = host.large_first_break
+    # KVM-style host (only when on, so snapshots of other hosts are unchanged).
+    if host.ksm is not None:
+        ka, meta["ksm"] = host.ksm.state()
+        a.update(ka)
+    if host.reporter is not None:
+        fa, meta["fpr"] = host.reporter.state()
+        a.update(fa)
     return a, meta
 
 
@@ -209,6 +216,10 @@ def restore_host(
         mem.vms[vm.vm_id] = VMSlot(vm.pmap, info["group"], info["sharing"], _own(va["overhead"]))
         host.vms[name] = vm
     host.order = sorted(host.vms)
+    if host.ksm is not None and "ksm" in meta:
+        host.ksm.restore(a, meta["ksm"])
+    if host.reporter is not None and "fpr" in meta:
+        host.reporter.restore(a, meta["fpr"])
     return host
 
 

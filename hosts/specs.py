@@ -54,6 +54,17 @@ class HostPolicy:
     # Large pages (hosts.large_pages): guest memory in 2 MB pages, broken under pressure.
     large_pages: bool = False
     large_page_break_state: str = "soft"  # a free-memory state name (MemState), lower case
+    # KVM-style host (issue 18 item 6): the sharing scanner ("esx": the paper's random
+    # scan; "ksm": Linux KSM, hosts.sharing.ksm, ksm.rst's knobs and defaults) and
+    # virtio-balloon free page reporting (hosts.free_page_reporting).
+    sharing_scanner: str = "esx"
+    ksm_pages_to_scan: int = 100
+    ksm_sleep_millisecs: float = 20.0
+    ksm_max_page_sharing: int = 256
+    ksm_use_zero_pages: bool = False
+    free_page_reporting: bool = False
+    free_page_reporting_delay_s: float = 2.0
+    free_page_reporting_order: int = 9  # blocks of 2**order 4 KB pages (Linux: 2 MB)
 
 
 @dataclass(frozen=True)

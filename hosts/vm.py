@@ -81,6 +81,7 @@ class TickCounters:
     accesses: int = 0
     paused: float = 0.0  # fraction of the tick the VM was not running
     blocked: bool = False  # blocked for the whole tick (host in LOW, VM above target)
+    reported: int = 0  # pages reported free to the host (hosts.free_page_reporting)
 
 
 @dataclass(frozen=True)

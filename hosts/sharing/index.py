@@ -32,6 +32,10 @@ from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.native import JIT, xxh3_64
 
 NONE, HINT, SHARED = 0, 1, 2
+#: A shared frame no look-up may find (KSM's ``max_page_sharing``: it has as many sharers
+#: as it may take, :mod:`hosts.sharing.ksm`): a record without a table entry.  Never used
+#: by the ESX scan.
+FULL = 3
 EMPTY = -1
 
 #: xxh3-64 of a page's bytes, in Python (what the compiled kernels compute with ``mask``
@@ -124,7 +128,7 @@ def forget(slots, kind, key, grp, shift, counts, frames) -> int:
         k = kind[f]
         if k == NONE:
             continue
-        if not delete(slots, kind, key, grp, shift, f):
+        if k != FULL and not delete(slots, kind, key, grp, shift, f):
             return f
         counts[k] -= 1
         kind[f] = NONE
@@ -150,6 +154,9 @@ def _rebuild(slots, kind, key, grp, shift, counts) -> None:
         k = kind[f]
         if k == NONE:
             continue
+        if k == FULL:
+            counts[k] += 1
+            continue
         d = insert(slots, kind, key, grp, shift, f)
         if d >= 0:
             kind[d] = NONE
@@ -169,6 +176,7 @@ _CHECKS = {
     8: "a shared frame is missing from the sharing index",
     9: "unknown entry kind in a frame record",
     10: "entry counters disagree with the table",
+    11: "a full (KSM) record on a frame that is not shared, or not hashing to its key",
 }
 
 
@@ -178,7 +186,7 @@ def _check(slots, kind, key, grp, shift, counts, content, shared_flag, mask):
     n = kind.shape[0]
     cb = content.shape[1]
     seen = np.zeros(n, dtype=np.bool_)
-    got = np.zeros(3, dtype=np.int64)
+    got = np.zeros(4, dtype=np.int64)
     for i in range(slots.shape[0]):
         f = slots[i]
         if f < 0:
@@ -201,13 +209,18 @@ def _check(slots, kind, key, grp, shift, counts, content, shared_flag, mask):
                 return 6, f
     for f in range(n):
         k = kind[f]
-        if k < NONE or k > SHARED:
+        if k < NONE or k > FULL:
             return 9, f
+        if k == FULL:
+            got[FULL] += 1
+            if not shared_flag[f] or (xxh3_64(content[f].ctypes.data, cb) & mask) != key[f]:
+                return 11, f
+            continue
         if k != NONE and not seen[f]:
             return 7, f
         if shared_flag[f] and k != SHARED:
             return 8, f
-    if got[HINT] != counts[HINT] or got[SHARED] != counts[SHARED]:
+    if got[HINT] != counts[HINT] or got[SHARED] != counts[SHARED] or got[FULL] != counts[FULL]:
         return 10, -1
     return 0, -1
 
@@ -235,7 +248,7 @@ class SharingIndex:
         cap = _capacity(n_frames)
         self.slots = np.full(cap, EMPTY, dtype=np.int32)
         self.shift = np.uint64(64 - (cap.bit_length() - 1))
-        self.counts = np.zeros(3, dtype=np.int64)  # entries by kind (NONE unused)
+        self.counts = np.zeros(4, dtype=np.int64)  # records by kind (NONE unused)
 
     @property
     def mask(self) -> np.uint64:
@@ -281,8 +294,8 @@ class SharingIndex:
         _rebuild(*self.table_args(), self.counts)
 
     def n_shared_frames(self) -> int:
-        """Shared frames in the index (a counter: O(1))."""
-        return int(self.counts[SHARED])
+        """Shared frames in the index, full ones (KSM) included (a counter: O(1))."""
+        return int(self.counts[SHARED] + self.counts[FULL])
 
     def n_hints(self) -> int:
         """Hint entries in the index (a counter: O(1))."""
