@@ -847,6 +847,11 @@ _EVENT_FIXED = {
     "policy.placement": "placement acts only at start (use [[migrations]] to move VMs)",
     "policy.vm_overhead_mb": "VM overhead is reserved at admission and fixed for the run",
     "policy.share_salting": "a VM's sharing salt is fixed at boot (its shared frames carry it)",
+    "policy.swap_cache_mb": "the host swap cache's slots are laid out at boot",
+    "policy.compression": "compressed pages stay in the cache they went to",
+    "policy.compression_cache_pct": "the caps hold for the pages already compressed",
+    "policy.zswap_max_pool_percent": "the caps hold for the pages already compressed",
+    "policy.zswap_accept_threshold_percent": "fixed with the pool's cap",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

@@ -32,6 +32,13 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         minor_fault_s=p.minor_fault_us / 1e6,
         reclamation=p.reclamation,
         working_set=p.working_set,
+        swap_cache_pages=cfg.pages(p.swap_cache_mb),
+        swap_cache_latency_s=p.swap_cache_latency_us / 1e6,
+        compression=p.compression,
+        compression_cache_pct=p.compression_cache_pct,
+        zswap_max_pool_percent=p.zswap_max_pool_percent,
+        zswap_accept_threshold_percent=p.zswap_accept_threshold_percent,
+        decompress_s=p.decompress_us / 1e6,
     )
 
 

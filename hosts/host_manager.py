@@ -38,7 +38,7 @@ from vmmsim.hosts.host_memory import HostMemory, index_frames_for
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
-from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
+from vmmsim.hosts.vm import TickCounters, VirtualMachine, fault_costs, vm_page_hashes
 
 from vmmsim.policies import resolve_callable
 
@@ -61,7 +61,16 @@ class HostMemoryManager:
         self.name = spec.name
         self.sim = sim
         self.policy = policy
-        self.mem = HostMemory(spec.n_frames, spec.n_swap_slots, sim.content_bytes)
+        self.mem = HostMemory(
+            spec.n_frames, spec.n_swap_slots, sim.content_bytes, policy.swap_cache_pages
+        )
+        if policy.compression != "off":
+            zswap = policy.compression == "zswap"
+            self.mem.configure_compression(
+                policy.compression,
+                policy.zswap_max_pool_percent if zswap else policy.compression_cache_pct,
+                policy.zswap_accept_threshold_percent if zswap else 100.0,
+            )
         self.vms: dict[str, VirtualMachine] = {}
         self.order: list[str] = []
         self.groups: dict[str, int] = {}
@@ -69,7 +78,7 @@ class HostMemoryManager:
         self.tick = 0
         self.scan_credit = 0.0
         self.period_ticks = max(1, round(policy.sample_period_s / sim.tick_s))
-        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self.costs = fault_costs(policy)
         # Free pages at the high threshold: the reclaim goal is max(0, this - free), so
         # reclaim_goal_pages (exact decimal arithmetic, slow) runs once, not every tick.
         self._free_target = reclaim_goal_pages(0, spec.n_frames, policy.thresholds)
@@ -212,7 +221,7 @@ class HostMemoryManager:
         the new sample size and balloon limit.  Takes effect from the next tick."""
         self.policy = policy
         self.period_ticks = max(1, round(policy.sample_period_s / self.sim.tick_s))
-        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self.costs = fault_costs(policy)
         self._free_target = reclaim_goal_pages(0, self.spec.n_frames, policy.thresholds)
         self.reclaim_policy = resolve_callable("reclamation", policy.reclamation)
         self.estimator = (
@@ -355,6 +364,8 @@ class HostMemoryManager:
         st.sample_faults += c.sample
         st.cow_breaks += c.cow
         st.vmm_swapins += c.vmm_swapins
+        st.cache_swapins += c.cache_swapins
+        st.decompressions += c.decompressions
         st.guest_swapins += c.guest_swapins
         st.accesses += c.accesses
         tp = self.costs.throughput(self.sim.tick_s, c)

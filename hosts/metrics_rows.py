@@ -51,6 +51,14 @@ COLUMNS: dict[str, str] = {
     "host_state": "str",
     "host_free_mb": "float64",
     "host_saved_mb": "float64",
+    # swap tiers (issue 18): swap-ins from the host swap cache and the compression cache
+    # (not in faults_vmm_swap, which counts disk swap-ins), the VM's compressed pages (also
+    # in swapped_mb), and the host's compression-cache frames and swap-cache slots in use
+    "faults_swap_cache": "int64",
+    "decompressions": "int64",
+    "compressed_mb": "float64",
+    "host_compression_mb": "float64",
+    "host_swap_cache_mb": "float64",
 }
 
 
@@ -72,11 +80,13 @@ class MetricRows:
             host.mem.n_free * mb,
             host.tick_saved * mb,
             mb,
+            host.mem.n_zip_frames * mb,
+            host.mem.swap.n_cache_used * mb,
         )
 
     def add(self, host: HostView, vm: VirtualMachine, throughput: float, host_part: tuple) -> None:
         """One row: VM ``vm`` of ``host`` in the tick of ``host_part`` (:meth:`host_part`)."""
-        t, time_s, host_name, state, free_mb, saved_mb, mb = host_part
+        t, time_s, host_name, state, free_mb, saved_mb, mb, zip_mb, cache_mb = host_part
         counts = vm.pmap.counts.tolist()
         c = vm.tick
         sampler = vm.sampler
@@ -105,6 +115,11 @@ class MetricRows:
                 state,
                 free_mb,
                 saved_mb,
+                c.cache_swapins,
+                c.decompressions,
+                host.mem.zip_pages(vm.vm_id) * mb,
+                zip_mb,
+                cache_mb,
             )
         )
 

@@ -48,6 +48,15 @@ class HostPolicy:
     reclamation: str = "esx"  # reclamation victim policy (vmmsim.policies)
     working_set: str = "esx_sampler"  # working-set estimator (vmmsim.policies)
     index_entry_bytes: int = 16  # host memory per sharing-index entry (paper, sec. 4.3)
+    # Swap tiers (issue 18): host swap cache (vSphere 5+) and memory compression (ESX 4.1+
+    # per-VM caches, or KVM's zswap pool); see cluster/config_schema.py for the sources.
+    swap_cache_pages: int = 0
+    swap_cache_latency_s: float = 1e-4
+    compression: str = "off"
+    compression_cache_pct: float = 10.0
+    zswap_max_pool_percent: float = 20.0
+    zswap_accept_threshold_percent: float = 90.0
+    decompress_s: float = 1e-5
 
 
 @dataclass(frozen=True)
