@@ -143,9 +143,12 @@ class HostMemoryManager:
     def available_pages(self) -> int:
         """Guest pages the VMs may hold: all frames but overheads and the HIGH free
         margin, plus what page sharing saves (a shared frame backs several guest pages,
-        and targets are in guest pages, so sharing savings raise everyone's targets)."""
+        and targets are in guest pages, so sharing savings raise everyone's targets).
+        The frames of the compression caches are taken off like overheads: compressed
+        pages are not resident, their memory is nobody's target."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values()) + self.mem.n_index_frames
+        overhead += self.mem.n_zip_frames  # compressed pages' frames (0 unless compressing)
         kept = int(n * (1.0 - self.policy.thresholds.high))  # n less the HIGH margin
         kept += self._free_target - self.free_target()  # the part of it swap cannot cover
         return max(0, kept - overhead + self.saved_pages())
