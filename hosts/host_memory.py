@@ -280,6 +280,8 @@ class HostMemory:
             if len(zp):
                 out = out[~np.isin(out, zp, assume_unique=True)]
                 n = self.compress(vm, zp, units)
+                if self.zip_full:
+                    self._zip_shrink()
                 return s.frames_freed + n + (self.swap_out(vm, out) if len(out) else 0), s
         return s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
 
@@ -303,9 +305,13 @@ class HostMemory:
     def _zip_admit(self, vm: int, ppns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pages among ``ppns`` (resident, being paged out) that go to the compression
         cache, in page order, and their sizes: private pages (a shared page's frame stays,
-        so compressing it would save nothing) that compress to half a page or less, as
-        long as the cache has room.  zswap refuses everything while it is full, until it
-        has shrunk below its accept threshold."""
+        so compressing it would save nothing) that compress to half a page or less.
+
+        ESX: a full cache makes room by writing its oldest pages to swap (ESX evicts from
+        the compression cache to swap), as many as the new pages need.  zswap: while the
+        pool is full (it hit its cap) it refuses every page, until it has shrunk below
+        its accept threshold; :meth:`_zip_shrink` writes back its oldest pages.
+        """
         self.settle_zip()
         pmap = self.vms[vm].pmap
         priv = ppns[pmap.state[ppns] == ps.MAPPED]
@@ -314,15 +320,53 @@ class HostMemory:
         priv, units = priv[ok], units[ok]
         key, cap = self._zip_key(vm), self._zip_cap(vm)
         have = self.zip_units_of.get(key, 0)
-        if self.zip_mode == zc.ZSWAP and self.zip_full:
+        csum = np.cumsum(units, dtype=np.int64)
+        if self.zip_mode == zc.ESX:
+            k = int(np.searchsorted(csum, cap, side="right"))  # at most a whole cache
+            short = (int(csum[k - 1]) if k else 0) - (cap - have)
+            if short > 0:
+                self._zip_writeback(key, short)
+                have = self.zip_units_of.get(key, 0)
+        elif self.zip_full:
             if have * 100.0 < self.zip_accept_pct * cap:
                 self.zip_full = False
             else:
                 return priv[:0], units[:0]
-        k = int(np.searchsorted(np.cumsum(units, dtype=np.int64), cap - have, side="right"))
+        k = int(np.searchsorted(csum, cap - have, side="right"))
         if k < len(priv) and self.zip_mode == zc.ZSWAP:
             self.zip_full = True  # the pool hit its cap: refuse until below the threshold
         return priv[:k], units[:k]
+
+    def _zip_shrink(self) -> None:
+        """zswap's shrinker: a full pool writes back its oldest pages to swap until it is
+        below the accept threshold (Linux zswap: "zswap will evict pages from the pool on
+        an LRU basis" once at its limit; as compressed order, here)."""
+        cap = zc.pool_cap_units(self.frames.n_frames, self.zip_pct)
+        goal = int(np.ceil(self.zip_accept_pct * cap / 100.0)) - 1  # strictly below
+        excess = self.zip_units_of.get(-1, 0) - max(goal, 0)
+        if excess > 0:
+            self._zip_writeback(-1, excess)
+
+    def _zip_writeback(self, key: int, units: int) -> None:
+        """Write the oldest pages of cache ``key`` to swap until ``units`` quarter pages
+        are freed (or swap is full); their maps point at their new slots."""
+        sw = self.swap
+        base = sw.zip_base
+        z = np.flatnonzero(sw.used[base:])
+        if self.zip_mode == zc.ESX:
+            z = z[sw.zip_owner[z] == key]
+        z = z[np.argsort(sw.zip_seq[z], kind="stable")]
+        k = int(np.searchsorted(np.cumsum(sw.zip_units[z], dtype=np.int64), units)) + 1
+        z = z[: min(k, len(z), sw.n_free)]
+        if not len(z):
+            return
+        new = sw.put(sw.content[z + base])
+        owners, ppns = sw.zip_owner[z], sw.zip_ppn[z]
+        for o in np.unique(owners).tolist():
+            mine = owners == o
+            self.vms[o].pmap.loc[ppns[mine]] = new[mine]
+        sw.free((z + base).astype(np.int64))
+        self.settle_zip()
 
     def compress(self, vm: int, ppns: np.ndarray, units: np.ndarray) -> int:
         """Move private resident pages into the compression cache (their bytes to the
@@ -331,7 +375,7 @@ class HostMemory:
         self.settle_zip()
         pmap = self.vms[vm].pmap
         frames = pmap.loc[ppns].copy()
-        slots = self.swap.put_zip(self.frames.content[frames], units, vm)
+        slots = self.swap.put_zip(self.frames.content[frames], units, vm, ppns)
         pmap.set_state(ppns, ps.VMM_SWAPPED, slots)
         freed = self.decref(frames)
         key = self._zip_key(vm)
@@ -570,7 +614,6 @@ class HostMemory:
         if (self.zero & ~fr.shared).any():
             raise InvariantError("zero flag on a frame that is not shared")
 
-
     def _check_zip(self) -> None:
         """Compressed pages vs the caches' counts, caps and frames."""
         sw = self.swap
@@ -602,12 +645,12 @@ class HostMemory:
                 raise InvariantError(f"compression cache {k} above its cap ({u} > {cap})")
         if len(self.zip_frames) != sum(zc.frames_for(u) for u in want.values()):
             raise InvariantError("compression cache frames != what its pages take")
-        for vm, slot in self.vms.items():
-            pm = slot.pmap
-            zl = pm.loc[pm.state == ps.VMM_SWAPPED]
-            zl = zl[zl >= base] - base
-            if (sw.zip_owner[zl] != vm).any():
-                raise InvariantError(f"vm {vm}: a compressed page recorded under another VM")
+        for vm in np.unique(owners).tolist():
+            pm = self.vms[vm].pmap
+            z = used[owners == vm]
+            pp = sw.zip_ppn[z]
+            if (pm.state[pp] != ps.VMM_SWAPPED).any() or (pm.loc[pp] != z + base).any():
+                raise InvariantError(f"vm {vm}: a compressed page's record is not its map's")
 
 
 def index_frames_for(n_entries: int, entry_bytes: int, page_size: int) -> int:

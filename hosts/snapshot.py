@@ -32,7 +32,7 @@ _GUEST = ("v2p", "vstate", "vslot", "clean", "p2v", "pref", "pinned", "free_stac
 _FRAMES = ("content", "refcount", "shared", "owner_vm", "owner_ppn", "free_stack")
 _SWAP = ("content", "used", "free_stack")
 #: The swap store's tiers and compression records (absent from older snapshots).
-_SWAP_TIERS = ("tier", "zip_units", "zip_owner")
+_SWAP_TIERS = ("tier", "zip_units", "zip_owner", "zip_ppn", "zip_seq")
 _INDEX = ("kind", "key", "group")
 
 

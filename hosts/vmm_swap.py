@@ -31,9 +31,10 @@ import numpy as np
 from vmmsim.hosts.errors import InvariantError, SwapFull
 
 #: ``tier`` entries: end of the swap cache (C), end of the disk tier (C + D: the
-#: compression tier's base), free slots of tiers 0 / 1 / 2, and the compression tier's
-#: free count when the host last settled its cache frames (:meth:`HostMemory.settle_zip`).
-T_B1, T_B2, T_NF0, T_NF1, T_NF2, T_SEEN2, T_ZCAP, T_PAD = range(8)
+#: compression tier's base), free slots of tiers 0 / 1 / 2, the compression tier's free
+#: count when the host last settled its cache frames (:meth:`HostMemory.settle_zip`), the
+#: compression tier's size, and the number of pages ever compressed (their ages).
+T_B1, T_B2, T_NF0, T_NF1, T_NF2, T_SEEN2, T_ZCAP, T_SEQ = range(8)
 
 
 class SwapStore:
@@ -50,10 +51,13 @@ class SwapStore:
         self.free_stack[c:] = np.arange(c + d - 1, c - 1, -1, dtype=np.int32)
         self.tier = np.zeros(8, dtype=np.int64)
         self.tier[[T_B1, T_B2, T_NF0, T_NF1]] = c, c + d, c, d
-        # Compressed size of each compression-tier slot's page, in quarter pages (1 or 2),
-        # and the VM (host-local id) whose page it is: index slot - base.
+        # Per compression-tier slot (index: slot - base): the page's compressed size in
+        # quarter pages (1 or 2), the VM (host-local id) and guest page it belongs to, and
+        # when it was compressed (a sequence number: the oldest are written back first).
         self.zip_units = np.zeros(0, dtype=np.int8)
         self.zip_owner = np.zeros(0, dtype=np.int32)
+        self.zip_ppn = np.zeros(0, dtype=np.int64)
+        self.zip_seq = np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ counts
     @property
@@ -110,8 +114,11 @@ class SwapStore:
         self.content[slots] = data
         return slots
 
-    def put_zip(self, data: np.ndarray, units: np.ndarray, owner: int) -> np.ndarray:
-        """Store pages in the compression tier (growing it if needed); return slots."""
+    def put_zip(
+        self, data: np.ndarray, units: np.ndarray, owner: int, ppns: np.ndarray
+    ) -> np.ndarray:
+        """Store the pages ``ppns`` of VM ``owner`` in the compression tier (growing it
+        if needed); return their slots."""
         n = len(data)
         t = self.tier
         if n > t[T_NF2]:
@@ -122,8 +129,12 @@ class SwapStore:
         t[T_SEEN2] = t[T_NF2]
         self.used[slots] = True
         self.content[slots] = data
-        self.zip_units[slots - base] = units
-        self.zip_owner[slots - base] = owner
+        z = slots - base
+        self.zip_units[z] = units
+        self.zip_owner[z] = owner
+        self.zip_ppn[z] = ppns
+        self.zip_seq[z] = np.arange(t[T_SEQ], t[T_SEQ] + n)
+        t[T_SEQ] += n
         return slots
 
     def _grow_zip(self, need: int) -> None:
@@ -147,6 +158,8 @@ class SwapStore:
         self.content, self.used, self.free_stack = content, used, stack
         self.zip_units = np.concatenate([self.zip_units, np.zeros(add, dtype=np.int8)])
         self.zip_owner = np.concatenate([self.zip_owner, np.full(add, -1, dtype=np.int32)])
+        self.zip_ppn = np.concatenate([self.zip_ppn, np.full(add, -1, dtype=np.int64)])
+        self.zip_seq = np.concatenate([self.zip_seq, np.zeros(add, dtype=np.int64)])
         t[T_ZCAP] = new_cap
         t[T_NF2] = nf2 + add
         t[T_SEEN2] = t[T_SEEN2] + add

@@ -18,7 +18,6 @@ from vmmsim.cluster.config import ConfigError, parse_config
 from vmmsim.cluster.host_pool import InProcessPool
 from vmmsim.cluster.migration_transfer import admit, precopy_round
 from vmmsim.hosts import compression as zc
-from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.specs import HostSpec
 from vmmsim.hosts.vm import FaultCosts, TickCounters, vm_page_contents
@@ -53,7 +52,7 @@ def test_put_uses_cache_slots_before_disk_slots_whatever_the_order_of_frees():
 
 def test_compression_tier_grows_and_keeps_its_own_free_stack():
     s = SwapStore(2, CB)
-    z = s.put_zip(keyed(range(1, 71)), np.ones(70, np.int8), owner=0)
+    z = s.put_zip(keyed(range(1, 71)), np.ones(70, np.int8), 0, np.arange(70))
     assert (z >= 2).all() and len(np.unique(z)) == 70 and s.n_zip_used == 70
     assert s.n_free == 2  # the regular swap is untouched
     s.free(z[:5])
@@ -67,7 +66,7 @@ def test_kernel_push_equals_the_store_free():
     a, b = SwapStore(5, CB, cache_slots=3), SwapStore(5, CB, cache_slots=3)
     for s in (a, b):
         s.put(keyed(range(1, 9)))
-        s.put_zip(keyed([1, 2]), np.array([1, 2], np.int8), owner=0)
+        s.put_zip(keyed([1, 2]), np.array([1, 2], np.int8), 0, np.arange(2))
     slots = np.array([7, 1, 8, 4, 0], dtype=np.int32)
     a.free(slots)
     b.used[slots] = False
@@ -130,20 +129,32 @@ def test_esx_cache_is_capped_per_vm_and_the_rest_goes_to_swap():
     mem.check_invariants()
 
 
-def test_zswap_refuses_when_full_until_below_the_accept_threshold():
+def test_zswap_at_its_cap_refuses_and_writes_back_its_oldest_below_the_threshold():
     mem = _compressing_mem(n_frames=100, mode="zswap", pct=4.0, accept=50.0)  # 4 frames
-    vm, _ = attach(mem, 60, sharing=False)
-    write_keys(mem, vm, range(60), [0] * 60)
-    mem.page_out(vm, pages(*range(20)))
-    assert mem.zip_pages(vm) == 16 and mem.zip_full  # pool at its cap: full
-    mem.read(vm, pages(*range(8)))  # pages 0..15 were compressed: 8 left, 50 % of the cap
-    left = mem.zip_pages(vm)
-    assert left == 8
-    mem.page_out(vm, pages(*range(20, 24)))
-    assert mem.zip_pages(vm) == left  # 50 % of the cap is not below 50 %: refused
-    mem.read(vm, pages(*range(20)))
-    mem.page_out(vm, pages(*range(40, 44)))
-    assert mem.zip_pages(vm) == 4 and not mem.zip_full  # empty again: accepts
+    vm, pm = attach(mem, 60, sharing=False)
+    write_keys(mem, vm, range(60), [0] * 60)  # zero pages: a quarter page each
+    before = mem.read_bytes(vm, pages(*range(60)))
+    mem.page_out(vm, pages(*range(20)))  # 16 fit (the cap), 4 refused; the pool is full:
+    assert mem.zip_full and mem.zip_pages(vm) == 7  # written back to < 50 % of 16
+    zipped = np.flatnonzero(pm.loc[:20] >= mem.swap.zip_base)
+    assert zipped.tolist() == list(range(9, 16))  # the oldest (first compressed) left first
+    assert mem.swap.n_used == 13 and mem.n_zip_frames == 2
+    mem.check_invariants()
+    mem.page_out(vm, pages(*range(20, 24)))  # below the threshold: accepts again
+    assert mem.zip_pages(vm) == 11 and not mem.zip_full
+    mem.check_invariants()
+    assert np.array_equal(mem.read_bytes(vm, pages(*range(60))), before)
+
+
+def test_esx_full_cache_writes_its_oldest_pages_to_swap():
+    mem = _compressing_mem(pct=10.0)  # 40 pages: 16 quarter pages
+    vm, pm = attach(mem, 40, sharing=False)
+    write_keys(mem, vm, range(40), [0] * 40)
+    mem.page_out(vm, pages(*range(16)))
+    assert mem.zip_pages(vm) == 16 and mem.swap.n_used == 0
+    mem.page_out(vm, pages(*range(16, 20)))  # room for 4: pages 0..3 go to swap
+    assert mem.zip_pages(vm) == 16 and mem.swap.n_used == 4
+    assert (pm.loc[:4] < mem.swap.zip_base).all() and (pm.loc[4:20] >= mem.swap.zip_base).all()
     mem.check_invariants()
 
 
