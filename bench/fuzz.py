@@ -89,6 +89,12 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         if len(set(levels)) == 4 and levels[3] >= 0:
             p["free_high"], p["free_soft"], p["free_hard"], p["free_low"] = levels
     maybe("share_salting", rng.choice([0, 1, 2]))
+    # swap tiers (issue 18): host swap cache and memory compression
+    maybe("swap_cache_mb", _r(rng.choice([0.0, rng.uniform(0, 64)])))
+    maybe("compression", rng.choice(["off", "esx", "zswap"]))
+    maybe("compression_cache_pct", _r(rng.uniform(0, 100)))
+    maybe("zswap_max_pool_percent", _r(rng.uniform(0, 100)))
+    maybe("zswap_accept_threshold_percent", _r(rng.uniform(0, 100)))
     return p
 
 

@@ -283,7 +283,8 @@ def compression(dirs: list[Path]) -> list[Row]:
         stats = []
         for d in dirs[li * n : (li + 1) * n]:
             m = columns(vmmsim.load_run(d))
-            secs = len(np.unique(m["tick"])) * float(m["time_s"][1] - m["time_s"][0])
+            ts = np.unique(m["time_s"])
+            secs = len(ts) * float(ts[1] - ts[0])
             per_vm_s = len(np.unique(m["vm"])) * secs
             stats.append(
                 (
