@@ -63,7 +63,7 @@ def test_a_partial_run_may_not_overwrite_the_table(capsys) -> None:
 
 def test_every_experiment_config_loads() -> None:
     names = {e.name for e in paper.EXPERIMENTS}
-    assert {"fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "salting"} == names
+    assert {"fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "salting", "compression"} == names
     for entry in (c for e in paper.EXPERIMENTS for c in e.configs):
         name, overrides = paper.split_entry(entry)
         load_config(ROOT / "configs" / name, overrides)
