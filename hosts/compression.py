@@ -31,9 +31,14 @@ per-page distribution of ESX's compressed sizes was found): 40 % of non-zero pag
 <= 1 KB, 30 % to 1..2 KB, 30 % incompressible (> 2 KB: swapped), in line with the 2..3x
 average ratios usually quoted for LZO/LZ4 on guest memory.
 
-When a cache is full the new page goes to swap (we do not evict the oldest compressed
-pages to swap, as ESX does: a simplification -- the cache keeps its first pages until
-they are faulted back).
+When a cache is full: ESX writes the VM's oldest compressed pages out to swap to make
+room for the new ones (ESX evicts from the compression cache to swap); zswap refuses new
+pages and writes back its oldest until the pool is below the accept threshold (Linux's
+shrinker writes back in LRU order; here in the order pages were compressed, as a
+compressed page that is faulted back leaves the pool).  Only private pages are
+compressed: paging out a shared page frees no frame, so compressing it would save
+nothing.  Frames are packed per cache (a cache of ``u`` quarter pages takes ``ceil(u /
+4)`` frames: ideal compaction, where ESX's slot allocator may leave holes).
 """
 
 from __future__ import annotations

@@ -276,13 +276,18 @@ class HostMemory:
         s = self.scan(vm, ppns[st == ps.MAPPED])
         out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
         if self.zip_mode and len(out):
+            # (frames freed: counted as the change of free frames -- the caches' frames
+            # also shrink as they settle or write back)
+            free0 = self.frames.n_free - s.frames_freed
             zp, units = self._zip_admit(vm, out)
             if len(zp):
                 out = out[~np.isin(out, zp, assume_unique=True)]
-                n = self.compress(vm, zp, units)
+                self.compress(vm, zp, units)
                 if self.zip_full:
-                    self._zip_shrink()
-                return s.frames_freed + n + (self.swap_out(vm, out) if len(out) else 0), s
+                    self._zip_shrink(reserve=len(out))
+            if len(out):
+                self.swap_out(vm, out)
+            return self.frames.n_free - free0, s
         return s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
 
     # ------------------------------------------------------------------ compression
@@ -324,8 +329,8 @@ class HostMemory:
         if self.zip_mode == zc.ESX:
             k = int(np.searchsorted(csum, cap, side="right"))  # at most a whole cache
             short = (int(csum[k - 1]) if k else 0) - (cap - have)
-            if short > 0:
-                self._zip_writeback(key, short)
+            if short > 0:  # (keeping a slot for every page of the batch)
+                self._zip_writeback(key, short, reserve=len(ppns))
                 have = self.zip_units_of.get(key, 0)
         elif self.zip_full:
             if have * 100.0 < self.zip_accept_pct * cap:
@@ -337,7 +342,7 @@ class HostMemory:
             self.zip_full = True  # the pool hit its cap: refuse until below the threshold
         return priv[:k], units[:k]
 
-    def _zip_shrink(self) -> None:
+    def _zip_shrink(self, reserve: int) -> None:
         """zswap's shrinker: a full pool writes back its oldest pages to swap until it is
         below the accept threshold (Linux zswap: "zswap will evict pages from the pool on
         an LRU basis" once at its limit; as compressed order, here)."""
@@ -345,11 +350,12 @@ class HostMemory:
         goal = int(np.ceil(self.zip_accept_pct * cap / 100.0)) - 1  # strictly below
         excess = self.zip_units_of.get(-1, 0) - max(goal, 0)
         if excess > 0:
-            self._zip_writeback(-1, excess)
+            self._zip_writeback(-1, excess, reserve)
 
-    def _zip_writeback(self, key: int, units: int) -> None:
+    def _zip_writeback(self, key: int, units: int, reserve: int) -> None:
         """Write the oldest pages of cache ``key`` to swap until ``units`` quarter pages
-        are freed (or swap is full); their maps point at their new slots."""
+        are freed, leaving ``reserve`` swap slots free (fewer pages if swap has not that
+        many); their maps point at their new slots."""
         sw = self.swap
         base = sw.zip_base
         z = np.flatnonzero(sw.used[base:])
@@ -357,7 +363,7 @@ class HostMemory:
             z = z[sw.zip_owner[z] == key]
         z = z[np.argsort(sw.zip_seq[z], kind="stable")]
         k = int(np.searchsorted(np.cumsum(sw.zip_units[z], dtype=np.int64), units)) + 1
-        z = z[: min(k, len(z), sw.n_free)]
+        z = z[: max(0, min(k, len(z), sw.n_free - reserve))]
         if not len(z):
             return
         new = sw.put(sw.content[z + base])
