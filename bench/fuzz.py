@@ -107,6 +107,12 @@ def _policy(rng: random.Random) -> dict[str, Any]:
         p["free_page_reporting"] = True
         maybe("free_page_reporting_delay_s", _r(rng.choice([0.0, rng.uniform(0, 10)])))
         maybe("free_page_reporting_order", rng.choice([0, 2, 9]))
+    # swap tiers (issue 18): host swap cache and memory compression
+    maybe("swap_cache_mb", _r(rng.choice([0.0, rng.uniform(0, 64)])))
+    maybe("compression", rng.choice(["off", "esx", "zswap"]))
+    maybe("compression_cache_pct", _r(rng.uniform(0, 100)))
+    maybe("zswap_max_pool_percent", _r(rng.uniform(0, 100)))
+    maybe("zswap_accept_threshold_percent", _r(rng.uniform(0, 100)))
     return p
 
 

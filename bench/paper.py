@@ -467,6 +467,56 @@ def kvm(dirs: list[Path]) -> list[Row]:
             " MB",
         )
     )
+
+
+#: Issue 18's swap tiers: one overcommitted host, at two loads (the config's 44 MB working
+#: sets, and 52 MB), each run as is, with ESX compression, zswap, and a 32 MB swap cache.
+COMPRESSION_MODES = ("off", "policy.compression=esx", "policy.compression=zswap")
+COMPRESSION_MODES += ("policy.swap_cache_mb=32",)
+COMPRESSION_LOADS = ("", "vms.db.workload.wss_mb=52")
+COMPRESSION = tuple(
+    " ".join(["esx_compression.toml", *(x for x in (load, mode) if x and x != "off")])
+    for load in COMPRESSION_LOADS
+    for mode in COMPRESSION_MODES
+)
+
+
+def compression(dirs: list[Path]) -> list[Row]:
+    """Disk swap-ins and throughput of :data:`COMPRESSION`'s runs: each tier against the
+    same load with compression off and no swap cache (the expected direction: fewer disk
+    faults; issue 18)."""
+    out = []
+    n = len(COMPRESSION_MODES)
+    for li, load in enumerate(("44 MB WSS", "52 MB WSS")):
+        stats = []
+        for d in dirs[li * n : (li + 1) * n]:
+            m = columns(vmmsim.load_run(d))
+            ts = np.unique(m["time_s"])
+            secs = len(ts) * float(ts[1] - ts[0])
+            per_vm_s = len(np.unique(m["vm"])) * secs
+            stats.append(
+                (
+                    m["faults_vmm_swap"].sum() / per_vm_s,
+                    (m["decompressions"].sum() + m["faults_swap_cache"].sum()) / per_vm_s,
+                    100.0 * float(m["throughput"].mean()),
+                )
+            )
+        off = stats[0]
+        for (what, expect), (disk, fast, tp) in zip(
+            (
+                ("off", "--"),
+                ("esx compression", "fewer than off"),
+                ("zswap", "fewer than off"),
+                ("32 MB swap cache", "fewer than off"),
+            ),
+            stats,
+            strict=True,
+        ):
+            key = what == "esx compression"
+            tail = "" if what == "off" else f" (off {off[0]:.0f}; fast-tier {fast:.0f}/s)"
+            what_disk = f"{load}, {what}: disk swap-ins/s/VM{tail}"
+            out.append(Row("18", what_disk, expect, disk, "", key))
+            out.append(Row("18", f"{load}, {what}: throughput (off {off[2]:.1f}%)", "--", tp, "%"))
     return out
 
 
@@ -499,6 +549,7 @@ EXPERIMENTS = (
         ),
         kvm,
     ),
+    Experiment("compression", COMPRESSION, compression),
     Experiment("fig6", ("esx_fig6_wss.toml",), fig6, (("active.png", "fig6_wss.png"),)),
     Experiment("fig7", ("esx_fig7_tax.toml",), fig7, (("events.png", "fig7_tax.png"),)),
     Experiment(

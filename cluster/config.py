@@ -882,6 +882,11 @@ _EVENT_FIXED = {
     "policy.free_page_reporting": "a virtio-balloon feature negotiated at the guest's boot",
     "policy.free_page_reporting_delay_s": "part of free page reporting, fixed at boot",
     "policy.free_page_reporting_order": "part of free page reporting, fixed at boot",
+    "policy.swap_cache_mb": "the host swap cache's slots are laid out at boot",
+    "policy.compression": "compressed pages stay in the cache they went to",
+    "policy.compression_cache_pct": "the caps hold for the pages already compressed",
+    "policy.zswap_max_pool_percent": "the caps hold for the pages already compressed",
+    "policy.zswap_accept_threshold_percent": "fixed with the pool's cap",
 }
 _EVENT_KEYS_HELP = "events change policy.<key> and migration.<key>"
 

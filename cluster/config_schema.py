@@ -381,6 +381,55 @@ class PolicyConfig:
         "each VM only with itself (its own salt: ESX's default since 2014)",
         in_range(0, 2),
     )
+    # --- swap tiers: host swap cache and memory compression (issue 18, items 5 and 1) ---
+    swap_cache_mb: float = opt(
+        0.0,
+        "host swap cache, MB per host (0: none): swap space on host-local fast storage, "
+        "filled before the regular swap and added to it (vSphere 5+ 'swap to host cache', "
+        "vSphere Resource Management, 'Swap to Host Cache')",
+        ge(0),
+    )
+    swap_cache_latency_us: float = opt(
+        100.0,
+        "cost of one swap-in from the host swap cache, us (a SATA/SAS SSD's 4 KiB random "
+        "read, ~50-100 us: e.g. Intel SSD DC S3700 spec, 50 us typical read latency, plus "
+        "the I/O path)",
+        ge(0),
+    )
+    compression: str = opt(
+        "off",
+        "memory compression before VMM swapping: off; esx = a per-VM compression cache "
+        "(ESX 4.1+: pages compressing to <= 2 KB kept in memory, vSphere Resource "
+        "Management, 'Memory Compression'); zswap = one host-wide pool (KVM hosts: Linux "
+        "Documentation/admin-guide/mm/zswap.rst)",
+        one_of("off", "esx", "zswap"),
+    )
+    compression_cache_pct: float = opt(
+        10.0,
+        "esx compression: each VM's cache at most this % of its configured memory "
+        "(Mem.MemZipMaxPct, default 10: vSphere Resource Management, 'Set the Maximum "
+        "Size of the Compression Cache')",
+        in_range(0, 100),
+    )
+    zswap_max_pool_percent: float = opt(
+        20.0,
+        "zswap compression: the pool at most this % of host memory (Linux zswap "
+        "max_pool_percent, default 20)",
+        in_range(0, 100),
+    )
+    zswap_accept_threshold_percent: float = opt(
+        90.0,
+        "zswap compression: a full pool accepts pages again once below this % of its cap "
+        "(Linux zswap accept_threshold_percent, default 90)",
+        in_range(0, 100),
+    )
+    decompress_us: float = opt(
+        10.0,
+        "cost of a fault on a compressed page (decompression), us: LZ4 decompresses ~5 "
+        "GB/s (lz4 README benchmarks), under 1 us per 4 KiB, plus the fault path; ESX "
+        "documents only 'much smaller than the swap-in from disk latency'",
+        ge(0),
+    )
     tax_rate: float = opt(
         0.75,
         "idle memory tax rate tau (0: pure shares; idle pages cost 1/(1-tau))",

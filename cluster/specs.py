@@ -44,6 +44,13 @@ def host_policy(cfg: SimConfig) -> HostPolicy:
         free_page_reporting=p.free_page_reporting,
         free_page_reporting_delay_s=p.free_page_reporting_delay_s,
         free_page_reporting_order=p.free_page_reporting_order,
+        swap_cache_pages=cfg.pages(p.swap_cache_mb),
+        swap_cache_latency_s=p.swap_cache_latency_us / 1e6,
+        compression=p.compression,
+        compression_cache_pct=p.compression_cache_pct,
+        zswap_max_pool_percent=p.zswap_max_pool_percent,
+        zswap_accept_threshold_percent=p.zswap_accept_threshold_percent,
+        decompress_s=p.decompress_us / 1e6,
     )
 
 

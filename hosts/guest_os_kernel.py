@@ -23,7 +23,9 @@ from vmmsim.hosts.native import JIT
 #: and call again); a dirty victim is ballooned at the VMM (the numpy path raises).
 OK, SWAP_SLOTS, BALLOONED = 0, 1, 2
 #: Slots of the ``res`` array (int64).
-R_ST, R_NEED, R_VMM_IN, R_SWAPPED, R_G_FREE, R_GS_FREE, N_RES = range(7)
+#: (``R_VMM_IN`` counts reads from every tier; ``R_IN_CACHE`` / ``R_IN_ZIP`` those of them
+#: from the swap cache / the compression tier.)
+R_ST, R_NEED, R_VMM_IN, R_SWAPPED, R_G_FREE, R_GS_FREE, R_IN_CACHE, R_IN_ZIP, N_RES = range(9)
 
 _MAP, _SHR, _VSW, _BAL = ps.MAPPED, ps.SHARED, ps.VMM_SWAPPED, ps.BALLOONED
 
@@ -31,7 +33,7 @@ _MAP, _SHR, _VSW, _BAL = ps.MAPPED, ps.SHARED, ps.VMM_SWAPPED, ps.BALLOONED
 @numba.njit(**JIT)
 def evict(
     victims, p2v, v2p, vstate, vslot, clean, pref, g_free, g_n_free,
-    gs_content, gs_free, gs_n_free, state, loc, f_content, s_content, res,
+    gs_content, gs_free, gs_n_free, state, loc, f_content, s_content, s_tier, res,
 ):  # fmt: skip
     """Evict the guest's virtual pages on physical pages ``victims`` (unique).
 
@@ -42,7 +44,7 @@ def evict(
         res[i] = 0
     n = victims.shape[0]
     n_dirty = 0
-    vmm_in = 0
+    vmm_in = in_c = in_z = 0
     for i in range(n):
         p = victims[i]
         if not clean[p2v[p]]:
@@ -53,6 +55,10 @@ def evict(
                 return
             if s == _VSW:
                 vmm_in += 1  # double paging: the VMM reads it back from its swap first
+                if loc[p] < s_tier[0]:
+                    in_c += 1
+                elif loc[p] >= s_tier[1]:
+                    in_z += 1
     if n_dirty > gs_n_free:
         res[R_ST] = SWAP_SLOTS
         res[R_NEED] = n_dirty
@@ -83,6 +89,8 @@ def evict(
         p2v[p] = gos.FREE
         pref[p] = False
     res[R_VMM_IN] = vmm_in
+    res[R_IN_CACHE] = in_c
+    res[R_IN_ZIP] = in_z
     res[R_SWAPPED] = n_dirty
     res[R_G_FREE] = g_n_free + n
     res[R_GS_FREE] = gs_n_free

@@ -48,7 +48,7 @@ from vmmsim.hosts.min_free import thresholds_for
 from vmmsim.hosts.sharing.ksm import KSM_COLUMNS, KsmParams, KsmScanner
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
-from vmmsim.hosts.vm import FaultCosts, TickCounters, VirtualMachine, vm_page_hashes
+from vmmsim.hosts.vm import TickCounters, VirtualMachine, fault_costs, vm_page_hashes
 
 from vmmsim.policies import resolve_callable
 
@@ -71,7 +71,16 @@ class HostMemoryManager:
         self.name = spec.name
         self.sim = sim
         self.policy = policy
-        self.mem = HostMemory(spec.n_frames, spec.n_swap_slots, sim.content_bytes)
+        self.mem = HostMemory(
+            spec.n_frames, spec.n_swap_slots, sim.content_bytes, policy.swap_cache_pages
+        )
+        if policy.compression != "off":
+            zswap = policy.compression == "zswap"
+            self.mem.configure_compression(
+                policy.compression,
+                policy.zswap_max_pool_percent if zswap else policy.compression_cache_pct,
+                policy.zswap_accept_threshold_percent if zswap else 100.0,
+            )
         self.vms: dict[str, VirtualMachine] = {}
         self.order: list[str] = []
         self.groups: dict[str, int] = {}
@@ -79,7 +88,7 @@ class HostMemoryManager:
         self.tick = 0
         self.scan_credit = 0.0
         self.period_ticks = max(1, round(policy.sample_period_s / sim.tick_s))
-        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self.costs = fault_costs(policy)
         # The free-memory state model: the paper's thresholds, or vSphere 6's five states
         # from this host's configured memory (hosts.min_free; fixed for the run).
         self.memory_mb = spec.memory_mb or spec.n_frames * sim.page_size / 2**20
@@ -176,9 +185,12 @@ class HostMemoryManager:
         """Guest pages the VMs may hold: all frames but overheads and the HIGH free
         margin (the state model's ``reserve``: ``free_high``, or vSphere 6's minFree),
         plus what page sharing saves (a shared frame backs several guest pages, and
-        targets are in guest pages, so sharing savings raise everyone's targets)."""
+        targets are in guest pages, so sharing savings raise everyone's targets).
+        The frames of the compression caches are taken off like overheads: compressed
+        pages are not resident, their memory is nobody's target."""
         n = self.spec.n_frames
         overhead = sum(vm.overhead_pages for vm in self.vms.values()) + self.mem.n_index_frames
+        overhead += self.mem.n_zip_frames  # compressed pages' frames (0 unless compressing)
         kept = int(n * (1.0 - self.thresholds.reserve))  # n less the HIGH margin
         kept += self._free_target - self.free_target()  # the part of it swap cannot cover
         return max(0, kept - overhead + self.saved_pages())
@@ -254,7 +266,7 @@ class HostMemoryManager:
         the new sample size and balloon limit.  Takes effect from the next tick."""
         self.policy = policy
         self.period_ticks = max(1, round(policy.sample_period_s / self.sim.tick_s))
-        self.costs = FaultCosts(policy.disk_latency_s, policy.minor_fault_s)
+        self.costs = fault_costs(policy)
         self.thresholds = thresholds_for(policy, self.memory_mb)
         self._free_target = self.thresholds.goal_pages(0, self.spec.n_frames)
         self.reclaim_policy = resolve_callable("reclamation", policy.reclamation)
@@ -459,6 +471,8 @@ class HostMemoryManager:
         st.sample_faults += c.sample
         st.cow_breaks += c.cow
         st.vmm_swapins += c.vmm_swapins
+        st.cache_swapins += c.cache_swapins
+        st.decompressions += c.decompressions
         st.guest_swapins += c.guest_swapins
         st.accesses += c.accesses
         tp = self.costs.throughput(self.sim.tick_s, c)

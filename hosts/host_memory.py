@@ -25,13 +25,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from vmmsim.hosts import compression as zc
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.machine_memory import MachineMemory
 from vmmsim.hosts.phys_map import PhysMap
 from vmmsim.hosts.sharing.index import NONE, SharingIndex, hash_page
 from vmmsim.hosts.sharing.scan import merge_pages, scan_batch
-from vmmsim.hosts.vmm_swap import SwapStore
+from vmmsim.hosts.vmm_swap import T_B2, T_NF2, T_SEEN2, SwapStore
 
 
 @dataclass
@@ -39,8 +40,10 @@ class Faults:
     """VMM-level faults of one batch of accesses."""
 
     first_touch: int = 0
-    vmm_swapin: int = 0
+    vmm_swapin: int = 0  # from the regular (disk) swap
     cow: int = 0
+    cache_in: int = 0  # from the host swap cache
+    zip_in: int = 0  # from the compression cache (decompressions)
 
 
 @dataclass
@@ -64,10 +67,12 @@ class VMSlot:
 class HostMemory:
     """All page state of one host.  VMs are attached under small integer ids."""
 
-    def __init__(self, n_frames: int, n_swap_slots: int, content_bytes: int) -> None:
+    def __init__(
+        self, n_frames: int, n_swap_slots: int, content_bytes: int, cache_slots: int = 0
+    ) -> None:
         self.content_bytes = content_bytes
         self.frames = MachineMemory(n_frames, content_bytes)
-        self.swap = SwapStore(n_swap_slots, content_bytes)
+        self.swap = SwapStore(n_swap_slots, content_bytes, cache_slots)
         self.index = SharingIndex(n_frames)
         self.zero = np.zeros(n_frames, dtype=bool)  # shared frames known to hold zeros
         self.zero_hash = hash_page(np.zeros(content_bytes, dtype=np.uint8))
@@ -79,6 +84,16 @@ class HostMemory:
         # ESX offers every page it swaps to the sharing scan first (page_out); a KVM host
         # (KSM, :mod:`hosts.sharing.ksm`) does not.
         self.share_before_swap = True
+        # Memory compression (hosts.compression; off unless configure_compression):
+        # quarter pages held per cache (ESX: one per VM id; zswap: the pool, key -1), the
+        # frames the caches take (used, no owner), and zswap's "refusing" flag.
+        self.zip_mode = zc.OFF
+        self.zip_pct = 0.0
+        self.zip_accept_pct = 100.0
+        self.zip_units_of: dict[int, int] = {}
+        self.zip_pages_of: dict[int, int] = {}  # compressed pages per VM id (metrics)
+        self.zip_frames = np.zeros(0, dtype=np.int32)
+        self.zip_full = False
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -104,7 +119,7 @@ class HostMemory:
         the frames the sharing index takes."""
         if self._locked is None:
             self._locked = sum(len(s.overhead) + s.pmap.n_pinned for s in self.vms.values())
-        return self._locked + len(self.index_frames)
+        return self._locked + len(self.index_frames) + len(self.zip_frames)
 
     # ------------------------------------------------------------------ index memory
     @property
@@ -177,7 +192,13 @@ class HostMemory:
                 self.swap.free(slots)
             self._own(vm, sw, frames)
             pmap.set_state(sw, ps.MAPPED, frames)
-            f.vmm_swapin += len(sw)
+            tiers = self.swap.tier_of(slots)
+            n_c, n_z = int(np.count_nonzero(tiers == 0)), int(np.count_nonzero(tiers == 2))
+            f.cache_in += n_c
+            f.zip_in += n_z
+            f.vmm_swapin += len(sw) - n_c - n_z
+            if n_z:
+                self.settle_zip()
         if (st == ps.BALLOONED).any():
             raise InvariantError("guest touched a page its balloon holds")
 
@@ -247,6 +268,8 @@ class HostMemory:
         sw = ppns[st == ps.VMM_SWAPPED]
         self.swap.free(pmap.loc[sw].copy())
         pmap.set_state(ppns, to_state, -1)
+        if self.zip_mode:
+            self.settle_zip()
         return freed + self.decref(frames)
 
     def page_out(self, vm: int, ppns: np.ndarray) -> tuple[int, ScanStats]:
@@ -265,11 +288,184 @@ class HostMemory:
         if not ((st == ps.MAPPED) | (st == ps.SHARED)).all():
             raise InvariantError("page_out of a page that is not resident")
         freed = self._break_for(vm, ppns) if pmap.large is not None else 0
-        if not self.share_before_swap:
-            return freed + self.swap_out(vm, ppns), ScanStats()
-        s = self.scan(vm, ppns[st == ps.MAPPED])
-        out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
+        if self.share_before_swap:
+            s = self.scan(vm, ppns[st == ps.MAPPED])
+            out = ppns[(st == ps.SHARED) | (pmap.state[ppns] == ps.MAPPED)]
+        else:  # a KSM host: straight to compression / swap
+            s, out = ScanStats(), ppns
+        if self.zip_mode and len(out):
+            # (frames freed: counted as the change of free frames -- the caches' frames
+            # also shrink as they settle or write back)
+            free0 = self.frames.n_free - s.frames_freed - freed
+            zp, units = self._zip_admit(vm, out)
+            if len(zp):
+                out = out[~np.isin(out, zp, assume_unique=True)]
+                self.compress(vm, zp, units)
+                if self.zip_full:
+                    self._zip_shrink(reserve=len(out))
+            if len(out):
+                self.swap_out(vm, out)
+            return self.frames.n_free - free0, s
         return freed + s.frames_freed + (self.swap_out(vm, out) if len(out) else 0), s
+
+    # ------------------------------------------------------------------ compression
+    def configure_compression(self, mode: str, pct: float, accept_pct: float = 100.0) -> None:
+        """Switch memory compression on (:mod:`hosts.compression`): ``mode`` ``"esx"``
+        (per-VM caches of ``pct`` % of each VM's configured memory) or ``"zswap"`` (one
+        pool of ``pct`` % of host memory, accepting again below ``accept_pct`` % of it)."""
+        self.zip_mode = zc.MODES.index(mode)
+        self.zip_pct = float(pct)
+        self.zip_accept_pct = float(accept_pct)
+
+    def _zip_key(self, vm: int) -> int:
+        return vm if self.zip_mode == zc.ESX else -1
+
+    def _zip_cap(self, vm: int) -> int:
+        if self.zip_mode == zc.ESX:
+            return zc.vm_cap_units(len(self.vms[vm].pmap.state), self.zip_pct)
+        return zc.pool_cap_units(self.frames.n_frames, self.zip_pct)
+
+    def _zip_admit(self, vm: int, ppns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pages among ``ppns`` (resident, being paged out) that go to the compression
+        cache, in page order, and their sizes: private pages (a shared page's frame stays,
+        so compressing it would save nothing) that compress to half a page or less.
+
+        ESX: a full cache makes room by writing its oldest pages to swap (ESX evicts from
+        the compression cache to swap), as many as the new pages need.  zswap: while the
+        pool is full (it hit its cap) it refuses every page, until it has shrunk below
+        its accept threshold; :meth:`_zip_shrink` writes back its oldest pages.
+        """
+        self.settle_zip()
+        pmap = self.vms[vm].pmap
+        priv = ppns[pmap.state[ppns] == ps.MAPPED]
+        units = zc.size_units(self.frames.content, pmap.loc[priv].astype(np.int64))
+        ok = units > 0
+        priv, units = priv[ok], units[ok]
+        key, cap = self._zip_key(vm), self._zip_cap(vm)
+        have = self.zip_units_of.get(key, 0)
+        csum = np.cumsum(units, dtype=np.int64)
+        if self.zip_mode == zc.ESX:
+            k = int(np.searchsorted(csum, cap, side="right"))  # at most a whole cache
+            short = (int(csum[k - 1]) if k else 0) - (cap - have)
+            if short > 0:  # (keeping a slot for every page of the batch)
+                self._zip_writeback(key, short, reserve=len(ppns))
+                have = self.zip_units_of.get(key, 0)
+        elif self.zip_full:
+            if have * 100.0 < self.zip_accept_pct * cap:
+                self.zip_full = False
+            else:
+                return priv[:0], units[:0]
+        k = int(np.searchsorted(csum, cap - have, side="right"))
+        if k < len(priv) and self.zip_mode == zc.ZSWAP:
+            self.zip_full = True  # the pool hit its cap: refuse until below the threshold
+        return priv[:k], units[:k]
+
+    def _zip_shrink(self, reserve: int) -> None:
+        """zswap's shrinker: a full pool writes back its oldest pages to swap until it is
+        below the accept threshold (Linux zswap: "zswap will evict pages from the pool on
+        an LRU basis" once at its limit; as compressed order, here)."""
+        cap = zc.pool_cap_units(self.frames.n_frames, self.zip_pct)
+        goal = int(np.ceil(self.zip_accept_pct * cap / 100.0)) - 1  # strictly below
+        excess = self.zip_units_of.get(-1, 0) - max(goal, 0)
+        if excess > 0:
+            self._zip_writeback(-1, excess, reserve)
+
+    def _zip_writeback(self, key: int, units: int, reserve: int) -> None:
+        """Write the oldest pages of cache ``key`` to swap until ``units`` quarter pages
+        are freed, leaving ``reserve`` swap slots free (fewer pages if swap has not that
+        many); their maps point at their new slots."""
+        sw = self.swap
+        base = sw.zip_base
+        z = np.flatnonzero(sw.used[base:])
+        if self.zip_mode == zc.ESX:
+            z = z[sw.zip_owner[z] == key]
+        z = z[np.argsort(sw.zip_seq[z], kind="stable")]
+        k = int(np.searchsorted(np.cumsum(sw.zip_units[z], dtype=np.int64), units)) + 1
+        z = z[: max(0, min(k, len(z), sw.n_free - reserve))]
+        if not len(z):
+            return
+        new = sw.put(sw.content[z + base])
+        owners, ppns = sw.zip_owner[z], sw.zip_ppn[z]
+        for o in np.unique(owners).tolist():
+            mine = owners == o
+            self.vms[o].pmap.loc[ppns[mine]] = new[mine]
+        sw.free((z + base).astype(np.int64))
+        self.settle_zip()
+
+    def compress(self, vm: int, ppns: np.ndarray, units: np.ndarray) -> int:
+        """Move private resident pages into the compression cache (their bytes to the
+        compression tier of the swap store, sizes ``units``); return frames freed net of
+        the frames the cache grows by."""
+        self.settle_zip()
+        pmap = self.vms[vm].pmap
+        frames = pmap.loc[ppns].copy()
+        slots = self.swap.put_zip(self.frames.content[frames], units, vm, ppns)
+        pmap.set_state(ppns, ps.VMM_SWAPPED, slots)
+        freed = self.decref(frames)
+        key = self._zip_key(vm)
+        self.zip_units_of[key] = self.zip_units_of.get(key, 0) + int(units.sum())
+        self.zip_pages_of[vm] = self.zip_pages_of.get(vm, 0) + len(ppns)
+        return freed - self._charge_zip()
+
+    def settle_zip(self) -> None:
+        """Take in the compression slots freed since the last call (decompressions by the
+        kernels, releases): their caches shrink, and the frames no longer needed are
+        freed."""
+        sw = self.swap
+        t = sw.tier
+        seen, nf = int(t[T_SEEN2]), int(t[T_NF2])
+        if nf == seen:
+            return
+        base = int(t[T_B2])
+        gone = sw.free_stack[base + seen : base + nf].astype(np.int64) - base
+        t[T_SEEN2] = nf
+        units = sw.zip_units[gone].astype(np.int64)
+        owners = sw.zip_owner[gone]
+        for o in np.unique(owners).tolist():
+            mine = owners == o
+            self.zip_pages_of[o] -= int(np.count_nonzero(mine))
+            if self.zip_mode == zc.ESX:
+                self.zip_units_of[o] -= int(units[mine].sum())
+        if self.zip_mode != zc.ESX:
+            self.zip_units_of[-1] -= int(units.sum())
+        self.zip_units_of = {k: u for k, u in self.zip_units_of.items() if u}
+        self.zip_pages_of = {k: n for k, n in self.zip_pages_of.items() if n}
+        self._charge_zip()
+
+    def rebuild_zip_counts(self) -> None:
+        """The caches' unit and page counts from the compression slots in use (a restored
+        snapshot: they are derived state)."""
+        sw = self.swap
+        used = np.flatnonzero(sw.used[sw.zip_base :])
+        units, owners = sw.zip_units[used].astype(np.int64), sw.zip_owner[used]
+        self.zip_units_of, self.zip_pages_of = {}, {}
+        for o in np.unique(owners).tolist():
+            mine = owners == o
+            self.zip_pages_of[o] = int(np.count_nonzero(mine))
+            key = self._zip_key(o)
+            self.zip_units_of[key] = self.zip_units_of.get(key, 0) + int(units[mine].sum())
+
+    def zip_pages(self, vm: int) -> int:
+        """Pages of VM ``vm`` in the compression cache."""
+        return self.zip_pages_of.get(vm, 0)
+
+    def _charge_zip(self) -> int:
+        """Make the caches hold the frames their pages take; return the change."""
+        want = sum(zc.frames_for(u) for u in self.zip_units_of.values())
+        have = len(self.zip_frames)
+        if want < have:
+            drop = self.zip_frames[want:]
+            self.zip_frames = self.zip_frames[:want].copy()
+            self.frames.decref(drop)
+        elif want > have:
+            got = self.frames.alloc(want - have, zero=False)
+            self.zip_frames = np.concatenate((self.zip_frames, got))
+        return want - have
+
+    @property
+    def n_zip_frames(self) -> int:
+        """Frames the compression caches take now."""
+        return len(self.zip_frames)
 
     def swap_out(self, vm: int, ppns: np.ndarray) -> int:
         """Write resident pages to the swap store; return how many frames that freed.
@@ -482,6 +678,11 @@ class HostMemory:
         refs += np.bincount(ix, minlength=n)
         if len(ix) and (fr.shared[ix].any() or (fr.owner_vm[ix] != -1).any()):
             raise InvariantError("a frame of the sharing index is shared or owned by a VM")
+        zf = self.zip_frames
+        refs += np.bincount(zf, minlength=n)
+        if len(zf) and (fr.shared[zf].any() or (fr.owner_vm[zf] != -1).any()):
+            raise InvariantError("a frame of the compression cache is shared or owned by a VM")
+        self._check_zip()
         fr.check_invariants(refs)
         if (refs[fr.shared] < 1).any():
             raise InvariantError("a shared frame has no references")
@@ -489,6 +690,44 @@ class HostMemory:
         self.index.check_invariants(fr.content, fr.shared)
         if (self.zero & ~fr.shared).any():
             raise InvariantError("zero flag on a frame that is not shared")
+
+    def _check_zip(self) -> None:
+        """Compressed pages vs the caches' counts, caps and frames."""
+        sw = self.swap
+        t = sw.tier
+        if t[T_SEEN2] != t[T_NF2]:
+            raise InvariantError("compression slots freed but not settled")
+        base = sw.zip_base
+        used = np.flatnonzero(sw.used[base:])
+        if len(used) and not self.zip_mode:
+            raise InvariantError("compressed pages with compression off")
+        units, owners = sw.zip_units[used].astype(np.int64), sw.zip_owner[used]
+        if len(used) and ((units < 1) | (units > 2)).any():
+            raise InvariantError("a compressed page of a size that is not 1/4 or 1/2 page")
+        keys = owners if self.zip_mode == zc.ESX else np.full(len(used), -1)
+        want: dict[int, int] = {}
+        for k in np.unique(keys).tolist():
+            want[k] = int(units[keys == k].sum())
+        if want != self.zip_units_of:
+            raise InvariantError(f"compression caches hold {self.zip_units_of}, pages {want}")
+        per_vm = {o: int(n) for o, n in zip(*np.unique(owners, return_counts=True), strict=True)}
+        if per_vm != self.zip_pages_of:
+            raise InvariantError("compressed page counts per VM are off")
+        for k, u in want.items():
+            if self.zip_mode == zc.ESX:
+                cap = zc.vm_cap_units(len(self.vms[k].pmap.state), self.zip_pct)
+            else:
+                cap = zc.pool_cap_units(self.frames.n_frames, self.zip_pct)
+            if u > cap:
+                raise InvariantError(f"compression cache {k} above its cap ({u} > {cap})")
+        if len(self.zip_frames) != sum(zc.frames_for(u) for u in want.values()):
+            raise InvariantError("compression cache frames != what its pages take")
+        for vm in np.unique(owners).tolist():
+            pm = self.vms[vm].pmap
+            z = used[owners == vm]
+            pp = sw.zip_ppn[z]
+            if (pm.state[pp] != ps.VMM_SWAPPED).any() or (pm.loc[pp] != z + base).any():
+                raise InvariantError(f"vm {vm}: a compressed page's record is not its map's")
 
 
 def index_frames_for(n_entries: int, entry_bytes: int, page_size: int) -> int:

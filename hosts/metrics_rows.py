@@ -60,6 +60,14 @@ COLUMNS: dict[str, str] = {
     "large_broken_tick": "int64",
     "host_large_pages": "int64",
     "host_large_broken": "int64",
+    # swap tiers (issue 18): swap-ins from the host swap cache and the compression cache
+    # (not in faults_vmm_swap, which counts disk swap-ins), the VM's compressed pages (also
+    # in swapped_mb), and the host's compression-cache frames and swap-cache slots in use
+    "faults_swap_cache": "int64",
+    "decompressions": "int64",
+    "compressed_mb": "float64",
+    "host_compression_mb": "float64",
+    "host_swap_cache_mb": "float64",
 }
 
 
@@ -103,11 +111,13 @@ class MetricRows:
             host.tick_saved * mb,
             mb,
             large,
+            host.mem.n_zip_frames * mb,
+            host.mem.swap.n_cache_used * mb,
         )
 
     def add(self, host: HostView, vm: VirtualMachine, throughput: float, host_part: tuple) -> None:
         """One row: VM ``vm`` of ``host`` in the tick of ``host_part`` (:meth:`host_part`)."""
-        t, time_s, host_name, state, free_mb, saved_mb, mb, host_large = host_part
+        t, time_s, host_name, state, free_mb, saved_mb, mb, host_large, zip_mb, cache_mb = host_part
         lp = vm.pmap.large
         large = (0, 0, 0) if lp is None else (lp.n_intact, lp.n_broken, lp.tick_broken)
         counts = vm.pmap.counts.tolist()
@@ -140,6 +150,11 @@ class MetricRows:
                 saved_mb,
                 *large,
                 *host_large,
+                c.cache_swapins,
+                c.decompressions,
+                host.mem.zip_pages(vm.vm_id) * mb,
+                zip_mb,
+                cache_mb,
             )
         )
 

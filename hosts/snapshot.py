@@ -32,6 +32,8 @@ Arrays = dict[str, np.ndarray]
 _GUEST = ("v2p", "vstate", "vslot", "clean", "p2v", "pref", "pinned", "free_stack")
 _FRAMES = ("content", "refcount", "shared", "owner_vm", "owner_ppn", "free_stack")
 _SWAP = ("content", "used", "free_stack")
+#: The swap store's tiers and compression records (absent from older snapshots).
+_SWAP_TIERS = ("tier", "zip_units", "zip_owner", "zip_ppn", "zip_seq")
 _INDEX = ("kind", "key", "group")
 
 
@@ -134,7 +136,8 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
     """The complete state of a host, its VMs included (arrays may alias live state)."""
     mem = host.mem
     a: Arrays = {f"frames.{k}": getattr(mem.frames, k) for k in _FRAMES}
-    a.update({f"swap.{k}": getattr(mem.swap, k) for k in _SWAP})
+    a.update({f"swap.{k}": getattr(mem.swap, k) for k in _SWAP + _SWAP_TIERS})
+    a["zip_frames"] = mem.zip_frames
     a.update({f"index.{k}": getattr(mem.index, k) for k in _INDEX})
     a["zero"] = mem.zero
     a["index_frames"] = mem.index_frames
@@ -159,6 +162,7 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
         "emergency_swaps": host.emergency_swaps,
         "frames_n_free": mem.frames.n_free,
         "swap_n_free": mem.swap.n_free,
+        "zip_full": mem.zip_full,
         "next_id": mem.next_id,
         "vms": vms,
     }
@@ -194,6 +198,14 @@ def restore_host(
     mem.zero = _own(a["zero"])
     if "index_frames" in a:  # (snapshots from before the index was charged have none)
         mem.index_frames = _own(a["index_frames"])
+    for k in _SWAP_TIERS:
+        if f"swap.{k}" in a:
+            setattr(mem.swap, k, _own(a[f"swap.{k}"]))
+        elif k == "tier":  # (one tier before the swap cache: the free count was all)
+            mem.swap.tier[1 + 2] = meta["swap_n_free"]
+    if "zip_frames" in a:
+        mem.zip_frames = _own(a["zip_frames"])
+        mem.zip_full = bool(meta["zip_full"])
     mem.frames.n_free = meta["frames_n_free"]
     mem.swap.n_free = meta["swap_n_free"]
     mem.next_id = meta["next_id"]
@@ -220,6 +232,7 @@ def restore_host(
         host.ksm.restore(a, meta["ksm"])
     if host.reporter is not None and "fpr" in meta:
         host.reporter.restore(a, meta["fpr"])
+    mem.rebuild_zip_counts()
     return host
 
 

@@ -65,6 +65,15 @@ class HostPolicy:
     free_page_reporting: bool = False
     free_page_reporting_delay_s: float = 2.0
     free_page_reporting_order: int = 9  # blocks of 2**order 4 KB pages (Linux: 2 MB)
+    # Swap tiers (issue 18): host swap cache (vSphere 5+) and memory compression (ESX 4.1+
+    # per-VM caches, or KVM's zswap pool); see cluster/config_schema.py for the sources.
+    swap_cache_pages: int = 0
+    swap_cache_latency_s: float = 1e-4
+    compression: str = "off"
+    compression_cache_pct: float = 10.0
+    zswap_max_pool_percent: float = 20.0
+    zswap_accept_threshold_percent: float = 90.0
+    decompress_s: float = 1e-5
 
 
 @dataclass(frozen=True)

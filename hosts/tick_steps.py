@@ -159,7 +159,8 @@ class TickSteps:
             q, how = tk.run_steps(
                 lo, hi, self._vin, self._vkey, self._addr, self._alen,
                 content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
-                fr.n_free, sw.content, sw.used, sw.free_stack, sw.n_free, mem.zero, table,
+                fr.n_free, sw.content, sw.used, sw.free_stack, sw.n_free, sw.tier, mem.zero,
+                table,
                 reads, writes, wkeys, to_free, res,
             )  # fmt: skip
             self.stops[how] += 1
@@ -169,6 +170,8 @@ class TickSteps:
                 vm.steps += 1
                 vm.tick.accesses += counts[i][0] + counts[i][1]
                 vm.absorb(mem, res[i].tolist(), to_free)
+            if mem.zip_mode:
+                mem.settle_zip()  # decompressions: the caches shrink (after all rows)
             self.batched += done - lo
             if how == tk.DECLINED:  # drawn, not applied: the one-VM path takes it as is
                 n_r, n_w = counts[q]

@@ -98,6 +98,7 @@ def run_steps(
     s_used: np.ndarray,
     s_free: np.ndarray,
     s_n_free: int,
+    s_tier: np.ndarray,
     zero: np.ndarray,
     table: np.ndarray,
     reads: np.ndarray,
@@ -142,7 +143,7 @@ def run_steps(
             _view(a, n, A_COUNTS, np.int64), _view(a, n, A_ACCESSED, np.bool_),
             _view(a, n, A_DIRTY, np.bool_),
             content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
-            s_content, s_used, s_free, s_n_free,
+            s_content, s_used, s_free, s_n_free, s_tier,
             zero, _view(a, n, A_MARKS, np.bool_), table, v[V_ID],
             _view(a, n, A_IMG_KEYS, np.uint64), to_free, row,
         )  # fmt: skip

@@ -32,7 +32,7 @@ from vmmsim.hosts.guest_os import GuestOS
 from vmmsim.hosts.host_memory import HostMemory
 from vmmsim.hosts.native import hash_pages
 from vmmsim.hosts.phys_map import PhysMap
-from vmmsim.hosts.specs import SimParams, VMSpec
+from vmmsim.hosts.specs import HostPolicy, SimParams, VMSpec
 from vmmsim.hosts.working_set import WorkingSetSampler
 from vmmsim.workloads import registry
 from vmmsim.workloads.content import derived_keys, page_bytes, stable_hash64, word_table
@@ -58,6 +58,8 @@ class VMStats:
     hint_stale: int = 0
     collisions: int = 0
     swap_shared: int = 0  # pages shared instead of VMM-swapped (HostMemory.page_out)
+    cache_swapins: int = 0  # VMM swap-ins from the host swap cache
+    decompressions: int = 0  # VMM swap-ins from the compression cache
     accesses: int = 0
     blocked_ticks: int = 0
     paused_ticks: int = 0
@@ -75,10 +77,12 @@ class TickCounters:
     first_touch: int = 0
     sample: int = 0
     cow: int = 0
-    vmm_swapins: int = 0
+    vmm_swapins: int = 0  # from the regular (disk) swap
     guest_swapins: int = 0
     scanned: int = 0
     accesses: int = 0
+    cache_swapins: int = 0  # VMM swap-ins from the host swap cache (not in disk)
+    decompressions: int = 0  # VMM swap-ins from the compression cache (not in disk)
     paused: float = 0.0  # fraction of the tick the VM was not running
     blocked: bool = False  # blocked for the whole tick (host in LOW, VM above target)
     reported: int = 0  # pages reported free to the host (hosts.free_page_reporting)
@@ -88,11 +92,25 @@ class TickCounters:
 class FaultCosts:
     disk_s: float = 0.005
     minor_s: float = 2e-6
+    cache_s: float = 1e-4  # a swap-in from the host swap cache (policy.swap_cache_latency_us)
+    decompress_s: float = 2e-5  # a decompression (policy.decompress_us)
 
     def throughput(self, tick_s: float, c: TickCounters) -> float:
         """Work done / work demanded: the tick's work is stretched by its stalls."""
         stall = c.disk * self.disk_s + c.minor * self.minor_s
+        if c.cache_swapins or c.decompressions:  # (0 when off: the sum is as it was)
+            stall += c.cache_swapins * self.cache_s + c.decompressions * self.decompress_s
         return (1.0 - c.paused) * tick_s / (tick_s + stall)
+
+
+def fault_costs(policy: HostPolicy) -> FaultCosts:
+    """The stall costs of ``policy``'s latencies."""
+    return FaultCosts(
+        policy.disk_latency_s,
+        policy.minor_fault_s,
+        policy.swap_cache_latency_s,
+        policy.decompress_s,
+    )
 
 
 MakeRoom = Callable[[int, "VirtualMachine"], None]
@@ -346,7 +364,7 @@ class VirtualMachine:
                 pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
                 fr.content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
                 fr.n_free,
-                sw.content, sw.used, sw.free_stack, sw.n_free,
+                sw.content, sw.used, sw.free_stack, sw.n_free, sw.tier,
                 mem.zero, self.sampler.marks, table, self.vm_id,
                 img_keys, to_free, res,
             )  # fmt: skip
@@ -358,12 +376,17 @@ class VirtualMachine:
         if r[vk.ST] != vk.OK:
             return r[vk.ST]
         self.absorb(mem, r, to_free)
+        if r[vk.IN_ZIP]:
+            mem.settle_zip()  # decompressed pages leave their cache's frames
         return vk.OK
 
     def absorb(self, mem: HostMemory, r: list[int], to_free: np.ndarray) -> None:
         """Take in a kernel's results ``r`` (an applied chunk or step, ``res.tolist()``):
         this tick's counters, the free counts it changed, and the frames whose last
-        reference it left in ``to_free`` (freed here, updating the sharing index)."""
+        reference it left in ``to_free`` (freed here, updating the sharing index).  The
+        caller settles the compression caches (:meth:`HostMemory.settle_zip`) once its
+        kernel's rows are all absorbed (a batched call's later rows carry the free-frame
+        count the kernel left)."""
         c = self.tick
         c.disk += r[vk.DISK]
         c.guest_swapins += r[vk.GUEST_IN]
@@ -372,13 +395,15 @@ class VirtualMachine:
         c.cow += r[vk.COW]
         c.vmm_swapins += r[vk.VMM_IN]
         c.sample += r[vk.SAMPLE]
+        if r[vk.IN_CACHE] or r[vk.IN_ZIP]:
+            c.cache_swapins += r[vk.IN_CACHE]
+            c.decompressions += r[vk.IN_ZIP]
         self.sampler.touched += r[vk.SAMPLE]
         g, gs = self.guest, self.guest.swap
         g.n_free = r[vk.G_FREE]
         gs.n_free = r[vk.GS_FREE]
         gs.n_used -= r[vk.GS_TAKEN]
-        mem.frames.n_free = r[vk.F_FREE]
-        mem.swap.n_free = r[vk.S_FREE]
+        mem.frames.n_free = r[vk.F_FREE]  # (the swap's free counts: in swap.tier)
         self.pmap.n_zero_shared += r[vk.ZERO_D]
         if r[vk.N_FREE]:
             mem.decref(to_free[: r[vk.N_FREE]])  # last references of COW-broken frames
@@ -398,7 +423,7 @@ class VirtualMachine:
             gk.evict(
                 victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
                 g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
-                self.pmap.loc, mem.frames.content, mem.swap.content, res,
+                self.pmap.loc, mem.frames.content, mem.swap.content, mem.swap.tier, res,
             )  # fmt: skip
             r = res.tolist()
             if r[gk.R_ST] != gk.SWAP_SLOTS:
@@ -408,8 +433,12 @@ class VirtualMachine:
             raise InvariantError("reading a ballooned page")
         g.n_free, gs.n_free = r[gk.R_G_FREE], r[gk.R_GS_FREE]
         gs.n_used += r[gk.R_SWAPPED]
-        self.tick.disk += r[gk.R_VMM_IN] + r[gk.R_SWAPPED]
-        self.tick.vmm_swapins += r[gk.R_VMM_IN]
+        fast = r[gk.R_IN_CACHE] + r[gk.R_IN_ZIP]  # (double paging from a fast tier)
+        self.tick.disk += r[gk.R_VMM_IN] - fast + r[gk.R_SWAPPED]
+        self.tick.vmm_swapins += r[gk.R_VMM_IN] - fast
+        if fast:
+            self.tick.cache_swapins += r[gk.R_IN_CACHE]
+            self.tick.decompressions += r[gk.R_IN_ZIP]
         self.stats.guest_swapouts += r[gk.R_SWAPPED]
 
     # ------------------------------------------------------------------ reclamation

@@ -110,6 +110,8 @@ def apply_chunk(
     c.cow += fw.cow
     c.vmm_swapins += fr.vmm_swapin + fw.vmm_swapin
     c.disk += fr.vmm_swapin + fw.vmm_swapin
+    c.cache_swapins += fr.cache_in + fw.cache_in
+    c.decompressions += fr.zip_in + fw.zip_in
     all_ppn = np.concatenate([r_ppn, w_ppn])
     hits = vm.sampler.on_access(all_ppn)
     c.minor += hits

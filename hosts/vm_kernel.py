@@ -64,8 +64,10 @@ OK, EVICT, FRAMES, BALLOON, CHUNK, RANGE = 0, 1, 2, 3, 4, 5
     ZERO_D,  # change of the VM's zero-shared page count
     N_FREE,  # frames left in ``to_free`` for the caller's ``decref``
     GS_TAKEN,  # guest swap slots freed (n_used decreases by this)
+    IN_CACHE,  # VMM swap-ins from the host swap cache (not in DISK / VMM_IN)
+    IN_ZIP,  # VMM swap-ins from the compression cache: decompressions (not in DISK / VMM_IN)
     N_RES,
-) = range(17)
+) = range(19)
 
 _RESIDENT, _NEVER, _SWAPPED, _DROPPED = gos.RESIDENT, gos.NEVER, gos.SWAPPED, gos.DROPPED
 _UNT, _MAP, _SHR, _BAL, _VSW = ps.UNTOUCHED, ps.MAPPED, ps.SHARED, ps.BALLOONED, ps.VMM_SWAPPED
@@ -126,6 +128,33 @@ def _push_sorted_desc(stack: np.ndarray, n_free: int, items: np.ndarray) -> int:
     for i in range(k):
         stack[n_free + i] = s[k - 1 - i]
     return n_free + k
+
+
+@numba.njit(**JIT)
+def push_slots(stack: np.ndarray, tier: np.ndarray, slots: np.ndarray) -> tuple[int, int]:
+    """Free VMM swap ``slots``, each onto its tier's stack in ``stack`` (descending, as
+    :meth:`hosts.vmm_swap.SwapStore.free`), updating ``tier``'s free counts; return how
+    many were in the swap cache and in the compression tier."""
+    k = slots.shape[0]
+    if k == 0:
+        return 0, 0
+    s = np.sort(slots)
+    b1, b2 = tier[0], tier[1]
+    n0 = n2 = 0
+    for i in range(k):
+        sl = s[k - 1 - i]
+        if sl < b1:
+            stack[tier[2]] = sl
+            tier[2] += 1
+            n0 += 1
+        elif sl < b2:
+            stack[b1 + tier[3]] = sl
+            tier[3] += 1
+        else:
+            stack[b2 + tier[4]] = sl
+            tier[4] += 1
+            n2 += 1
+    return n0, n2
 
 
 @numba.njit(**JIT)
@@ -237,6 +266,7 @@ def apply_chunk_kernel(
     s_used: np.ndarray,
     s_free: np.ndarray,
     s_n_free: int,
+    s_tier: np.ndarray,
     zero: np.ndarray,
     marks: np.ndarray,
     table: np.ndarray,
@@ -413,6 +443,7 @@ def apply_chunk_kernel(
 
     # ---- VMM reads: first touches (zero-filled) in order, then swap-ins in order
     first = 0
+    in_c = in_z = 0  # swap-ins from the swap cache / compression tier
     if ru:
         for i in range(n_rr):
             p = vr_pp[i]
@@ -442,7 +473,10 @@ def apply_chunk_kernel(
                 s_used[sl] = False
                 owner_vm[f], owner_ppn[f] = vm_id, p
                 state[p], loc[p] = _MAP, f
-        s_n_free = _push_sorted_desc(s_free, s_n_free, slots)
+        c0, c2 = push_slots(s_free, s_tier, slots)
+        in_c += c0
+        in_z += c2
+        s_n_free += rv - c2
         counts[_VSW] -= rv
         counts[_MAP] += rv
     hits = 0
@@ -482,7 +516,10 @@ def apply_chunk_kernel(
                 s_used[sl] = False
                 owner_vm[f], owner_ppn[f] = vm_id, p
                 state[p], loc[p] = _MAP, f
-        s_n_free = _push_sorted_desc(s_free, s_n_free, slots)
+        c0, c2 = push_slots(s_free, s_tier, slots)
+        in_c += c0
+        in_z += c2
+        s_n_free += wv - c2
         counts[_VSW] -= wv
         counts[_MAP] += wv
     zero_d = 0
@@ -527,7 +564,9 @@ def apply_chunk_kernel(
             v = wr[j]
             clean[v] = v < img_keys.shape[0] and img_keys[v] == keys[j]
 
-    vmm_in = rv + wv
+    vmm_in = rv + wv - in_c - in_z  # from disk
+    res[IN_CACHE] = in_c
+    res[IN_ZIP] = in_z
     res[MINOR] += first + ws + hits
     res[DISK] += vmm_in
     res[FIRST] = first
@@ -581,6 +620,7 @@ def step(
     s_used: np.ndarray,
     s_free: np.ndarray,
     s_n_free: int,
+    s_tier: np.ndarray,
     zero: np.ndarray,
     marks: np.ndarray,
     table: np.ndarray,
@@ -608,7 +648,7 @@ def step(
         gs_content, gs_free, gs_n_free,
         state, loc, counts, accessed, dirty,
         content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
-        s_content, s_used, s_free, s_n_free,
+        s_content, s_used, s_free, s_n_free, s_tier,
         zero, marks, table, vm_id,
         img_keys, to_free, res,
     )  # fmt: skip

@@ -77,6 +77,8 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
         )
         seen["migrations"] += len(cfg.migrations) > 0
         seen["policy"] += "policy" in case.raw
+        seen["compression"] += cfg.policy.compression != "off"
+        seen["swap cache"] += cfg.policy.swap_cache_mb > 0
         seen["migration section"] += "migration" in case.raw
         seen["vsphere6"] += cfg.policy.free_states == "vsphere6"
         seen["count"] += any("count" in e for e in case.raw["hosts"] + case.raw["vms"])
@@ -95,6 +97,7 @@ def test_generated_configs_load_and_cover_the_features(tmp_path: Path) -> None:
     ):
         assert seen[feature] > 0, feature
     assert seen["large pages"] > 0
+    assert seen["compression"] > 0 and seen["swap cache"] > 0
     page_classes = ("image classes", "family class", "image_mb", "kernel_fraction")
     for feature in (*page_classes, "VM on a class image", "batch classes"):
         assert seen[feature] > 0, feature
