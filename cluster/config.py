@@ -197,7 +197,27 @@ class SimConfig:
 #: earlier runs keep resuming and replaying.  A key may be listed only if its default
 #: reproduces the earlier behaviour exactly (a mechanism switched off).
 HASH_OMITS_AT_DEFAULT: dict[str, tuple[str, ...]] = {
-    "policy": (),
+    "policy": (  # issue 18: the mechanisms of later ESX and KVM releases
+        "swap_cache_mb",
+        "swap_cache_latency_us",
+        "compression",
+        "compression_cache_pct",
+        "zswap_max_pool_percent",
+        "zswap_accept_threshold_percent",
+        "decompress_us",
+        "free_states",
+        "share_scan_clear_factor",
+        "large_pages",
+        "large_page_break_state",
+        "sharing_scanner",
+        "ksm_pages_to_scan",
+        "ksm_sleep_millisecs",
+        "ksm_max_page_sharing",
+        "ksm_use_zero_pages",
+        "free_page_reporting",
+        "free_page_reporting_delay_s",
+        "free_page_reporting_order",
+    ),
 }
 
 
