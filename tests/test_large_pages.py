@@ -66,8 +66,11 @@ def shared_in_intact(pmap) -> int:
 # ---------------------------------------------------------------------------- units
 def test_region_size_and_state_order():
     assert region_pages(4096) == 512 and region_pages(65536) == 32 and region_pages(512) == 4096
-    assert state_names()[:4] == ("high", "soft", "hard", "low")
+    assert state_names() == ("high", "clear", "soft", "hard", "low")  # pressure order
     assert not breaks_at(MemState.HIGH, "soft") and breaks_at(MemState.SOFT, "soft")
+    # vSphere 6's CLEAR (value 4, after LOW) sits between HIGH and SOFT by pressure
+    assert not breaks_at(MemState.CLEAR, "soft") and breaks_at(MemState.CLEAR, "clear")
+    assert breaks_at(MemState.SOFT, "clear") and not breaks_at(MemState.HIGH, "clear")
     assert breaks_at(MemState.LOW, "soft") and breaks_at(MemState.HIGH, "high")
     assert not breaks_at(MemState.HARD, "low")
 

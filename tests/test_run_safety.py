@@ -406,7 +406,7 @@ def _enospc_fallback(tmp_path: Path, monkeypatch, cfg: Path, extra: list[str], n
 
 
 def test_disk_full_writing_metrics(tmp_path, mount_dir, monkeypatch):
-    _fill_case(tmp_path, mount_dir, monkeypatch, "48k", [], "metrics.parquet")
+    _fill_case(tmp_path, mount_dir, monkeypatch, "16k", [], "metrics.parquet")
 
 
 def test_disk_full_writing_record_log(tmp_path, mount_dir, monkeypatch):
