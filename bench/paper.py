@@ -467,6 +467,7 @@ def kvm(dirs: list[Path]) -> list[Row]:
             " MB",
         )
     )
+    return out
 
 
 #: Issue 18's swap tiers: one overcommitted host, at two loads (the config's 44 MB working
