@@ -45,6 +45,7 @@ from vmmsim.hosts.host_memory import HostMemory, ScanStats, index_frames_for
 from vmmsim.hosts.large_pages import LargePages, breaks_at, region_pages
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.min_free import thresholds_for
+from vmmsim.hosts.sharing import scan as sk
 from vmmsim.hosts.sharing.ksm import KSM_COLUMNS, KsmParams, KsmScanner
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.tick_steps import TickSteps
@@ -404,16 +405,25 @@ class HostMemoryManager:
             return
         breaking = self.policy.large_pages and breaks_at(self.mstate, p.large_page_break_state)
         r = t % len(names)
+        vm_rate = p.scan_vm_pages_per_s * tick_s
+        batch: list[tuple[VirtualMachine, int, np.ndarray]] = []  # (vm, n, candidates)
         for name in names[r:] + names[:r]:
             vm = self.vms[name]
-            vm_rate = p.scan_vm_pages_per_s * tick_s
             vm.scan_credit = min(vm.scan_credit + vm_rate, vm_rate + 1.0)
             n = int(min(vm.scan_credit, self.scan_credit))
             if n <= 0:
                 continue
             vm.scan_credit -= n
             self.scan_credit -= n
-            cand = vm.scan_candidates(n)
+            batch.append((vm, n, vm.scan_candidates(n)))
+        if not p.large_pages:  # all VMs' batches in one compiled call
+            res = self.mem.scan_many([vm.vm_id for vm, _, _ in batch], [c for _, _, c in batch])
+            for (vm, n, _), row in zip(batch, res.tolist(), strict=True):
+                vm.tick.scanned += n
+                vm.stats.scanned += n
+                _count_row(vm, row)
+            return
+        for vm, n, cand in batch:
             if vm.pmap.large is not None and vm.pmap.large.n_intact:
                 vm.pmap.large.mark_seen(cand)  # hashed: hints kept for when they break
                 if breaking:
@@ -605,10 +615,15 @@ def free_page_reporter(policy: HostPolicy, sim: SimParams) -> FreePageReporter:
     return FreePageReporter(delay, block)
 
 
+def _count_row(vm: VirtualMachine, row: list[int]) -> None:
+    """Add a scan's outcome, a row of :meth:`HostMemory.scan_many`, to the VM's totals."""
+    st = vm.stats
+    st.merged += row[sk.R_MERGED]
+    st.hint_hits += row[sk.R_HINT_HITS]
+    st.hint_stale += row[sk.R_STALE]
+    st.collisions += row[sk.R_COLL]
+
+
 def _count_scan(vm: VirtualMachine, s: ScanStats) -> None:
     """Add a scan's outcome to the VM's totals."""
-    st = vm.stats
-    st.merged += s.merged
-    st.hint_hits += s.hint_hits
-    st.hint_stale += s.hint_stale
-    st.collisions += s.collisions
+    _count_row(vm, [s.scanned, s.hint_hits, s.merged, s.hint_stale, s.collisions])

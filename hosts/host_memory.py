@@ -22,6 +22,7 @@ OS's own view (:mod:`hosts.guest_os`).
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +31,13 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.machine_memory import MachineMemory
 from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.sharing import scan as sk
 from vmmsim.hosts.sharing.index import NONE, SharingIndex, hash_page
 from vmmsim.hosts.sharing.scan import merge_pages, scan_batch
 from vmmsim.hosts.vmm_swap import T_B2, T_NF2, T_SEEN2, SwapStore
+
+#: The dtypes of a VM's map arrays in the multi-VM scan's table (``M_*`` order).
+_MAP_DTYPES = (np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.int64))
 
 
 @dataclass
@@ -94,6 +99,11 @@ class HostMemory:
         self.zip_pages_of: dict[int, int] = {}  # compressed pages per VM id (metrics)
         self.zip_frames = np.zeros(0, dtype=np.int32)
         self.zip_full = False
+        # The VMs' map arrays as an address table for the multi-VM scan (scan_many):
+        # rebuilt when any of them is another object; holding them keeps them alive.
+        self._map_arrays: tuple[list[int], list[np.ndarray]] = ([], [])
+        self._maddr = np.zeros((0, sk.N_MAP), dtype=np.int64)
+        self._mlen = np.zeros((0, sk.N_MAP), dtype=np.int64)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -559,6 +569,62 @@ class HostMemory:
             pmap.n_zero_shared += nz
             stats.frames_freed = n_freed
         return stats
+
+    def scan_many(self, vms: list[int], cands: list[np.ndarray]) -> np.ndarray:
+        """One tick's scan batches of several VMs, in order, in one compiled call: exactly
+        ``[self.scan(v, c) for v, c in zip(vms, cands)]`` (same index, frames and maps
+        after it) for VMs without large pages (:func:`hosts.sharing.scan.scan_vms`).
+
+        Returns one row per VM of :class:`ScanStats`' counts (columns ``R_*`` of
+        :mod:`hosts.sharing.scan`); a VM that does not share gets a zero row (as
+        :meth:`scan` gives it no scan either)."""
+        res = np.zeros((len(vms), sk.N_RES), dtype=np.int64)
+        if not vms:
+            return res
+        maddr, mlen, mgroup = self._map_table()
+        starts = np.zeros(len(vms) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in cands], out=starts[1:])
+        fr, idx = self.frames, self.index
+        nz_add = np.zeros(len(maddr), dtype=np.int64)
+        mask = idx.mask
+        _, fr.n_free, err, what = sk.scan_vms(
+            np.array(vms, dtype=np.int64), starts, np.concatenate(cands).astype(np.int64),
+            mgroup, maddr, mlen, fr.content, fr.refcount, fr.shared, fr.owner_vm,
+            fr.owner_ppn, fr.free_stack, fr.n_free, *idx.table_args(), idx.counts, self.zero,
+            mask, np.uint64(self.zero_hash) & mask, res, nz_add,
+        )  # fmt: skip
+        for v in np.flatnonzero(nz_add).tolist():
+            self.vms[v].pmap.n_zero_shared += int(nz_add[v])
+        if what == 1:
+            raise InvariantError(f"scan: index entry of frame {err} missing or doubly shared")
+        if what:
+            msg = "refcount went negative" if what == 2 else "index entry missing"
+            raise InvariantError(f"scan: frame {err}: {msg}")
+        return res
+
+    def _map_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The address table of the VMs' maps (row ``vm_id``; columns ``M_*``) and each
+        VM's sharing group (-1: it does not share), rebuilt only when a VM came or went or
+        has new map arrays (a restore, a migration)."""
+        flat = [a for s in self.vms.values() for a in (s.pmap.state, s.pmap.loc, s.pmap.counts)]
+        ids = list(self.vms)
+        old_ids, old_flat = self._map_arrays
+        if ids != old_ids or not all(map(operator.is_, flat, old_flat)):
+            addr = np.zeros((self.next_id, sk.N_MAP), dtype=np.int64)
+            alen = np.zeros((self.next_id, sk.N_MAP), dtype=np.int64)
+            for k, v in enumerate(ids):
+                t = flat[3 * k : 3 * k + 3]
+                for a, dt in zip(t, _MAP_DTYPES, strict=True):
+                    if a.dtype != dt or not (a.flags.c_contiguous and a.flags.aligned):
+                        raise InvariantError(f"VM {v}: a map array of dtype {a.dtype}")
+                addr[v] = [a.ctypes.data for a in t]
+                alen[v] = [len(a) for a in t]
+            self._map_arrays, self._maddr, self._mlen = (ids, flat), addr, alen
+        group = np.full(self.next_id, -1, dtype=np.int32)
+        for v, s in self.vms.items():
+            if s.sharing:
+                group[v] = s.group
+        return self._maddr, self._mlen, group
 
     def promote_owners(self, frames: np.ndarray) -> None:
         """Owner pages of frames the scan just made shared become SHARED pages too.

@@ -6,7 +6,7 @@ that very shared object into LLVM's symbol table and declare the functions as nu
 externals, so a kernel hashes a page with the *same* C code ``xxhash.xxh3_64_intdigest``
 runs -- no re-implementation, no per-page Python call.  Kernels elsewhere in ``hosts/`` use
 :data:`xxh3_64`, :data:`xxh3_64_seeded` and the C library's :data:`memcmp` and
-:data:`memcpy`, and compile with
+:data:`memcpy`, view per-VM arrays from address tables (:func:`view_of`), and compile with
 :data:`JIT` (cached on disk, so each process loads machine code instead of compiling).
 
 Not covered: the kernels themselves (they live beside the state they change).
@@ -19,7 +19,9 @@ import numba
 import numpy as np
 import xxhash
 import xxhash._xxhash as _xxhash_c
+from llvmlite import ir
 from numba import types
+from numba.extending import intrinsic
 
 _llvm.load_library_permanently(_xxhash_c.__file__)
 
@@ -39,6 +41,24 @@ memcpy = types.ExternalFunction("memcpy", types.voidptr(types.voidptr, types.voi
 
 #: Options every kernel compiles with: no Python objects, cached machine code, GIL released.
 JIT = {"cache": True, "nogil": True}
+
+
+@intrinsic
+def voidptr(typingctx, addr):  # type: ignore[no-untyped-def]
+    """An integer address as ``void *`` (for ``numba.carray``)."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(types.int64), codegen
+
+
+@numba.njit(**JIT)
+def view_of(a: np.ndarray, n: np.ndarray, i: int, dtype):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """Array ``i`` of one row of an address table (address ``a[i]``, ``n[i]`` items) as a
+    numpy view: how kernels take a variable number of per-VM arrays (the caller keeps
+    them alive)."""
+    return numba.carray(voidptr(a[i]), (n[i],), dtype)
 
 
 @numba.njit(**JIT)

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 from vmmsim.hosts import vm_kernel as vk
 from vmmsim.hosts.native import JIT
+from vmmsim.hosts.native import view_of as _view
+from vmmsim.hosts.native import voidptr as _voidptr
 from vmmsim.workloads.patterns_kernel import split_draw
 
 #: How a call ended: every VM done; VM ``q`` drawn, not applied; VM ``q`` applied, its
@@ -61,22 +60,6 @@ K_F32, K_F64, K_STATE, N_VKEY = range(4)
     A_STATE, A_LOC, A_COUNTS, A_ACCESSED, A_DIRTY, A_MARKS, A_SCRATCH, A_POOL_R, A_POOL_W,
     A_IMG_KEYS, N_ARR,
 ) = range(20)  # fmt: skip
-
-
-@intrinsic
-def _voidptr(typingctx, addr):  # type: ignore[no-untyped-def]
-    """An integer address as ``void *`` (for ``numba.carray``)."""
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
-
-    return types.voidptr(types.int64), codegen
-
-
-@numba.njit(**JIT)
-def _view(a: np.ndarray, n: np.ndarray, i: int, dtype):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
-    """Array ``i`` of a VM (address ``a[i]``, ``n[i]`` items) as a numpy view."""
-    return numba.carray(_voidptr(a[i]), (n[i],), dtype)
 
 
 @numba.njit(**JIT)

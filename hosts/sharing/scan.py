@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from vmmsim.hosts.native import JIT, memcmp, xxh3_64
+from vmmsim.hosts.native import JIT, memcmp, view_of, xxh3_64
+from vmmsim.hosts.page_state import MAPPED as PAGE_MAPPED
 from vmmsim.hosts.page_state import SHARED as PAGE_SHARED
 from vmmsim.hosts.sharing.index import HINT, MIX, NONE, SHARED, delete, forget, insert, lookup
 
@@ -270,3 +271,94 @@ def merge_pages(
     for x in range(n_fr):
         zero[freed[x]] = False
     return nz, n_fr, f_n_free, -1
+
+
+#: Columns of :func:`scan_vms`'s per-VM results (one row per scanned VM).
+R_SCANNED, R_HINT_HITS, R_MERGED, R_STALE, R_COLL, R_FREED, N_RES = range(7)
+#: Columns of its pmap address table (one row per ``vm_id``).
+M_STATE, M_LOC, M_COUNTS, N_MAP = range(4)
+
+
+@numba.njit(**JIT)
+def scan_vms(
+    vms, starts, cands, groups, maddr, mlen, content, refcount, shared, owner_vm, owner_ppn,
+    f_free, f_n_free, slots, kind, key, grp, shift, icounts, zero, mask, zh, res, nz_add,
+):  # fmt: skip
+    """One tick's sharing scan of many VMs: for VM ``v = vms[q]`` (sharing group
+    ``groups[v]``; -1: it does not share, skipped), its candidate pages
+    ``cands[starts[q]:starts[q+1]]``, exactly what :meth:`HostMemory.scan` does, VM after
+    VM in this order -- keep the ``MAPPED`` candidates, :func:`scan_batch` them, make the
+    owner pages of promoted frames (any VM's, by ``owner_vm``) shared, :func:`merge_pages`.
+
+    Each VM's map arrays (state, loc, counts) come from the address table ``maddr``/``mlen``
+    (row ``vm_id``, columns ``M_*``).  Writes row ``q`` of ``res`` (columns ``R_*``) and adds
+    zero-shared pages per VM to ``nz_add[vm_id]``.  Returns ``(q, free frames after,
+    err, what)``: ``q == len(vms)`` when every VM is done, else the VM at which an invariant
+    broke (``what`` 1: ``err`` is a frame whose index entry was missing or doubly shared in
+    the scan; 2: its refcount went negative in the merge; 3: its index entry was missing
+    in the merge)."""
+    for q in range(vms.shape[0]):
+        v = vms[q]
+        a, n = maddr[v], mlen[v]
+        state = view_of(a, n, M_STATE, np.int8)
+        loc = view_of(a, n, M_LOC, np.int32)
+        pcounts = view_of(a, n, M_COUNTS, np.int64)
+        row = res[q]
+        if groups[v] < 0:
+            continue  # (a VM that does not share)
+        ppns = cands[starts[q] : starts[q + 1]]
+        m = 0
+        for x in range(ppns.shape[0]):
+            if state[ppns[x]] == PAGE_MAPPED:
+                m += 1
+        cand = np.empty(m, dtype=np.int64)
+        frames = np.empty(m, dtype=np.int64)
+        m = 0
+        for x in range(ppns.shape[0]):
+            p = ppns[x]
+            if state[p] == PAGE_MAPPED:
+                cand[m] = p
+                frames[m] = loc[p]
+                m += 1
+        row[R_SCANNED] = m
+        if m == 0:
+            continue
+        ok_i, targets, promote, n_stale, n_coll, err = scan_batch(
+            content, frames, groups[v], slots, kind, key, grp, shift, icounts, refcount,
+            shared, zero, mask, zh,
+        )  # fmt: skip
+        if err >= 0:
+            return q, f_n_free, err, 1
+        row[R_STALE] = n_stale
+        row[R_COLL] = n_coll
+        if targets.shape[0] == 0:
+            continue
+        row[R_HINT_HITS] = promote.shape[0]
+        row[R_MERGED] = targets.shape[0] - promote.shape[0]
+        for x in range(promote.shape[0]):  # the owner pages of promoted frames: SHARED
+            t = promote[x]
+            o = owner_vm[t]
+            oa, on = maddr[o], mlen[o]
+            ostate = view_of(oa, on, M_STATE, np.int8)
+            op = owner_ppn[t]
+            ocounts = view_of(oa, on, M_COUNTS, np.int64)
+            ocounts[ostate[op]] -= 1
+            ocounts[PAGE_SHARED] += 1
+            ostate[op] = PAGE_SHARED
+            view_of(oa, on, M_LOC, np.int32)[op] = t
+            if zero[t]:
+                nz_add[o] += 1
+        pages = np.empty(ok_i.shape[0], dtype=np.int64)
+        dups = np.empty(ok_i.shape[0], dtype=np.int64)
+        for x in range(ok_i.shape[0]):
+            pages[x] = cand[ok_i[x]]
+            dups[x] = frames[ok_i[x]]
+        nz, n_fr, f_n_free, err = merge_pages(
+            pages, targets, dups, state, loc, pcounts, zero, refcount, shared, owner_vm,
+            owner_ppn, f_free, f_n_free, slots, kind, key, grp, shift, icounts,
+        )  # fmt: skip
+        if err != -1:
+            return q, f_n_free, max(err, -2 - err), 2 if err < -1 else 3
+        nz_add[v] += nz
+        row[R_FREED] = n_fr
+    return vms.shape[0], f_n_free, -1, 0
