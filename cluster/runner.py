@@ -199,7 +199,14 @@ def _run_inprocess(
             return t, coord.tick, coord.done
 
         _drive(advance, rundir, progress)
-        return session.finish()
+        final = session.finish()
+        # Where the hosts' compute went (CPU seconds, summed over hosts), as a Ray run's
+        # timing.json reports it: in-process, this is the whole simulation's profile.
+        phases = pool.call("phase_seconds", [()] * len(pool.names))
+        final["timing"] = {
+            "host_phase_s": {k: sum(p[k] for p in phases) for k in (phases[0] if phases else {})}
+        }
+        return final
     finally:
         session.close()
 
