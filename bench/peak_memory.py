@@ -8,6 +8,12 @@ read every 2 s).  PSS splits shared pages (Ray's object store,
 shared libraries) among the processes that map them, so the sum is what the tree really
 costs the machine.
 
+Where the CPU went: each process's CPU seconds (user + system, ``/proc/<pid>/stat``) are
+read at every sample and the last reading kept, then summed by role -- the command
+itself (the driver), the host actors, the coordinator actor, Ray's daemons (GCS, raylet,
+log monitor, dashboard agents, idle workers) -- so the run's CPU-seconds add up to a whole
+(a process that exits loses at most its last 2 s).
+
 Run: ``python bench/peak_memory.py -- vmmsim run configs/scale_laptop.toml --out runs/s``.
 """
 
@@ -56,6 +62,35 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def role(pid: int, root: int) -> str:
+    """What a process of the tree is: the driver, a host actor, the coordinator, Ray."""
+    if pid == root:
+        return "driver"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "ray daemons"
+    if "HostActor" in cmd:
+        return "host actors"
+    if "Coordinator" in cmd:
+        return "coordinator"
+    return "ray daemons"
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] == "--":
@@ -65,8 +100,13 @@ def main() -> None:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv)
     peak, peak_procs, peak_rss = 0, 0, 0
+    cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
     while proc.poll() is None:
         pids = tree(proc.pid)
+        for p in pids:
+            # (a Ray worker names itself after its actor once it has one)
+            r = cpu[p][0] if p in cpu and cpu[p][0] != "ray daemons" else role(p, proc.pid)
+            cpu[p] = (r, max(cpu_seconds(p), cpu.get(p, (r, 0.0))[1]))
         # PSS (smaps_rollup) walks every mapping of every process: costly with dozens of
         # Ray workers, enough to slow the run it measures.  RSS (statm) is cheap and
         # bounds PSS from above, so PSS is read only when the tree's RSS is 2% above the
@@ -80,6 +120,7 @@ def main() -> None:
                 peak, peak_procs = total, len(pids)
         time.sleep(2.0)
     wall = time.perf_counter() - t0
+    roles = sorted({r for r, _ in cpu.values()})
     print(
         json.dumps(
             {
@@ -89,6 +130,8 @@ def main() -> None:
                 "peak_pss_gib": round(peak / 2**30, 2),
                 "peak_rss_sum_gib": round(peak_rss / 2**30, 2),
                 "processes_at_peak": peak_procs,
+                "cpu_s": {r: round(sum(c for q, c in cpu.values() if q == r), 1) for r in roles},
+                "cpu_s_total": round(sum(c for _, c in cpu.values()), 1),
             }
         ),
         file=sys.stderr,
