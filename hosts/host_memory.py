@@ -104,6 +104,11 @@ class HostMemory:
         self._map_arrays: tuple[list[int], list[np.ndarray]] = ([], [])
         self._maddr = np.zeros((0, sk.N_MAP), dtype=np.int64)
         self._mlen = np.zeros((0, sk.N_MAP), dtype=np.int64)
+        # The VM steps' scratch buffers, one pair for all VMs (steps run one at a time):
+        # step_buffers hands out views of them.
+        self._step_bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._scratch = np.zeros(0, dtype=np.int32)
+        self._to_free = np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -130,6 +135,25 @@ class HostMemory:
         if self._locked is None:
             self._locked = sum(len(s.overhead) + s.pmap.n_pinned for s in self.vms.values())
         return self._locked + len(self.index_frames) + len(self.zip_frames)
+
+    def step_buffers(self, n_pages: int) -> tuple[np.ndarray, np.ndarray]:
+        """A VM step's scratch buffers for a VM of ``n_pages`` pages: the deduplication
+        marks (``int32[n_pages]``, all -1 between steps; its length is the range the
+        kernels check pages against) and room for the frames a step's COW breaks free
+        (``int64[n_pages]``).  Views of one pair of host buffers shared by all its VMs --
+        they step one at a time -- the same objects each call until a larger VM comes
+        (``4 + 8`` bytes per page of the largest VM, not of every VM)."""
+        bufs = self._step_bufs.get(n_pages)
+        if bufs is None:
+            if len(self._scratch) < n_pages:  # (views handed out before keep the old pair)
+                self._scratch = np.full(n_pages, -1, dtype=np.int32)
+                self._to_free = np.empty(n_pages, dtype=np.int64)
+                self._step_bufs = {}
+            bufs = self._step_bufs[n_pages] = (
+                self._scratch[:n_pages],
+                self._to_free[:n_pages],
+            )
+        return bufs
 
     # ------------------------------------------------------------------ index memory
     @property

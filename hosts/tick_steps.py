@@ -38,15 +38,16 @@ _EMPTY_I = np.zeros(0, dtype=np.int64)
 _EMPTY_K = np.zeros(0, dtype=np.uint64)
 
 
-def vm_arrays(vm: VirtualMachine, plan: SplitPlan) -> tuple[Any, ...]:
-    """The arrays of one VM the kernel takes (columns ``A_*`` of :mod:`hosts.tick_steps_kernel`),
-    then the VM's workload generator (whose C entry points go in ``vkey``)."""
+def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple[Any, ...]:
+    """The arrays of one VM the kernel takes (columns ``A_*`` of :mod:`hosts.tick_steps_kernel`;
+    ``scratch``: the host's dedup marks for it, :meth:`HostMemory.step_buffers`), then the
+    VM's workload generator (whose C entry points go in ``vkey``)."""
     g, pm = vm.guest, vm.pmap
     return (
         g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
         pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
-        vm.sampler.marks, vm.scratch, plan.pool_r, plan.pool_w, vm.image_key_array(),
+        vm.sampler.marks, scratch, plan.pool_r, plan.pool_w, vm.image_key_array(),
         vm.workload.rng,
     )  # fmt: skip
 
@@ -102,7 +103,10 @@ class TickSteps:
     ) -> None:
         """The address table (rebuilt only if an array changed), per-step rows, buffers."""
         fr = mem.frames
-        arrays = [vm_arrays(vm, p) for vm, p in zip(vms, plans, strict=True)]
+        arrays = [
+            vm_arrays(vm, p, mem.step_buffers(vm.spec.n_pages)[0])
+            for vm, p in zip(vms, plans, strict=True)
+        ]
         if len(arrays) != len(self._arrays) or not all(
             map(operator.is_, chain.from_iterable(arrays), chain.from_iterable(self._arrays))
         ):

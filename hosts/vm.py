@@ -183,7 +183,6 @@ class VirtualMachine:
         self.scan_a, self.scan_b, self.scan_pos = 1, 0, n  # forces a new permutation
         self.vm_id = -1  # set when attached to a host
         self.group_id = 0
-        self.scratch: np.ndarray | None = None  # dedup marks, all -1 between steps
         self._evict_res = np.zeros(gk.N_RES, dtype=np.int64)
         self._img: np.ndarray | None = None  # content keys of the image pages
         self._fast: tuple | None = None  # fast path's per-host views and buffers
@@ -208,10 +207,7 @@ class VirtualMachine:
         plan (:meth:`workloads.patterns.Workload.plan`)."""
         if not self.fast_path:
             return None
-        plan = self.workload.plan(self.steps)
-        if plan is not None and self.scratch is None:
-            self.scratch = np.full(self.spec.n_pages, -1, dtype=np.int32)
-        return plan
+        return self.workload.plan(self.steps)
 
     def run_step(self, mem: HostMemory, make_room: MakeRoom) -> Accesses:
         """Run the workload's next step through guest and VMM; return its accesses."""
@@ -256,17 +252,16 @@ class VirtualMachine:
         # overheads and pinned pages) could never be served.
         cap = mem.chunk_cap(g.room)
         try_fast, status = self.fast_path, vk.OK
+        scratch = mem.step_buffers(n)[0]
         if try_fast:
-            if self.scratch is None:
-                self.scratch = np.full(n, -1, dtype=np.int32)
-            status = self._apply_fast(mem, make_room, (reads, wr, keys, self.scratch, cap))
+            status = self._apply_fast(mem, make_room, (reads, wr, keys, scratch, cap))
             if status == vk.OK:
                 return
             # CHUNK: chunk by chunk; EVICT: evict, then the kernel; BALLOON, RANGE: the
             # general path, as is.
             try_fast = status in (vk.CHUNK, vk.EVICT)
         if self.fast_path and status != vk.RANGE:
-            rd, wr, keys = vk.dedup(reads, wr, keys, self.scratch)
+            rd, wr, keys = vk.dedup(reads, wr, keys, scratch)
         else:  # (a page out of range: numpy's indexing raises, or wraps as it always did)
             rd, wr, keys = vm_general.dedup(reads, wr, keys, n)
         if len(rd) + len(wr) <= cap:
@@ -347,15 +342,14 @@ class VirtualMachine:
         g, gs, pm, fr, sw = self.guest, self.guest.swap, self.pmap, mem.frames, mem.swap
         img_keys = self._img if self._img is not None else self.image_key_array()
         if self._fast is None or self._fast[0] is not fr.content:  # per host (migration)
-            n = self.spec.n_pages
             self._fast = (
                 fr.content,
                 vk.word_view(fr.content),
                 word_table(-(-self.sim.content_bytes // 8)),
                 np.empty(vk.N_RES, dtype=np.int64),
-                np.empty(n, dtype=np.int64),  # at most one COW-freed frame per page
             )
-        _, words, table, res, to_free = self._fast
+        _, words, table, res = self._fast
+        to_free = mem.step_buffers(self.spec.n_pages)[1]  # (one COW-freed frame per page)
         while True:
             kernel(
                 *head,

@@ -145,7 +145,9 @@ def test_an_array_of_another_dtype_is_refused_not_misread():
 
 
 def test_dtypes_cover_every_array_the_kernel_views():
-    vm = one_host().vms["s0"]
-    arrays = vm_arrays(vm, vm.workload._plan(vm.steps))
+    host = one_host()
+    vm = host.vms["s0"]
+    scratch = host.mem.step_buffers(vm.spec.n_pages)[0]
+    arrays = vm_arrays(vm, vm.workload._plan(vm.steps), scratch)
     assert len(DTYPES) == tk.N_ARR == len(arrays) - 1
     assert [a.dtype for a in arrays[: tk.N_ARR]] == list(DTYPES)
