@@ -17,7 +17,9 @@ order-9 blocks; our guest has no buddy allocator, so a block counts as free when
 pages are); ``block_pages = 1`` reports page by page (an upper bound on what Linux
 returns: free memory too fragmented for whole blocks is reported too).  Pages the guest
 frees and reuses within one tick are not seen as freed.  The guest's free lists are not
-charged any CPU for reporting.
+charged any CPU for reporting.  With large pages (``policy.large_pages``) a reported block
+inside an intact large page splits it first, and a large page reported whole is dropped
+whole (Linux's ``zap_pmd_range`` on the host: :meth:`hosts.host_memory.HostMemory.discard`).
 
 Not covered: the free page *hinting* of live migration (``VIRTIO_BALLOON_F_FREE_PAGE_HINT``).
 """
@@ -81,7 +83,7 @@ class FreePageReporter:
             ppns = self.due(host, name, t)
             if not len(ppns):
                 continue
-            self.frames_freed += host.mem.release(vm.vm_id, ppns, ps.UNTOUCHED)
+            self.frames_freed += host.mem.discard(vm.vm_id, ppns)
             self.reported += len(ppns)
             vm.tick.reported += len(ppns)
 

@@ -11,7 +11,8 @@ Large pages (:mod:`hosts.large_pages`, a VM whose ``pmap.large`` is set): the sc
 shares a page of an intact large page; VMM swapping and ballooning a page break its large
 page first (:meth:`break_large`, which runs the sharing scan over the broken page's
 other pages at once: ESX kept their hashes); :meth:`back_large` backs the rest of a large
-page at its first touch.
+page at its first touch; pages discarded by free page reporting (:meth:`discard`) split
+a large page they cover in part, and unback one they cover whole.
 
 Writes replace whole pages (the access model is page-granular), so the copy a real COW
 break makes is subsumed by the write itself; the fault is still counted.
@@ -305,6 +306,28 @@ class HostMemory:
         if self.zip_mode:
             self.settle_zip()
         return freed + self.decref(frames)
+
+    def discard(self, vm: int, ppns: np.ndarray) -> int:
+        """Drop the backing of pages the guest reported free (free page reporting,
+        :mod:`hosts.free_page_reporting`; QEMU discards them with ``MADV_DONTNEED``): they
+        become UNTOUCHED; frames freed.
+
+        Large pages go as Linux's ``zap_pmd_range`` (``mm/memory.c``) treats a huge PMD in
+        the range: one discarded whole is zapped (``zap_huge_pmd``) and its region is
+        intact and not backed again (:meth:`hosts.large_pages.LargePages.mark_unbacked`: a
+        new large page at its next first touch, as a THP fault); one discarded in part is
+        split first (``__split_huge_pmd``): :meth:`break_large`, as for a swapped or
+        ballooned page.  (So Linux's virtio_balloon reports 2 MB blocks where it can, "to
+        avoid THP splitting" in the host: ``drivers/virtio/virtio_balloon.c``, 5.14.)"""
+        ppns = np.asarray(ppns, dtype=np.int64)
+        lp = self.vms[vm].pmap.large
+        freed = 0
+        if lp is not None:
+            lp.mark_unbacked(lp.whole_backed(ppns))
+            part = lp.regions_of(ppns)
+            part = part[lp.backed[part]]  # (not the whole ones, nor any never backed)
+            freed = self.break_large(vm, part, spare=ppns).frames_freed
+        return freed + self.release(vm, ppns, ps.UNTOUCHED)
 
     def page_out(self, vm: int, ppns: np.ndarray) -> tuple[int, ScanStats]:
         """VMM page-out of resident pages, sharing first; return (frames freed, scan).

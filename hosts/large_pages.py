@@ -34,9 +34,15 @@ and ``seen`` over the pages of intact large pages (above), plus the counts of ea
 (kept incrementally: metrics cost O(1)) and the large pages broken this tick.
 :func:`breaks_at` is the rule comparing free-memory states.
 
+A large page whose pages are all discarded at once (free page reporting of a whole 2 MB
+block, :meth:`hosts.host_memory.HostMemory.discard`) goes back to "never touched yet"
+(:meth:`LargePages.mark_unbacked`): Linux zaps the whole huge PMD and backs the region with
+a new huge page at its next fault.
+
 Not covered: the page operations (breaking with the sharing scan of its pages, backing a
-region at first touch: :class:`hosts.host_memory.HostMemory`), when the scanner breaks
-pages and when a region is backed (:class:`hosts.host_manager.HostMemoryManager`).
+region at first touch, discarding: :class:`hosts.host_memory.HostMemory`), when the
+scanner breaks pages and when a region is backed
+(:class:`hosts.host_manager.HostMemoryManager`).
 Machine contiguity is not modelled: a large page is any ``region_pages`` frames, and a
 large page can be had whenever that many frames are free (ESX also needs them
 contiguous, which fragmentation makes rarer under pressure).
@@ -131,6 +137,14 @@ class LargePages:
         self.seen[pages] = False
         return pages[seen]
 
+    def whole_backed(self, ppns: np.ndarray) -> np.ndarray:
+        """Sorted intact, backed regions *all* of whose pages are among ``ppns`` (unique
+        pages): large pages discarded whole."""
+        r = np.asarray(ppns, dtype=np.int64) // self.region_pages
+        u, n = np.unique(r[r < self.n_regions], return_counts=True)
+        u = u[n == self.region_pages]
+        return u[self.intact[u] & self.backed[u]]
+
     def to_back(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Intact regions not yet backed that hold a touched page (first touches this
         tick), and how many of their pages are still untouched (frames to back them)."""
@@ -150,6 +164,16 @@ class LargePages:
             raise InvariantError("backing a region that is broken or backed already")
         self.backed[regions] = True
         self.n_intact += len(regions)
+
+    def mark_unbacked(self, regions: np.ndarray) -> None:
+        """``regions`` (intact, backed, unique) lose their large page whole (all its pages
+        discarded): intact and not backed again, a large page at their next first touch;
+        their scanner hashes go with it."""
+        if (~self.intact[regions] | ~self.backed[regions]).any():
+            raise InvariantError("unbacking a region that is broken or not backed")
+        self.backed[regions] = False
+        self.seen[self.pages_of(regions)] = False
+        self.n_intact -= len(regions)
 
     def mark_broken(self, regions: np.ndarray) -> int:
         """Break ``regions`` (intact, unique): 4 KB pages from now on.  Returns how many

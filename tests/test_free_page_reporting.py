@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from hostkit import apply, keyed, make_host, make_policy, vm_spec
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.snapshot import host_state, restore_host
+from vmmsim.hosts.specs import HostSpec, SimParams
 from vmmsim.hosts.vm import TickCounters
 
 
@@ -108,3 +110,50 @@ def test_block_size_in_simulated_pages(order: int, page_size: int, block: int) -
     p = make_policy(free_page_reporting=True, free_page_reporting_order=order)
     r = free_page_reporter(p, SimParams(1, 0.5, page_size, 64))
     assert r.block_pages == block and r.delay_ticks == 4
+
+
+def lp_fpr_host(order: int) -> tuple:
+    """Large pages and reporting (delay 0) on 64 KiB pages (32-page large pages, blocks of
+    ``(4 KiB << order) / 64 KiB`` pages): a VM of two large pages, all written and backed."""
+    policy = make_policy(
+        large_pages=True,
+        free_page_reporting=True,
+        free_page_reporting_order=order,
+        free_page_reporting_delay_s=0.0,
+    )
+    host = HostMemoryManager(HostSpec("h", 256, 256), SimParams(7, 1.0, 65536, 64), policy)
+    vm = host.boot_vm(vm_spec("vm0", 64))
+    apply(vm, host.mem, writes=np.arange(64), keys=np.arange(1, 65))
+    host.back_large_pages()
+    assert vm.pmap.large.n_intact == 2
+    return host, vm
+
+
+def test_a_block_reported_inside_a_large_page_splits_it_first() -> None:
+    host, vm = lp_fpr_host(order=5)
+    assert host.reporter.block_pages == 2
+    evict = np.array([4, 5, 6, 7, 9], dtype=np.int64)
+    vm.guest_evict(host.mem, evict)
+    assert report(host, 0) == 4  # (checks invariants: none broken)
+    lp = vm.pmap.large
+    assert lp.intact.tolist() == [False, True] and lp.counts() == (1, 1, 0)
+    assert lp.tick_broken == 1
+    st = vm.pmap.state
+    assert (st[4:8] == ps.UNTOUCHED).all() and st[9] == ps.MAPPED and (st[32:] == ps.MAPPED).all()
+
+
+def test_a_large_page_reported_whole_is_dropped_whole_and_backed_again() -> None:
+    host, vm = lp_fpr_host(order=9)
+    assert host.reporter.block_pages == 32  # a whole large page
+    vm.guest_evict(host.mem, np.arange(32, 64))
+    vm.pmap.large.seen[32:40] = True  # hashes of its pages go with it
+    assert report(host, 0) == 32
+    lp = vm.pmap.large
+    assert lp.intact.tolist() == [True, True] and lp.backed.tolist() == [True, False]
+    assert lp.counts() == (1, 0, 0) and lp.tick_broken == 0 and not lp.seen.any()
+    assert (vm.pmap.state[32:] == ps.UNTOUCHED).all()
+    vm.tick = TickCounters()
+    apply(vm, host.mem, writes=[40], keys=[99])  # the guest reuses one page of it
+    host.back_large_pages()
+    host.check_invariants()
+    assert lp.backed.tolist() == [True, True] and (vm.pmap.state[32:] == ps.MAPPED).all()
