@@ -7,7 +7,7 @@ its own swap disk.  A virtual page is in one of:
 =========  ==========================================================================
 NEVER      never used: the first touch zero-fills a free physical page (minor fault)
 RESIDENT   mapped to a guest physical page (``v2p``)
-SWAPPED    evicted dirty: bytes on the guest's swap disk (``vslot``); disk fault to read
+SWAPPED    evicted dirty: bytes on the guest's swap disk (slot ``s``: ``v2p = -2 - s``)
 DROPPED    evicted clean (an unmodified image page): re-read from the image (disk fault)
 =========  ==========================================================================
 
@@ -22,6 +22,10 @@ so a VM configured with 256 MB and ballooned to X has less room for its workload
 VM configured with X (the paper's explanation of ballooning's small overhead, sec. 3.2).
 ``n_kernel`` physical pages are taken at boot and never freed, evicted or ballooned;
 their fraction of the configured size is the image's ``kernel_fraction``.
+
+The page table holds a swapped page's swap slot (``v2p = -2 - slot``; -1: no page and no
+slot): a page has one or the other, never both, so one int32 per page does for both
+(:meth:`GuestOS.slots_of`, :attr:`GuestOS.vslot`).
 
 Freeing a physical page inside the guest does *not* free machine memory -- the VMM cannot
 see it (that is what the balloon is for).  Not covered: VMM state (:mod:`hosts.phys_map`).
@@ -92,7 +96,6 @@ class GuestOS:
         self.n_pages = n_pages
         self.v2p = np.full(n_pages, -1, dtype=np.int32)
         self.vstate = np.zeros(n_pages, dtype=np.int8)
-        self.vslot = np.full(n_pages, -1, dtype=np.int32)
         self.clean = np.zeros(n_pages, dtype=bool)
         self.p2v = np.full(n_pages, FREE, dtype=np.int32)
         self.pref = np.zeros(n_pages, dtype=bool)
@@ -114,6 +117,25 @@ class GuestOS:
         self.n_kernel = n_kernel
         if n_kernel:
             self.p2v[self.alloc(n_kernel)] = KERNEL
+
+    def slots_of(self, vpns: np.ndarray) -> np.ndarray:
+        """Guest swap slots of ``SWAPPED`` virtual pages ``vpns`` (held in their ``v2p``)."""
+        return -2 - self.v2p[vpns]
+
+    @property
+    def vslot(self) -> np.ndarray:
+        """Every virtual page's guest swap slot, -1 where it has none (a new array)."""
+        return np.where(self.v2p <= -2, -2 - self.v2p, -1).astype(np.int32)
+
+    def page_table(self) -> np.ndarray:
+        """``v2p`` without the swap slots: a physical page, or -1 (a new array; what
+        digests and snapshots hold, as before the slots moved into ``v2p``)."""
+        return np.maximum(self.v2p, -1)
+
+    def set_tables(self, v2p: np.ndarray, vslot: np.ndarray) -> None:
+        """Restore ``v2p`` from a page table and swap slots (:meth:`page_table`,
+        :attr:`vslot`)."""
+        self.v2p = np.where(vslot >= 0, -2 - vslot, v2p).astype(np.int32)
 
     def kernel_pages(self) -> np.ndarray:
         """The physical pages that hold the guest kernel's structures (sorted)."""
@@ -168,12 +190,12 @@ class GuestOS:
         vpns = self.p2v[ppns].astype(np.int64)
         clean = self.clean[vpns]
         dirty_v = vpns[~clean]
+        self.v2p[vpns] = -1
         if len(dirty_v):
             assert data is not None
-            self.vslot[dirty_v] = self.swap.put(data[~clean])
+            self.v2p[dirty_v] = -2 - self.swap.put(data[~clean])
         self.vstate[dirty_v] = SWAPPED
         self.vstate[vpns[clean]] = DROPPED
-        self.v2p[vpns] = -1
         self.push_free(ppns)
         return int(clean.sum()), len(dirty_v)
 
@@ -212,8 +234,12 @@ class GuestOS:
         res = np.flatnonzero(self.vstate == RESIDENT)
         if (self.v2p[res] < 0).any() or not np.array_equal(self.p2v[self.v2p[res]], res):
             raise InvariantError("guest page table and reverse map disagree")
-        if (self.v2p[self.vstate != RESIDENT] != -1).any():
+        swapped = self.vstate == SWAPPED
+        if (self.v2p[~swapped & (self.vstate != RESIDENT)] != -1).any():
             raise InvariantError("a non-resident virtual page still maps a physical page")
+        slots = self.slots_of(np.flatnonzero(swapped))
+        if (slots < 0).any() or len(np.unique(slots)) != len(slots):
+            raise InvariantError("a swapped virtual page has no guest swap slot of its own")
         in_use = int((self.p2v >= 0).sum())
         if in_use != len(res):
             raise InvariantError("physical pages in use != resident virtual pages")

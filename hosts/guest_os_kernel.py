@@ -32,7 +32,7 @@ _MAP, _SHR, _VSW, _BAL = ps.MAPPED, ps.SHARED, ps.VMM_SWAPPED, ps.BALLOONED
 
 @numba.njit(**JIT)
 def evict(
-    victims, p2v, v2p, vstate, vslot, clean, pref, g_free, g_n_free,
+    victims, p2v, v2p, vstate, clean, pref, g_free, g_n_free,
     gs_content, gs_free, gs_n_free, state, loc, f_content, s_content, s_tier, res,
 ):  # fmt: skip
     """Evict the guest's virtual pages on physical pages ``victims`` (unique).
@@ -69,6 +69,7 @@ def evict(
         v = p2v[p]
         if clean[v]:
             vstate[v] = gos.DROPPED
+            v2p[v] = -1
         else:
             gs_n_free -= 1
             slot = gs_free[gs_n_free]
@@ -79,9 +80,8 @@ def evict(
                 gs_content[slot, :] = s_content[loc[p], :cb]
             else:  # untouched at the VMM: zeros
                 gs_content[slot, :] = 0
-            vslot[v] = slot
+            v2p[v] = -2 - slot  # a swapped page's table entry holds its guest swap slot
             vstate[v] = gos.SWAPPED
-        v2p[v] = -1
     order = np.sort(victims)
     for i in range(n):
         p = order[n - 1 - i]

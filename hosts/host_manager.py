@@ -564,7 +564,8 @@ class HostMemoryManager:
         for name in self.order:
             vm = self.vms[name]
             h.update(name.encode())
-            for a in (vm.pmap.state, vm.pmap.loc, vm.guest.v2p, vm.guest.vstate, vm.pmap.counts):
+            g = vm.guest  # (its page table as it was hashed before the slots moved in)
+            for a in (vm.pmap.state, vm.pmap.loc, g.page_table(), g.vstate, vm.pmap.counts):
                 h.update(a.tobytes())
             h.update(f"{vm.steps}|{vm.target}|{vm.guest.n_ballooned}".encode())
             if vm.pmap.large is not None:
@@ -584,7 +585,8 @@ class HostMemoryManager:
             h.update(self.mem.swap.content[self.mem.swap.used].tobytes())
             for name in self.order:
                 g = self.vms[name].guest
-                h.update(g.swap.content[g.vslot[g.vslot >= 0]].tobytes())
+                slots = g.vslot
+                h.update(g.swap.content[slots[slots >= 0]].tobytes())
         return h.hexdigest()
 
     def check_invariants(self) -> None:

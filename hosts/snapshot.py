@@ -29,7 +29,10 @@ from vmmsim.workloads.replay import ReplayWorkload
 
 Arrays = dict[str, np.ndarray]
 
+#: The guest's arrays as stored: ``v2p`` and ``vslot`` apart (the page table with -1 for a
+#: swapped page, and the slots), as before the slots moved into ``v2p`` (GuestOS.set_tables).
 _GUEST = ("v2p", "vstate", "vslot", "clean", "p2v", "pref", "pinned", "free_stack")
+_GUEST_SPLIT = ("v2p", "vslot")
 _FRAMES = ("content", "refcount", "shared", "owner_vm", "owner_ppn", "free_stack")
 _SWAP = ("content", "used", "free_stack")
 #: The swap store's tiers and compression records (absent from older snapshots).
@@ -41,7 +44,8 @@ _INDEX = ("kind", "key", "group")
 def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, Any]]:
     """Everything that defines ``vm``; with ``with_map`` also its VMM map (same host)."""
     g = vm.guest
-    a: Arrays = {f"guest.{k}": getattr(g, k) for k in _GUEST}
+    a: Arrays = {f"guest.{k}": getattr(g, k) for k in _GUEST if k not in _GUEST_SPLIT}
+    a["guest.v2p"], a["guest.vslot"] = g.page_table(), g.vslot
     a["guest.swap.content"] = g.swap.content
     a["guest.swap.free_stack"] = g.swap.free_stack
     a["sampler.marks"] = vm.sampler.marks
@@ -97,7 +101,9 @@ def restore_vm(
     vm = VirtualMachine(spec, sim, policy.sample_pages, policy.balloon_max_fraction, workload)
     g = vm.guest
     for k in _GUEST:
-        setattr(g, k, _own(a[f"guest.{k}"]))
+        if k not in _GUEST_SPLIT:
+            setattr(g, k, _own(a[f"guest.{k}"]))
+    g.set_tables(a["guest.v2p"], a["guest.vslot"])
     g.swap.content = _own(a["guest.swap.content"])
     g.swap.free_stack = _own(a["guest.swap.free_stack"])
     gm = meta["guest"]

@@ -44,7 +44,7 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple
     VM's workload generator (whose C entry points go in ``vkey``)."""
     g, pm = vm.guest, vm.pmap
     return (
-        g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack,
+        g.vstate, g.v2p, g.p2v, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
         pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
         vm.sampler.marks, scratch, plan.pool_r, plan.pool_w, vm.image_key_array(),
@@ -56,7 +56,7 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple
 DTYPES = tuple(
     np.dtype(t)
     for t in (
-        np.int8, np.int32, np.int32, np.int32, np.bool_, np.bool_, np.int32,
+        np.int8, np.int32, np.int32, np.bool_, np.bool_, np.int32,
         np.uint8, np.int32,
         np.int8, np.int32, np.int64, np.bool_, np.bool_,
         np.bool_, np.int32, np.int64, np.int64, np.uint64,

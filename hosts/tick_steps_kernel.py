@@ -56,10 +56,10 @@ K_F32, K_F64, K_STATE, N_VKEY = range(4)
 #: Columns of ``addr`` / ``alen``: a VM's arrays (their data addresses / lengths), in the
 #: order of :func:`hosts.tick_steps.vm_arrays`.
 (
-    A_VSTATE, A_V2P, A_P2V, A_VSLOT, A_CLEAN, A_PREF, A_GFREE, A_GS_CONTENT, A_GS_FREE,
+    A_VSTATE, A_V2P, A_P2V, A_CLEAN, A_PREF, A_GFREE, A_GS_CONTENT, A_GS_FREE,
     A_STATE, A_LOC, A_COUNTS, A_ACCESSED, A_DIRTY, A_MARKS, A_SCRATCH, A_POOL_R, A_POOL_W,
     A_IMG_KEYS, N_ARR,
-) = range(20)  # fmt: skip
+) = range(19)  # fmt: skip
 
 
 @numba.njit(**JIT)
@@ -118,7 +118,7 @@ def run_steps(
         vk.apply_chunk_kernel(
             rd[:m], wr[:j], keys[:j],
             _view(a, n, A_VSTATE, np.int8), _view(a, n, A_V2P, np.int32),
-            _view(a, n, A_P2V, np.int32), _view(a, n, A_VSLOT, np.int32),
+            _view(a, n, A_P2V, np.int32),
             _view(a, n, A_CLEAN, np.bool_), _view(a, n, A_PREF, np.bool_),
             _view(a, n, A_GFREE, np.int32), v[V_G_FREE],
             gs_content, _view(a, n, A_GS_FREE, np.int32), v[V_GS_FREE],

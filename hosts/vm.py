@@ -353,7 +353,7 @@ class VirtualMachine:
         while True:
             kernel(
                 *head,
-                g.vstate, g.v2p, g.p2v, g.vslot, g.clean, g.pref, g.free_stack, g.n_free,
+                g.vstate, g.v2p, g.p2v, g.clean, g.pref, g.free_stack, g.n_free,
                 gs.content, gs.free_stack, gs.n_free,
                 pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
                 fr.content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
@@ -415,7 +415,7 @@ class VirtualMachine:
         gs, res = g.swap, self._evict_res
         while True:
             gk.evict(
-                victims, g.p2v, g.v2p, g.vstate, g.vslot, g.clean, g.pref, g.free_stack,
+                victims, g.p2v, g.v2p, g.vstate, g.clean, g.pref, g.free_stack,
                 g.n_free, gs.content, gs.free_stack, gs.n_free, self.pmap.state,
                 self.pmap.loc, mem.frames.content, mem.swap.content, mem.swap.tier, res,
             )  # fmt: skip
@@ -551,7 +551,7 @@ def vm_page_contents(
     res = np.flatnonzero(vs == gos.RESIDENT)
     out[res] = mem.read_bytes(vm.vm_id, g.v2p[v[res]].astype(np.int64))
     sw = np.flatnonzero(vs == gos.SWAPPED)
-    out[sw] = g.swap.content[g.vslot[v[sw]]]
+    out[sw] = g.swap.content[g.slots_of(v[sw])]
     dr = np.flatnonzero(vs == gos.DROPPED)
     out[dr] = page_bytes(vm.image_keys_of(v[dr]), vm.sim.content_bytes)
     return out
@@ -579,7 +579,7 @@ def vm_page_hashes(vm: VirtualMachine, mem: HostMemory, vpns: np.ndarray) -> np.
         out[res[sw]] = hash_pages(mem.swap.content, loc[sw])
     sw = np.flatnonzero(vs == gos.SWAPPED)
     if len(sw):
-        out[sw] = hash_pages(g.swap.content, g.vslot[v[sw]])
+        out[sw] = hash_pages(g.swap.content, g.slots_of(v[sw]))
     dr = np.flatnonzero(vs == gos.DROPPED)
     if len(dr):
         out[dr] = hash_pages(page_bytes(vm.image_keys_of(v[dr]), cb), np.arange(len(dr)))

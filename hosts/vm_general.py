@@ -74,10 +74,10 @@ def apply_chunk(
         r_sw, r_dr, r_nv = (miss_r[vr == s] for s in (gos.SWAPPED, gos.DROPPED, gos.NEVER))
         w_sw = miss_w[vw == gos.SWAPPED]
         w_disk = int(np.count_nonzero((vw == gos.SWAPPED) | (vw == gos.DROPPED)))
-        sw_data = g.swap.take(g.vslot[r_sw])
-        g.swap.take(g.vslot[w_sw])  # overwritten whole: the slot is just freed
-        g.vslot[r_sw] = -1
-        g.vslot[w_sw] = -1
+        sw_data = g.swap.take(g.slots_of(r_sw))
+        g.swap.take(g.slots_of(w_sw))  # overwritten whole: the slot is just freed
+        g.v2p[r_sw] = -1
+        g.v2p[w_sw] = -1
         g.clean[r_nv] = False
         g.clean[r_sw] = False
         g.clean[r_dr] = True

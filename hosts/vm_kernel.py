@@ -242,7 +242,6 @@ def apply_chunk_kernel(
     vstate: np.ndarray,
     v2p: np.ndarray,
     p2v: np.ndarray,
-    vslot: np.ndarray,
     clean: np.ndarray,
     pref: np.ndarray,
     g_free: np.ndarray,
@@ -385,10 +384,10 @@ def apply_chunk_kernel(
                 vr_pp[a] = r_pp[i]
                 a += 1
             elif st == _SWAPPED:
-                r_slots[b_sw] = vslot[v]
+                r_slots[b_sw] = -2 - v2p[v]  # (a swapped page's v2p holds its slot)
                 vw_pp[b_sw], vw_v[b_sw] = r_pp[i], v
                 b_sw += 1
-                vslot[v] = -1
+                v2p[v] = -1
                 clean[v] = False
             elif st == _DROPPED:
                 vw_pp[b_dr], vw_v[b_dr] = r_pp[i], v
@@ -415,8 +414,8 @@ def apply_chunk_kernel(
         for i in range(n_w):
             v = wr[i]
             if vstate[v] == _SWAPPED:
-                w_slots[k] = vslot[v]
-                vslot[v] = -1
+                w_slots[k] = -2 - v2p[v]
+                v2p[v] = -1
                 k += 1
         # Guest swap: the read-back pages' bytes are copied out below, after their slots
         # are freed (nothing is written to the guest swap here, so that is the same).
@@ -596,7 +595,6 @@ def step(
     vstate: np.ndarray,
     v2p: np.ndarray,
     p2v: np.ndarray,
-    vslot: np.ndarray,
     clean: np.ndarray,
     pref: np.ndarray,
     g_free: np.ndarray,
@@ -644,7 +642,7 @@ def step(
         return
     apply_chunk_kernel(
         rd[:m], wr[:j], keys[:j],
-        vstate, v2p, p2v, vslot, clean, pref, g_free, g_n_free,
+        vstate, v2p, p2v, clean, pref, g_free, g_n_free,
         gs_content, gs_free, gs_n_free,
         state, loc, counts, accessed, dirty,
         content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
