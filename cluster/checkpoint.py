@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,12 +69,15 @@ def write_checkpoint(
     root: Path,
     cfg: SimConfig,
     coord_state: dict[str, Any],
-    hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
+    hosts: Mapping[str, tuple[cf.Arrays, dict[str, Any]]] | Iterable[tuple[str, Any]],
     checksum: str = cf.DEFAULT_CHECKSUM,
     compression: str = "none",
 ) -> Path:
     """Write ``root/t<tick>/`` (via a temporary directory renamed at the end), the host
-    files compressed with ``compression`` (``none``, ``zstd``, ``lz4``).  A failed
+    files compressed with ``compression`` (``none``, ``zstd``, ``lz4``).  ``hosts``: each
+    host's ``(arrays, meta)`` by name, or pairs ``(name, (arrays, meta))`` taken one at a
+    time -- a generator that fetches each host's state as it is written keeps one host's
+    state in memory, not the cluster's.  A failed
     write (disk full) raises :class:`cluster.outputs.OutputWriteError` naming the file;
     the temporary directory is removed."""
     tick = int(coord_state["tick"])
@@ -93,7 +96,7 @@ def _write_checkpoint(
     tick: int,
     cfg: SimConfig,
     coord_state: dict[str, Any],
-    hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]],
+    hosts: Mapping[str, tuple[cf.Arrays, dict[str, Any]]] | Iterable[tuple[str, Any]],
     checksum: str,
     compression: str,
 ) -> Path:
@@ -104,7 +107,8 @@ def _write_checkpoint(
     files = {"config.json": "config"}
     write_json(tmp / "config.json", cfg.to_dict())
     host_files = {}
-    for i, (name, (arrays, meta)) in enumerate(hosts.items()):
+    pairs = hosts.items() if isinstance(hosts, Mapping) else hosts
+    for i, (name, (arrays, meta)) in enumerate(pairs):
         fname = f"host{i:04d}.arrow"
         with writing(tmp / fname):
             cf.write_arrays_file(
@@ -121,6 +125,7 @@ def _write_checkpoint(
             )
         host_files[name] = fname
         files[fname] = name
+        del arrays, meta  # (before the next host's state is fetched)
     with cf.hash_pool() as pool:
         listed = {
             f: {
@@ -282,8 +287,9 @@ class Checkpointer:
         self.next_due = (coord.tick // self.every + 1) * self.every
         target = self.root / checkpoint_name(self.cfg, coord.tick)
         if not target.exists():  # (it does when a recovery re-executes this round)
-            data = coord.pool.call("checkpoint", [()] * len(coord.hosts), coord.hosts)
-            hosts = dict(zip(coord.hosts, data, strict=True))
+            # One host at a time: its state is fetched as its file is written, so the
+            # coordinator holds one host's arrays, not the cluster's (memory stays flat).
+            hosts = ((h, coord.pool.call("checkpoint", [()], [h])[0]) for h in coord.hosts)
             write_checkpoint(
                 self.root, self.cfg, coord.state(), hosts, compression=self.compression
             )

@@ -243,6 +243,33 @@ def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
     assert pa.concat_tables(tables).equals(pq.read_table(base / "metrics.parquet"))
 
 
+def test_checkpoint_fetches_one_host_state_at_a_time(base, tmp_path):
+    """A checkpoint asks the hosts for their state one at a time, each written before the
+    next is fetched (the coordinator never holds the whole cluster's state: memory stays
+    flat in long runs), and the files are the same as the uninterrupted run's."""
+
+    class CountingPool(InProcessPool):
+        sizes: list[int] = []
+
+        def call(self, method, args, names=None):
+            if method == "checkpoint":
+                self.sizes.append(len(names if names is not None else self.names))
+            return super().call(method, args, names)
+
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
+    sim, pol = sim_params(cfg), host_policy(cfg)
+    pool = CountingPool([(s, sim, pol) for s in host_specs(cfg)])
+    session = Session(cfg, pool, RunOptions(checkpoint_every_s=8.0), tmp_path / "out")
+    session.start()
+    while not session.done:
+        session.advance()
+    session.finish()
+    assert len(pool.names) > 1 and pool.sizes == [1] * (3 * len(pool.names))
+    for t in ("t10", "t20", "t25"):
+        for f in (base / "checkpoints" / t).glob("host*.arrow"):
+            assert (tmp_path / "out" / "checkpoints" / t / f.name).read_bytes() == f.read_bytes()
+
+
 @pytest.mark.ray
 def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
     """A host actor killed mid-run: new actors from the last checkpoint, lost rounds
