@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from vmmsim.cluster.cli import main
 from vmmsim.cluster.config import (
     ConfigError,
     PolicyConfig,
@@ -465,3 +466,13 @@ def test_hash_of_a_shipped_config_is_stable() -> None:
     for key, value in MOVED.items():  # a listed key moved off its default does count
         other = load_config(path, [*needs.get(key, []), f"{key}={value}"])
         assert other.config_hash() != cfg.config_hash(), key
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs").glob("*.toml")), ids=lambda p: p.stem
+)
+def test_every_shipped_config_validates(path, capsys):
+    """Each experiment config in configs/ loads, validates and places (``vmmsim validate``
+    exits 0 with no error line)."""
+    assert main(["validate", str(path)]) == 0
+    assert "error" not in capsys.readouterr().err
