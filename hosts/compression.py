@@ -32,13 +32,26 @@ per-page distribution of ESX's compressed sizes was found): 40 % of non-zero pag
 average ratios usually quoted for LZO/LZ4 on guest memory.
 
 When a cache is full: ESX writes the VM's oldest compressed pages out to swap to make
-room for the new ones (ESX evicts from the compression cache to swap); zswap refuses new
-pages and writes back its oldest until the pool is below the accept threshold (Linux's
-shrinker writes back in LRU order; here in the order pages were compressed, as a
-compressed page that is faulted back leaves the pool).  Only private pages are
-compressed: paging out a shared page frees no frame, so compressing it would save
-nothing.  Frames are packed per cache (a cache of ``u`` quarter pages takes ``ceil(u /
-4)`` frames: ideal compaction, where ESX's slot allocator may leave holes).
+room for the new ones ("Understanding Memory Resource Management in VMware vSphere 5.0",
+VMware technical white paper, 2011, "Memory Compression": when the per-VM cache is full,
+a compressed page chosen by age is decompressed and swapped out to make room); zswap
+refuses new pages and writes back its oldest until the pool is below the accept
+threshold (Linux's shrinker writes back in LRU order; here in the order pages were
+compressed, as a compressed page that is faulted back leaves the pool).  Only private
+pages are compressed: paging out a shared page frees no frame, so compressing it would
+save nothing.  Frames are packed per cache (a cache of ``u`` quarter pages takes ``ceil(u
+/ 4)`` frames: ideal compaction, where ESX's slot allocator may leave holes).
+
+The caches are a best-effort tier in front of swap (the same white paper: compression
+only reduces the pages the host swaps; a page that does not compress is swapped), never
+memory that reclamation loses: a page whose compression would free no frame net -- one
+page that opens a new cache frame -- is written to swap instead
+(:meth:`hosts.host_memory.HostMemory.page_out`), and when the VMs have nothing left to
+page out but pinned or reserved pages, emergency reclamation writes the caches' oldest
+pages to swap to free their frames (:meth:`hosts.host_memory.HostMemory.zip_evict`,
+:func:`hosts.reclamation.make_room`).  Without that, caches whose caps add up to more
+than the memory the VMs do not pin could take all of it and fail the host with swap
+nearly empty.
 """
 
 from __future__ import annotations

@@ -132,10 +132,11 @@ class HostMemory:
     @property
     def n_locked(self) -> int:
         """Frames no reclamation can ever free: the VMs' overheads and pinned pages, and
-        the frames the sharing index takes."""
+        the frames the sharing index takes.  (Not the compression caches' frames: writing
+        their pages to swap frees them, :meth:`zip_evict`.)"""
         if self._locked is None:
             self._locked = sum(len(s.overhead) + s.pmap.n_pinned for s in self.vms.values())
-        return self._locked + len(self.index_frames) + len(self.zip_frames)
+        return self._locked + len(self.index_frames)
 
     def step_buffers(self, n_pages: int) -> tuple[np.ndarray, np.ndarray]:
         """A VM step's scratch buffers for a VM of ``n_pages`` pages: the deduplication
@@ -339,6 +340,13 @@ class HostMemory:
         a victim promoted as another victim's hint) stay resident; the rest, and pages
         that were shared already, are written to swap (:meth:`swap_out`).  A VM without
         sharing, or a page that matches nothing, is simply swapped.
+
+        With memory compression (:mod:`hosts.compression`) the private pages that
+        compress well go to the compression cache, the rest to swap.  The cache is a
+        best-effort tier in front of swap: pages whose compression would free no frame
+        net -- one page that must open a new cache frame (the cache grows by a whole
+        frame, the page frees one) -- are written to swap instead, so that every private
+        page paged out frees a frame (:func:`hosts.reclamation.make_room` relies on it).
         """
         pmap = self.vms[vm].pmap
         st = pmap.state[ppns]
@@ -355,6 +363,8 @@ class HostMemory:
             # also shrink as they settle or write back)
             free0 = self.frames.n_free - s.frames_freed - freed
             zp, units = self._zip_admit(vm, out)
+            if len(zp) and self._zip_growth(vm, units) >= len(zp):
+                zp = zp[:0]  # compressing would free no frame: to swap instead
             if len(zp):
                 out = out[~np.isin(out, zp, assume_unique=True)]
                 self.compress(vm, zp, units)
@@ -416,6 +426,32 @@ class HostMemory:
         if k < len(priv) and self.zip_mode == zc.ZSWAP:
             self.zip_full = True  # the pool hit its cap: refuse until below the threshold
         return priv[:k], units[:k]
+
+    def _zip_growth(self, vm: int, units: np.ndarray) -> int:
+        """Frames the cache of ``vm`` would grow by if it took pages of sizes ``units``."""
+        have = self.zip_units_of.get(self._zip_key(vm), 0)
+        return zc.frames_for(have + int(units.sum())) - zc.frames_for(have)
+
+    def zip_evict(self, vm: int, n: int) -> int:
+        """Free up to ``n`` frames of the compression cache of ``vm`` (ESX: its own cache;
+        zswap: the host's pool, any VM's pages) by writing its oldest pages to swap --
+        decompressed, one swap slot each -- as long as swap has free slots; return the
+        frames freed.
+
+        Reclamation's last resort (:func:`hosts.reclamation.make_room`): the caches'
+        frames hold no page a VM can touch, but they are host memory all the same, and
+        ESX empties a compression cache into swap ("Understanding Memory Resource
+        Management in VMware vSphere 5.0", VMware white paper, 2011, sec. "Memory
+        Compression": a compressed page chosen by age is decompressed and swapped out).
+        """
+        key = self._zip_key(vm)
+        have = self.zip_units_of.get(key, 0)
+        if n <= 0 or not have or not self.swap.n_free:
+            return 0
+        keep = max(0, zc.frames_for(have) - n) * zc.UNITS_PER_FRAME
+        before = len(self.zip_frames)
+        self._zip_writeback(key, have - keep, reserve=0)
+        return before - len(self.zip_frames)
 
     def _zip_shrink(self, reserve: int) -> None:
         """zswap's shrinker: a full pool writes back its oldest pages to swap until it is

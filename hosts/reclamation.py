@@ -213,8 +213,16 @@ def make_room(host: Any, k: int, requester: Any) -> None:
     Other VMs' consumed reservations (``min``) are spared: a second pass takes from them
     only when the first could not free ``k`` frames (a chunk of the requester larger than
     free frames, its own pages and the others' unreserved ones: failing the host would be
-    the alternative).  Not a policy: a VM that needs a frame must get one or the host is
-    out of memory and swap (:class:`hosts.errors.SwapFull`)."""
+    the alternative).
+
+    With memory compression, each pass ends, when the VMs have nothing left to page out
+    (their pages pinned, reserved, compressed or swapped), by writing the compression
+    caches' oldest pages to swap until ``k`` frames are free, caches in the same VM order
+    (:meth:`HostMemory.zip_evict`): the caches are a best-effort tier in front of swap,
+    and their frames are host memory like any other.  So reclamation does not give up
+    while swap has free slots for them.  Not a policy: a VM
+    that needs a frame must get one or the host is out of memory and swap
+    (:class:`hosts.errors.SwapFull`)."""
     freed = 0
     over = sorted(
         (v for v in host.vms.values() if v.resident > v.target),
@@ -234,6 +242,11 @@ def make_room(host: Any, k: int, requester: Any) -> None:
                     break  # nothing left to swap in this VM (all pinned or swapped)
             if freed >= k:
                 return
+        if host.mem.zip_mode:  # (off by default: nothing changes then)
+            for vm in over + rest:
+                freed += host.mem.zip_evict(vm.vm_id, k - freed)
+                if freed >= k:
+                    return
     if freed < k:  # the caller needs all k: never return short (it would loop)
         raise SwapFull(
             f"host {host.name}: out of memory and swap at tick {host.tick} "

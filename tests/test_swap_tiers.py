@@ -158,6 +158,79 @@ def test_esx_full_cache_writes_its_oldest_pages_to_swap():
     mem.check_invariants()
 
 
+def _quarter_keys(n: int) -> np.ndarray:
+    """``n`` distinct non-zero content keys whose pages compress to a quarter page."""
+    keys = np.arange(1, 40 * n + 1, dtype=np.uint64)
+    return keys[zc.size_units(keyed(keys), np.arange(len(keys))) == 1][:n]
+
+
+def test_a_page_whose_compression_would_free_no_frame_goes_to_swap():
+    mem = _compressing_mem()
+    vm, pm = attach(mem, 40, sharing=False)
+    keys = _quarter_keys(8)
+    write_keys(mem, vm, range(8), keys)
+    assert mem.page_out(vm, pages(0, 1, 2, 3))[0] == 3  # 4 pages into one cache frame
+    assert mem.n_zip_frames == 1 and mem.zip_pages(vm) == 4
+    free0 = mem.n_free
+    # One more page would open a second cache frame: compressing it frees nothing net.
+    assert mem.page_out(vm, pages(4))[0] == 1 and mem.n_free == free0 + 1
+    assert mem.zip_pages(vm) == 4 and mem.n_zip_frames == 1 and mem.swap.n_used == 1
+    assert pm.loc[4] < mem.swap.zip_base  # on disk
+    # Two pages fill half of a new frame: compressed (two frames freed, one taken).
+    assert mem.page_out(vm, pages(5, 6))[0] == 1
+    assert mem.zip_pages(vm) == 6 and mem.n_zip_frames == 2 and mem.swap.n_used == 1
+    mem.check_invariants()
+    assert np.array_equal(mem.read_bytes(vm, pages(*range(8))), keyed(keys))
+
+
+def test_zip_evict_writes_the_oldest_compressed_pages_to_swap_while_it_has_slots():
+    mem = HostMemory(64, 6, CB)
+    mem.configure_compression("esx", 50.0)
+    vm, pm = attach(mem, 40, sharing=False)
+    keys = _quarter_keys(16)
+    write_keys(mem, vm, range(16), keys)
+    mem.page_out(vm, pages(*range(16)))
+    assert mem.n_zip_frames == 4 and mem.swap.n_used == 0
+    free0 = mem.n_free
+    assert mem.zip_evict(vm, 1) == 1 and mem.n_free == free0 + 1  # four quarter pages
+    assert (pm.loc[:4] < mem.swap.zip_base).all() and (pm.loc[4:16] >= mem.swap.zip_base).all()
+    assert mem.swap.n_used == 4 and mem.zip_pages(vm) == 12 and mem.n_zip_frames == 3
+    # Two slots left: two pages go to disk, not enough to free a frame; then none.
+    assert mem.zip_evict(vm, 2) == 0 and mem.swap.n_free == 0 and mem.zip_pages(vm) == 10
+    assert mem.zip_evict(vm, 2) == 0 and mem.zip_pages(vm) == 10
+    mem.check_invariants()
+    assert np.array_equal(mem.read_bytes(vm, pages(*range(16))), keyed(keys))
+
+
+@pytest.mark.parametrize("mode", ["esx", "zswap"])
+def test_make_room_writes_the_compression_cache_to_swap_when_only_pinned_pages_are_left(mode):
+    from hostkit import make_host, vm_spec
+    from vmmsim.hosts.errors import SwapFull
+
+    # 40 frames: 24 pinned pages, 16 zero pages compressed into 4 cache frames, 12 free.
+    pct = {"compression_cache_pct": 50.0, "zswap_max_pool_percent": 50.0}
+    host = make_host(40, 256, compression=mode, **pct)
+    a = host.boot_vm(vm_spec("a", 64, pinned_pages=24, sharing=False))
+    mem = host.mem
+    keys = np.r_[np.arange(1, 25), np.zeros(16)].astype(np.uint64)
+    apply(a, mem, writes=range(40), keys=keys, make_room=host.make_room)
+    a.swap_out_random(mem, 40)
+    assert a.resident == 24 and mem.n_zip_frames == 4 and mem.zip_pages(a.vm_id) == 16
+    assert mem.n_free == 12 and mem.swap.n_used == 0 and mem.n_locked == 24
+    before, free0 = vm_page_contents(a, mem), mem.n_free
+    host.make_room(3, a)  # nothing left to page out: the cache gives 3 of its 4 frames
+    assert mem.n_free == free0 + 3 and mem.n_zip_frames == 1 and mem.zip_pages(a.vm_id) == 4
+    assert mem.swap.n_used == 12 and a.resident == 24
+    assert np.array_equal(vm_page_contents(a, mem), before)
+    mem.check_invariants()
+    host.make_room(1, a)
+    assert mem.n_zip_frames == 0 and mem.swap.n_used == 16
+    with pytest.raises(SwapFull):  # now only pinned pages: really out of memory
+        host.make_room(1, a)
+    assert np.array_equal(vm_page_contents(a, mem), before)
+    host.check_invariants()
+
+
 def test_a_fault_costs_its_tier_latency():
     costs = FaultCosts(disk_s=5e-3, minor_s=0.0, cache_s=1e-4, decompress_s=1e-5)
     assert costs.throughput(1.0, TickCounters(disk=100)) == pytest.approx(1 / 1.5)
@@ -232,6 +305,51 @@ def test_runs_keep_invariants_are_deterministic_and_cut_disk_faults(mode):
     assert _sum(on, "decompressions") > 0
     assert _sum(off, "decompressions") == _sum(off, "faults_swap_cache") == 0
     assert max(on.metrics["host_compression_mb"].to_pylist()) > 0
+
+
+#: Pinned VMs whose compression caches could take all the memory they do not pin (the
+#: fuzzer's seeds 34 and 47): 9 of 12 MB pinned, caps of 50 % of 16 MB per VM.
+PINNED = """
+[simulation]
+seed = 3
+duration_s = 4
+content_bytes = 64
+
+[policy]
+vm_overhead_mb = 0
+compression_cache_pct = 50
+zswap_max_pool_percent = 40
+
+[[hosts]]
+name = "h"
+memory_mb = 12
+swap_mb = 64
+
+[[vms]]
+name = "v"
+count = 3
+memory_mb = 16
+pinned_mb = 3
+balloon = false
+[vms.workload]
+kind = "steady"
+wss_mb = 10
+write_fraction = 0.5
+"""
+
+
+@pytest.mark.parametrize("mode", ["esx", "zswap"])
+def test_pinned_vms_whose_caches_fill_memory_run_on_swap(mode):
+    cfg = tomllib.loads(PINNED)
+    r = vmmsim.run(
+        cfg,
+        overrides=[f"policy.compression={mode}"],
+        backend="inprocess",
+        check_invariants=True,
+    )
+    assert _sum(r, "decompressions") > 0 and _sum(r, "faults_vmm_swap") > 0
+    assert max(r.metrics["host_compression_mb"].to_pylist()) > 0
+    assert r.summary["hosts"]["h"]["emergency_swapped_pages"] > 0
 
 
 def test_swap_cache_takes_swap_ins_off_the_disk():
