@@ -368,8 +368,9 @@ class HostMemory:
             if len(zp):
                 out = out[~np.isin(out, zp, assume_unique=True)]
                 self.compress(vm, zp, units)
-                if self.zip_full:
-                    self._zip_shrink(reserve=len(out))
+            if self.zip_full:  # (also when the pool took none: Linux zswap queues its
+                # shrink worker whenever a store finds the pool at its limit)
+                self._zip_shrink(reserve=len(out))
             if len(out):
                 self.swap_out(vm, out)
             return self.frames.n_free - free0, s

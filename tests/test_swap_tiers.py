@@ -146,6 +146,26 @@ def test_zswap_at_its_cap_refuses_and_writes_back_its_oldest_below_the_threshold
     assert np.array_equal(mem.read_bytes(vm, pages(*range(60))), before)
 
 
+def test_zswap_pool_that_takes_none_of_a_batch_still_shrinks():
+    """A store that finds the pool at its limit queues the shrinker even when the pool took
+    none of the pages (Linux zswap): a pool one quarter page short of its cap, offered a
+    half-page page, refuses it and writes back below its accept threshold at once."""
+    mem = _compressing_mem(n_frames=100, mode="zswap", pct=4.0, accept=50.0)  # 16 quarters
+    vm, pm = attach(mem, 60, sharing=False)
+    write_keys(mem, vm, range(15), [0] * 15)  # zero pages: a quarter page each
+    half = np.arange(1, 4000, dtype=np.uint64)
+    half = half[zc.size_units(keyed(half), np.arange(len(half))) == 2][:1]
+    write_keys(mem, vm, [15], half)
+    before = mem.read_bytes(vm, pages(*range(16)))
+    mem.page_out(vm, pages(*range(15)))
+    assert mem.zip_pages(vm) == 15 and not mem.zip_full  # one quarter page left
+    mem.page_out(vm, pages(15))  # needs two: refused, the pool is full -> shrinks
+    assert mem.zip_full and mem.zip_pages(vm) == 7  # below 50 % of 16 quarter pages
+    assert pm.loc[15] < mem.swap.zip_base  # the refused page went to disk
+    mem.check_invariants()
+    assert np.array_equal(mem.read_bytes(vm, pages(*range(16))), before)
+
+
 def test_esx_full_cache_writes_its_oldest_pages_to_swap():
     mem = _compressing_mem(pct=10.0)  # 40 pages: 16 quarter pages
     vm, pm = attach(mem, 40, sharing=False)
