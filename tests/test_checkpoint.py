@@ -216,6 +216,20 @@ def test_killed_host_without_checkpoint_fails_clearly(tmp_path, capsys):
     assert not out.exists()
 
 
+def _run_checkpointed(tmp_path, pool_class) -> tuple[dict, list, InProcessPool]:
+    """The base run's config, run in-process on ``pool_class`` with a checkpoint every
+    8 s; returns (final, metrics tables, pool)."""
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
+    sim, pol = sim_params(cfg), host_policy(cfg)
+    pool = pool_class([(s, sim, pol) for s in host_specs(cfg)])
+    session = Session(cfg, pool, RunOptions(checkpoint_every_s=8.0), tmp_path / "out")
+    session.start()
+    tables = []
+    while not session.done:
+        tables += session.advance()
+    return session.finish(), tables, pool
+
+
 def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
     """A host lost during the checkpoint call, after its round ran: that round's rows are
     not lost (it is re-executed with the others since the last checkpoint)."""
@@ -229,15 +243,7 @@ def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
                 raise HostFailure("h-0", self.tick, "lost while checkpointing")
             return super().call(method, args, names)
 
-    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
-    sim, pol = sim_params(cfg), host_policy(cfg)
-    pool = FlakyPool([(s, sim, pol) for s in host_specs(cfg)])
-    session = Session(cfg, pool, RunOptions(checkpoint_every_s=8.0), tmp_path / "out")
-    session.start()
-    tables = []
-    while not session.done:
-        tables += session.advance()
-    final = session.finish()
+    final, tables, _ = _run_checkpointed(tmp_path, FlakyPool)
     assert final["final_digest"] == _summary(base)["final_digest"]
     assert final["recoveries"][0]["checkpoint"] == "checkpoints/t10"
     assert pa.concat_tables(tables).equals(pq.read_table(base / "metrics.parquet"))
@@ -256,14 +262,7 @@ def test_checkpoint_fetches_one_host_state_at_a_time(base, tmp_path):
                 self.sizes.append(len(names if names is not None else self.names))
             return super().call(method, args, names)
 
-    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
-    sim, pol = sim_params(cfg), host_policy(cfg)
-    pool = CountingPool([(s, sim, pol) for s in host_specs(cfg)])
-    session = Session(cfg, pool, RunOptions(checkpoint_every_s=8.0), tmp_path / "out")
-    session.start()
-    while not session.done:
-        session.advance()
-    session.finish()
+    _, _, pool = _run_checkpointed(tmp_path, CountingPool)
     assert len(pool.names) > 1 and pool.sizes == [1] * (3 * len(pool.names))
     for t in ("t10", "t20", "t25"):
         for f in (base / "checkpoints" / t).glob("host*.arrow"):
