@@ -170,14 +170,14 @@ class GuestOS:
         protected); pages with a clear reference bit are taken in sweep order; the bits of
         pages passed over are cleared, and if a full sweep finds too few, a second sweep
         takes pages in order.  The hand stops just after the last victim.  One compiled
-        sweep that stops at the ``k``-th victim (:func:`_clock`); the vectorised numpy
+        sweep that stops at the ``k``-th victim (:func:`clock_sweep`); the vectorised numpy
         version it replaced is the tests' oracle (``tests/oracles/clock.py``).
         """
         if k <= 0:
             return np.zeros(0, dtype=np.int64)
         prot = _NO_PAGES if protect is None else np.asarray(protect, dtype=np.int64)
         out = np.empty(min(k, self.n_pages), dtype=np.int64)
-        n, self.hand = _clock(self.p2v, self.pinned, self.pref, prot, self.hand, k, out)
+        n, self.hand = clock_sweep(self.p2v, self.pinned, self.pref, prot, self.hand, k, out)
         return out[:n]
 
     # ------------------------------------------------------------------ eviction
@@ -262,7 +262,7 @@ _NO_PAGES = np.zeros(0, dtype=np.int64)
 
 
 @numba.njit(**JIT)
-def _clock(p2v, pinned, pref, protect, hand, k, out):  # noqa: ANN001, ANN201
+def clock_sweep(p2v, pinned, pref, protect, hand, k, out):  # noqa: ANN001, ANN201
     """The clock sweep of :meth:`GuestOS.choose_victims`; return (victims in ``out``,
     new hand)."""
     n = p2v.shape[0]

@@ -47,7 +47,7 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple
         g.vstate, g.v2p, g.p2v, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
         pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
-        vm.sampler.marks, scratch, plan.pool_r, plan.pool_w, vm.image_key_array(),
+        vm.sampler.marks, scratch, plan.pool_r, plan.pool_w, vm.image_key_array(), g.pinned,
         vm.workload.rng,
     )  # fmt: skip
 
@@ -59,7 +59,7 @@ DTYPES = tuple(
         np.int8, np.int32, np.int32, np.bool_, np.bool_, np.int32,
         np.uint8, np.int32,
         np.int8, np.int32, np.int64, np.bool_, np.bool_,
-        np.bool_, np.int32, np.int64, np.int64, np.uint64,
+        np.bool_, np.int32, np.int64, np.int64, np.uint64, np.bool_,
     )
 )  # fmt: skip
 
@@ -76,9 +76,11 @@ class TickSteps:
         self._vin = np.zeros((0, tk.N_VIN), dtype=np.int64)  # this tick's planned steps
         self._vkey = np.zeros((0, tk.N_VKEY), dtype=np.uint64)
         self._res = np.zeros((0, vk.N_RES), dtype=np.int64)
+        self._ev = np.zeros((0, tk.N_EV), dtype=np.int64)  # guest evictions in the kernel
         self._counts: list[tuple[int, int]] = []  # (reads, writes) drawn per row
         self.batched = 0  # steps the kernel applied (tests)
         self.stops = [0, 0, 0]  # compiled calls by how they ended (END, DECLINED, DECREF)
+        self.evictions = 0  # steps whose guest evicted inside the kernel (tests)
 
     def run(self, mem: HostMemory, vms: Sequence[VirtualMachine], make_room: MakeRoom) -> None:
         """Step every VM of ``vms`` once, in order."""
@@ -126,9 +128,10 @@ class TickSteps:
             counts.append((n_r, n_w))
             max_r, max_w = max(max_r, n_r), max(max_w, n_w)
             vin[i] = (
-                g.n_free, g.swap.n_free, vm.vm_id, cap, p.len_r, n_r, p.len_w, n_w,
+                g.n_free, g.swap.n_free, vm.vm_id, cap, p.len_r, n_r, p.len_w, n_w, g.hand,
             )  # fmt: skip
         self._res = np.zeros((n, vk.N_RES), dtype=np.int64)
+        self._ev = np.zeros((n, tk.N_EV), dtype=np.int64)
         self._buffers(max_r, max_w)
 
     def _table(self, vms: Sequence[VirtualMachine], arrays: list[tuple[Any, ...]]) -> None:
@@ -157,7 +160,7 @@ class TickSteps:
         fr, sw = mem.frames, mem.swap
         reads, writes, wkeys, to_free = self._bufs
         content, words, table = self._host
-        res, counts, base = self._res, self._counts, lo
+        res, ev, counts, base = self._res, self._ev, self._counts, lo
         while lo < hi:
             # Guest free counts in the rows are current: only a VM's own step changes them.
             q, how = tk.run_steps(
@@ -165,7 +168,7 @@ class TickSteps:
                 content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
                 fr.n_free, sw.content, sw.used, sw.free_stack, sw.n_free, sw.tier, mem.zero,
                 table,
-                reads, writes, wkeys, to_free, res,
+                reads, writes, wkeys, to_free, res, ev,
             )  # fmt: skip
             self.stops[how] += 1
             done = q + 1 if how == tk.DECREF else q
@@ -173,6 +176,8 @@ class TickSteps:
                 vm = vms[i - base]
                 vm.steps += 1
                 vm.tick.accesses += counts[i][0] + counts[i][1]
+                if ev[i, tk.EV_DONE]:
+                    self._absorb_eviction(vm, ev[i].tolist())
                 vm.absorb(mem, res[i].tolist(), to_free)
             if mem.zip_mode:
                 mem.settle_zip()  # decompressions: the caches shrink (after all rows)
@@ -182,9 +187,23 @@ class TickSteps:
                 acc = Accesses(reads[:n_r].copy(), writes[:n_w].copy(), wkeys[:n_w].copy())
                 vm = vms[q - base]
                 vm.steps += 1
-                vm.apply(mem, make_room, acc)
+                evicted = bool(ev[q, tk.EV_DONE])
+                if evicted:
+                    self._absorb_eviction(vm, ev[q].tolist())
+                vm.apply(mem, make_room, acc, evicted=evicted)
                 done = q + 1
             lo = done
+
+    def _absorb_eviction(self, vm: VirtualMachine, e: list[int]) -> None:
+        """Take in a guest eviction the kernel made for ``vm``'s step (row of ``ev``)."""
+        if e[tk.EV_BALLOONED]:
+            raise InvariantError("reading a ballooned page")
+        vm.guest.hand = e[tk.EV_HAND]
+        vm.absorb_eviction(
+            e[tk.EV_G_FREE], e[tk.EV_GS_FREE], e[tk.EV_SWAPPED], e[tk.EV_VMM_IN],
+            e[tk.EV_IN_CACHE], e[tk.EV_IN_ZIP],
+        )  # fmt: skip
+        self.evictions += 1
 
     def _buffers(self, n_r: int, n_w: int) -> None:
         """Room for ``n_r`` reads and ``n_w`` writes (the buffers only grow, doubling)."""

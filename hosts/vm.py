@@ -232,13 +232,18 @@ class VirtualMachine:
                 make_room(need, self)
             mem.write(self.vm_id, chunk, page_bytes(keys[lo : lo + step], self.sim.content_bytes))
 
-    def apply(self, mem: HostMemory, make_room: MakeRoom, acc: Accesses) -> None:
+    def apply(
+        self, mem: HostMemory, make_room: MakeRoom, acc: Accesses, evicted: bool = False
+    ) -> None:
         """Apply one step's accesses, in chunks small enough for the guest's memory.
 
         Deduplication: the last write to a page wins, a page read and written is a write.
         With ``fast_path`` the common step is one compiled call (deduplication and all,
         :func:`hosts.vm_kernel.step`); otherwise, or when it declines, the accesses are
-        deduplicated here and applied chunk by chunk.
+        deduplicated here and applied chunk by chunk.  ``evicted``: the batched steps
+        (:mod:`hosts.tick_steps_kernel`) found the step in one chunk, short of guest
+        pages, and the guest has already evicted for it (what :meth:`make_guest_room`
+        does here): the step goes on from there.
         """
         n = self.spec.n_pages
         wr = np.asarray(acc.writes, dtype=np.int64)
@@ -253,6 +258,10 @@ class VirtualMachine:
         cap = mem.chunk_cap(g.room)
         try_fast, status = self.fast_path, vk.OK
         scratch = mem.step_buffers(n)[0]
+        if evicted:
+            rd, wr, keys = vk.dedup(reads, wr, keys, scratch)
+            self._apply_chunk(mem, make_room, rd, wr, keys, True, evicted=True)
+            return
         if try_fast:
             status = self._apply_fast(mem, make_room, (reads, wr, keys, scratch, cap))
             if status == vk.OK:
@@ -292,17 +301,20 @@ class VirtualMachine:
         keys: np.ndarray,
         try_fast: bool,
         must_evict: bool = False,
+        evicted: bool = False,
     ) -> None:
         """Sorted, disjoint reads ``rd`` and writes ``wr`` (guest virtual pages).
 
         With ``try_fast``, a chunk that needs guest eviction gets it here (the general
         path's own eviction step) and then goes through the kernel after all;
-        ``must_evict``: the kernel already said so for this chunk.
+        ``must_evict``: the kernel already said so for this chunk; ``evicted``: the guest
+        has already evicted for it (the batched steps).
         """
-        evicted = False
         if try_fast:
-            status = vk.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
-            if status == vk.EVICT:
+            status = vk.EVICT if must_evict else vk.OK
+            if not must_evict:
+                status = self._apply_fast(mem, make_room, (rd, wr, keys))
+            if status == vk.EVICT and not evicted:
                 self.make_guest_room(mem, rd, wr)
                 evicted = True
                 status = self._apply_fast(mem, make_room, (rd, wr, keys))
@@ -425,15 +437,28 @@ class VirtualMachine:
             gs.reserve(r[gk.R_NEED])
         if r[gk.R_ST] == gk.BALLOONED:
             raise InvariantError("reading a ballooned page")
-        g.n_free, gs.n_free = r[gk.R_G_FREE], r[gk.R_GS_FREE]
-        gs.n_used += r[gk.R_SWAPPED]
-        fast = r[gk.R_IN_CACHE] + r[gk.R_IN_ZIP]  # (double paging from a fast tier)
-        self.tick.disk += r[gk.R_VMM_IN] - fast + r[gk.R_SWAPPED]
-        self.tick.vmm_swapins += r[gk.R_VMM_IN] - fast
+        self.absorb_eviction(
+            r[gk.R_G_FREE], r[gk.R_GS_FREE], r[gk.R_SWAPPED], r[gk.R_VMM_IN],
+            r[gk.R_IN_CACHE], r[gk.R_IN_ZIP],
+        )  # fmt: skip
+
+    def absorb_eviction(
+        self, g_free: int, gs_free: int, swapped: int, vmm_in: int, in_cache: int, in_zip: int
+    ) -> None:
+        """Take in a guest eviction's outcome (:func:`hosts.guest_os_kernel.evict`, here
+        or in the batched steps): free counts after it, dirty pages written to the guest's
+        swap, victims read back from the VMM's swap first (double paging; ``in_cache`` /
+        ``in_zip`` of them from a fast tier, not the disk)."""
+        g, gs = self.guest, self.guest.swap
+        g.n_free, gs.n_free = g_free, gs_free
+        gs.n_used += swapped
+        fast = in_cache + in_zip
+        self.tick.disk += vmm_in - fast + swapped
+        self.tick.vmm_swapins += vmm_in - fast
         if fast:
-            self.tick.cache_swapins += r[gk.R_IN_CACHE]
-            self.tick.decompressions += r[gk.R_IN_ZIP]
-        self.stats.guest_swapouts += r[gk.R_SWAPPED]
+            self.tick.cache_swapins += in_cache
+            self.tick.decompressions += in_zip
+        self.stats.guest_swapouts += swapped
 
     # ------------------------------------------------------------------ reclamation
     def inflate_balloon(self, mem: HostMemory, k: int) -> int:

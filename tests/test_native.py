@@ -40,7 +40,7 @@ def test_warm_up_runs_a_host_through_its_kernels() -> None:
         vm_kernel.dedup_kernel,
         sharing_scan.scan_batch,
         sharing_scan.merge_pages,
-        guest_os._clock,
+        guest_os.clock_sweep,
         guest_os_kernel.evict,
         patterns_kernel.split_draw,
         tick_steps_kernel.run_steps,
