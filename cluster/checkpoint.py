@@ -277,6 +277,7 @@ class Checkpointer:
         self.next_due = (start_tick // every + 1) * every
         self.last: Path | None = None
         self.written: list[int] = []
+        self.last_decisions = 0  # the coordinator's decisions at the last checkpoint
 
     def on_round(self, coord: Any, start: int, n: int, results: list[dict[str, Any]]) -> None:
         del start, n, results
@@ -290,8 +291,8 @@ class Checkpointer:
             # One host at a time: its state is fetched as its file is written, so the
             # coordinator holds one host's arrays, not the cluster's (memory stays flat).
             hosts = ((h, coord.pool.call("checkpoint", [()], [h])[0]) for h in coord.hosts)
-            write_checkpoint(
-                self.root, self.cfg, coord.state(), hosts, compression=self.compression
-            )
+            state = coord.state()
+            write_checkpoint(self.root, self.cfg, state, hosts, compression=self.compression)
             self.written.append(coord.tick)
+            self.last_decisions = state["n_decisions"]
         self.last = target

@@ -106,7 +106,10 @@ class Coordinator:
         self.round_digests: list[dict[str, str]] = []
         self.vm_steps = {v.name: 0 for v in cfg.vms}  # workload steps each VM has run
         # Record / replay / checkpoint hooks, all optional (cluster/session.py sets them):
-        self.decisions: list[tuple[int, str, Any]] = []  # every decision (tick, kind, payload)
+        # Every decision (tick, kind, payload) not yet dropped: the first
+        # ``decisions_dropped`` are gone (drop_decisions, once nothing can need them).
+        self.decisions: list[tuple[int, str, Any]] = []
+        self.decisions_dropped = 0
         self.recorded: dict[tuple[int, str], list[Any]] | None = None  # decisions to reuse
         self.feeder: Callable[[Coordinator, str, int], Any] | None = None  # replayed inputs
         self.observers: list[Any] = []  # .on_round(coord, start, n, results) after each round
@@ -216,6 +219,23 @@ class Coordinator:
         self.decisions.append((self.tick, kind, value))
         return value
 
+    @property
+    def n_decisions(self) -> int:
+        """Decisions made so far (dropped ones included)."""
+        return self.decisions_dropped + len(self.decisions)
+
+    def decisions_since(self, n: int) -> list[tuple[int, str, Any]]:
+        """Decisions ``n ..`` (none of them dropped yet)."""
+        return self.decisions[n - self.decisions_dropped :]
+
+    def drop_decisions(self, upto: int) -> None:
+        """Forget decisions ``.. upto - 1`` (written to the record log and older than the
+        last checkpoint: nothing reads them again), so a long run's memory stays flat."""
+        k = upto - self.decisions_dropped
+        if k > 0:
+            del self.decisions[:k]
+            self.decisions_dropped += k
+
     def _compute(self, compute: Callable[[], Any]) -> Any:
         try:
             return compute()
@@ -231,7 +251,7 @@ class Coordinator:
             "placement": self.placement,
             "round_digests": self.round_digests,
             "vm_steps": self.vm_steps,
-            "n_decisions": len(self.decisions),
+            "n_decisions": self.n_decisions,
             "migrations": self.migrator.state(),
             "events_applied": self.events_applied,
         }
@@ -245,7 +265,7 @@ class Coordinator:
         self.vm_steps = dict(st["vm_steps"])
         if "migrations" in st:
             self.migrator.load_state(st["migrations"])
-        del self.decisions[st["n_decisions"] :]
+        del self.decisions[max(0, st["n_decisions"] - self.decisions_dropped) :]
         # The policy of that tick: the config's, then the events applied by then (the
         # hosts were restored with the config's policy: pushed again if it differs).
         self.events_applied = int(st.get("events_applied", 0))

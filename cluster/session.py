@@ -155,9 +155,22 @@ class Session:
                 self._inject_fault()
                 self._set_pool_tick()
                 self._round_start = self.coord.tick
-                return [self.coord.advance()]
+                table = self.coord.advance()
+                self._drop_decisions()
+                return [table]
             except HostFailure as e:
                 self._recover(e)
+
+    def _drop_decisions(self) -> None:
+        """Let the coordinator forget the decisions nothing can read again: those the
+        record log has written and, when checkpoints are kept, made before the last one
+        (a recovery goes back to it and decides again from there)."""
+        keep = self.coord.n_decisions
+        if self.recorder is not None:
+            keep = min(keep, self.recorder.n_decisions)
+        if self.checkpointer is not None:
+            keep = min(keep, self.checkpointer.last_decisions)
+        self.coord.drop_decisions(keep)
 
     def finish(self) -> dict[str, Any]:
         final = self.coord.finish()

@@ -269,6 +269,29 @@ def test_checkpoint_fetches_one_host_state_at_a_time(base, tmp_path):
             assert (tmp_path / "out" / "checkpoints" / t / f.name).read_bytes() == f.read_bytes()
 
 
+def test_decisions_are_dropped_once_nothing_can_read_them(tmp_path):
+    """A long run's coordinator keeps only the decisions made since the last checkpoint
+    (a recovery decides again from there); without checkpoints or a record log, none;
+    the count goes on."""
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
+    sim, pol = sim_params(cfg), host_policy(cfg)
+    pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)])
+    plain = Session(cfg, pool, RunOptions(), tmp_path / "plain")
+    plain.start()
+    kept = []
+    while not plain.done:
+        plain.advance()
+        kept.append(len(plain.coord.decisions))
+    assert plain.coord.n_decisions > 5 and max(kept) == 0  # nothing can read them again
+    ck = Session(cfg, InProcessPool([(s, sim, pol) for s in host_specs(cfg)]),
+                 RunOptions(checkpoint_every_s=8.0), tmp_path / "ck")  # fmt: skip
+    ck.start()
+    while not ck.done:
+        ck.advance()
+        assert ck.coord.decisions_dropped == ck.checkpointer.last_decisions  # since the last
+    assert ck.coord.n_decisions == plain.coord.n_decisions
+
+
 @pytest.mark.ray
 def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
     """A host actor killed mid-run: new actors from the last checkpoint, lost rounds
