@@ -34,7 +34,6 @@ from vmmsim.hosts.machine_memory import MachineMemory
 from vmmsim.hosts.phys_map import PhysMap
 from vmmsim.hosts.sharing import scan as sk
 from vmmsim.hosts.sharing.index import NONE, SharingIndex, hash_page
-from vmmsim.hosts.sharing.scan import merge_pages, scan_batch
 from vmmsim.hosts.vmm_swap import T_B2, T_NF2, T_SEEN2, SwapStore
 
 #: The dtypes of a VM's map arrays in the multi-VM scan's table (``M_*`` order).
@@ -580,84 +579,42 @@ class HostMemory:
 
     # ------------------------------------------------------------------ sharing
     def scan(self, vm: int, ppns: np.ndarray) -> ScanStats:
-        """One batch of the ESX sharing scan over candidate pages of one VM.
+        """One batch of the ESX sharing scan over candidate pages ``ppns`` of one VM.
 
         Hash each private page; a hash found among shared frames -> byte compare -> remap
         and free the duplicate; found among hints -> re-hash the hinted page (it may have
         changed) and byte compare -> both pages onto one new shared frame; otherwise record
-        a hint.  Equal hashes with different bytes never share.
+        a hint.  Equal hashes with different bytes never share.  Pages inside an intact
+        large page are never candidates (:mod:`hosts.large_pages`).
 
-        Hashing, classification (sequential, as if earlier pages of the batch had already
-        been applied), verification (hints from the index re-hashed, every pair
-        byte-compared) and the index updates run in one compiled kernel,
-        :func:`hosts.sharing.scan.scan_batch`; the verified pairs are applied by a second
-        one, :func:`hosts.sharing.scan.merge_pages` (after the owner pages of promoted
-        frames, which may belong to other VMs, are made shared here).  A proposal that
-        fails verification is simply not applied; the page is seen again on the scanner's
-        next pass.
+        The scan itself is :meth:`scan_many` of this one VM (one mechanism for a batch of
+        one VM and a tick's batches of many).  A VM that does not share is counted as
+        scanned and left alone.
         """
         slot = self.vms[vm]
         pmap = slot.pmap
-        stats = ScanStats()
         cand = ppns[pmap.state[ppns] == ps.MAPPED]
         if pmap.large is not None:  # never a page of an intact large page
             cand = cand[~pmap.large.in_intact(cand)]
-        stats.scanned = len(cand)
         if not len(cand) or not slot.sharing:
-            return stats
-        fr, idx = self.frames, self.index
-        frames = pmap.loc[cand].astype(np.int64)
-        mask = idx.mask
-        ok_i, targets, promote, n_stale, n_coll, err = scan_batch(
-            fr.content,
-            frames,
-            np.int32(slot.group),
-            *idx.table_args(),
-            idx.counts,
-            fr.refcount,
-            fr.shared,
-            self.zero,
-            mask,
-            np.uint64(self.zero_hash) & mask,
+            return ScanStats(scanned=len(cand))
+        row = self.scan_many([vm], [cand])[0].tolist()
+        return ScanStats(
+            scanned=row[sk.R_SCANNED],
+            merged=row[sk.R_MERGED],
+            hint_hits=row[sk.R_HINT_HITS],
+            hint_stale=row[sk.R_STALE],
+            collisions=row[sk.R_COLL],
+            frames_freed=row[sk.R_FREED],
         )
-        if err >= 0:
-            raise InvariantError(f"scan: index entry of frame {err} missing or doubly shared")
-        stats.hint_stale, stats.collisions = int(n_stale), int(n_coll)
-        if len(targets):
-            # As if sequential: the first page onto each promoted hint is a hint hit,
-            # every other page merged onto a frame that was shared by then.
-            stats.hint_hits = len(promote)
-            stats.merged = len(targets) - len(promote)
-            if len(promote):
-                self.promote_owners(promote)
-            nz, n_freed, fr.n_free, err = merge_pages(
-                cand[ok_i].astype(np.int64, copy=False),
-                targets,
-                frames[ok_i],
-                pmap.state,
-                pmap.loc,
-                pmap.counts,
-                self.zero,
-                fr.refcount,
-                fr.shared,
-                fr.owner_vm,
-                fr.owner_ppn,
-                fr.free_stack,
-                fr.n_free,
-                *idx.table_args(),
-                idx.counts,
-            )
-            if err != -1:
-                what = "refcount went negative" if err < -1 else "index entry missing"
-                raise InvariantError(f"scan: frame {max(err, -2 - err)}: {what}")
-            pmap.n_zero_shared += nz
-            stats.frames_freed = n_freed
-        return stats
 
     def scan_many(self, vms: list[int], cands: list[np.ndarray]) -> np.ndarray:
-        """One tick's scan batches of several VMs, in order, in one compiled call: exactly
-        ``[self.scan(v, c) for v, c in zip(vms, cands)]`` (same index, frames and maps
-        after it) for VMs without large pages (:func:`hosts.sharing.scan.scan_vms`).
+        """One tick's scan batches of several VMs, in order, in one compiled call
+        (:func:`hosts.sharing.scan.scan_vms`): each VM's ``MAPPED`` candidates are hashed,
+        classified against the index and byte-compared (:func:`hosts.sharing.scan.scan_batch`),
+        the owner pages of promoted frames made shared, and the verified pairs merged
+        (:func:`hosts.sharing.scan.merge_pages`), VM after VM.  The candidates must lie
+        outside intact large pages (:meth:`scan` filters them).
 
         Returns one row per VM of :class:`ScanStats`' counts (columns ``R_*`` of
         :mod:`hosts.sharing.scan`); a VM that does not share gets a zero row (as

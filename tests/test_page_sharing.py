@@ -594,11 +594,11 @@ def _twin_state(mem):
 @pytest.mark.parametrize("mask", [0xFFFFFFFFFFFFFFFF, 0x7])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_scan_many_is_the_per_vm_scans_in_order(seed, mask):
-    """``HostMemory.scan_many`` (one compiled call for a tick's VMs) leaves a host exactly
-    as ``scan`` VM after VM does: every frame, index and map array, the counts -- over
-    rounds of random writes (stale hints, COW breaks), two sharing groups, a VM that does
-    not share, pages scanned twice in one batch list, and hashes masked to 3 bits so
-    collisions occur."""
+    """``HostMemory.scan_many`` (one compiled call for all of a tick's VMs) leaves a host
+    exactly as ``scan`` (one call per VM) VM after VM does: every frame, index and map
+    array, the counts -- over rounds of random writes (stale hints, COW breaks), two
+    sharing groups, a VM that does not share, pages scanned twice in one batch list, and
+    hashes masked to 3 bits so collisions occur."""
     rng = np.random.default_rng(seed)
     twins = []
     for _ in range(2):

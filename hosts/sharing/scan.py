@@ -4,12 +4,14 @@ Scope: :func:`scan_batch` -- hash each candidate page (xxh3-64 of its bytes), cl
 against the sharing index (:mod:`hosts.sharing.index`) exactly as if the pages were handled
 one after another, re-hash stale hints, byte-compare every proposed pair, and update the
 index (promotions, zero-page flags, hint records) -- in one call per batch, so the scan
-costs little more than hashing itself.
+costs little more than hashing itself; :func:`merge_pages` -- move the verified pages onto
+their shared frames and free the duplicates; :func:`scan_vms` -- a tick's batches of many
+VMs, one after another, in one call (the only driver of the two above for the ESX scan:
+:meth:`hosts.host_memory.HostMemory.scan` is it for one VM).
 
-Not covered: the index's own table operations (:mod:`hosts.sharing.index`); applying the
-verified pairs to the VMs' maps and freeing duplicates
-(:meth:`hosts.host_memory.HostMemory.scan`); scan rates and order
-(:mod:`hosts.host_manager`).
+Not covered: the index's own table operations (:mod:`hosts.sharing.index`); scan rates
+and order (:mod:`hosts.host_manager`); KSM's scan (:mod:`hosts.sharing.ksm`, which reuses
+:func:`merge_pages`).
 """
 
 from __future__ import annotations
