@@ -292,7 +292,14 @@ class Checkpointer:
             # coordinator holds one host's arrays, not the cluster's (memory stays flat).
             hosts = ((h, coord.pool.call("checkpoint", [()], [h])[0]) for h in coord.hosts)
             state = coord.state()
+            # A recovery from here re-executes only later rounds: the checkpoint holds the
+            # digests of the round that ended at it, not of the rounds before.
+            k = max(0, len(state["round_digests"]) - 1)
+            state["round_digests"] = state["round_digests"][k:]
+            state["round_digests_dropped"] += k
             write_checkpoint(self.root, self.cfg, state, hosts, compression=self.compression)
             self.written.append(coord.tick)
             self.last_decisions = state["n_decisions"]
         self.last = target
+        # (dropped only now: a failure while writing recovers from the checkpoint before)
+        coord.drop_round_digests(coord.n_rounds - 1)

@@ -103,7 +103,10 @@ class Coordinator:
         self.events_applied = 0
         self.placement = self.decide("placement", lambda: place(cfg), record=False)
         self.targets: dict[str, dict[str, int]] = {}
+        # Each round's host digests, for a recovery to check its re-execution against:
+        # the first ``round_digests_dropped`` rounds' are gone (drop_round_digests).
         self.round_digests: list[dict[str, str]] = []
+        self.round_digests_dropped = 0
         self.vm_steps = {v.name: 0 for v in cfg.vms}  # workload steps each VM has run
         # Record / replay / checkpoint hooks, all optional (cluster/session.py sets them):
         # Every decision (tick, kind, payload) not yet dropped: the first
@@ -230,11 +233,24 @@ class Coordinator:
 
     def drop_decisions(self, upto: int) -> None:
         """Forget decisions ``.. upto - 1`` (written to the record log and older than the
-        last checkpoint: nothing reads them again), so a long run's memory stays flat."""
+        last checkpoint: nothing reads them again)."""
         k = upto - self.decisions_dropped
         if k > 0:
             del self.decisions[:k]
             self.decisions_dropped += k
+
+    @property
+    def n_rounds(self) -> int:
+        """Rounds advanced so far (their digests kept or dropped)."""
+        return self.round_digests_dropped + len(self.round_digests)
+
+    def drop_round_digests(self, upto: int) -> None:
+        """Forget the digests of rounds ``.. upto - 1``: a recovery re-executes only the
+        rounds after the last checkpoint, so nothing compares against older ones."""
+        k = upto - self.round_digests_dropped
+        if k > 0:
+            del self.round_digests[:k]
+            self.round_digests_dropped += k
 
     def _compute(self, compute: Callable[[], Any]) -> Any:
         try:
@@ -250,6 +266,7 @@ class Coordinator:
             "targets": self.targets,
             "placement": self.placement,
             "round_digests": self.round_digests,
+            "round_digests_dropped": self.round_digests_dropped,
             "vm_steps": self.vm_steps,
             "n_decisions": self.n_decisions,
             "migrations": self.migrator.state(),
@@ -262,6 +279,7 @@ class Coordinator:
         self.targets = {h: dict(t) for h, t in st["targets"].items()}
         self.placement = dict(st["placement"])
         self.round_digests = [dict(d) for d in st["round_digests"]]
+        self.round_digests_dropped = int(st.get("round_digests_dropped", 0))  # (older files)
         self.vm_steps = dict(st["vm_steps"])
         if "migrations" in st:
             self.migrator.load_state(st["migrations"])

@@ -22,4 +22,5 @@ class _HostActorImpl(HostRuntime):
         return ray.get_runtime_context().get_node_id()
 
 
-HostActor = ray.remote(max_restarts=0, max_task_retries=0)(_HostActorImpl)
+# (No task events: see cluster.ray_runtime.CoordinatorActor.)
+HostActor = ray.remote(max_restarts=0, max_task_retries=0, enable_task_events=False)(_HostActorImpl)

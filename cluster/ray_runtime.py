@@ -469,9 +469,6 @@ class _CoordinatorImpl:
     def finish(self) -> dict[str, Any]:
         return self.session.finish()
 
-    def round_digests(self) -> list[dict[str, str]]:
-        return self.coord.round_digests
-
     def host_nodes(self) -> dict[str, str]:
         return self.pool.node_ids()
 
@@ -521,7 +518,13 @@ class _CoordinatorImpl:
         self.pool.close()
 
 
-CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0)(_CoordinatorImpl)
+# Task events (Ray's per-task state history for its dashboard and state API) are off for
+# the simulator's own actors: a run makes hundreds of calls per simulated minute, the GCS
+# kept each one's events up to its cap (~16 MB per simulated hour of the 64-host day), and
+# nothing here reads them.
+CoordinatorActor = ray.remote(num_cpus=0, max_restarts=0, enable_task_events=False)(
+    _CoordinatorImpl
+)
 
 
 def start_coordinator(

@@ -115,6 +115,7 @@ def _drive(advance, out: RunDir, progress: Progress) -> None:
         for t in tables:
             out.write_metrics(t)
         progress.update(tick)
+    out.close_metrics()
     progress.close()
 
 

@@ -100,7 +100,7 @@ class Session:
         self.start_tick = 0
         self._catch_up_to = 0
         self._round_start = 0
-        self._seen_digests: list[dict[str, str]] = []
+        self._seen_digests: dict[int, dict[str, str]] = {}  # round -> digests, at failures
         self._kill = opts.kill_host_at
         if opts.replay_dir is not None:
             log = RecordLog.open(opts.replay_dir)
@@ -156,20 +156,24 @@ class Session:
                 self._set_pool_tick()
                 self._round_start = self.coord.tick
                 table = self.coord.advance()
-                self._drop_decisions()
+                self._drop_history()
                 return [table]
             except HostFailure as e:
                 self._recover(e)
 
-    def _drop_decisions(self) -> None:
-        """Let the coordinator forget the decisions nothing can read again: those the
-        record log has written and, when checkpoints are kept, made before the last one
-        (a recovery goes back to it and decides again from there)."""
+    def _drop_history(self) -> None:
+        """Let the coordinator forget what nothing can read again, so a long run's memory
+        does not grow with its rounds: decisions the record log has written and, when
+        checkpoints are kept, made before the last one (a recovery goes back to it and
+        decides again from there); without checkpoints (no recovery) every round's
+        digests (the checkpointer drops those before each checkpoint)."""
         keep = self.coord.n_decisions
         if self.recorder is not None:
             keep = min(keep, self.recorder.n_decisions)
         if self.checkpointer is not None:
             keep = min(keep, self.checkpointer.last_decisions)
+        else:
+            self.coord.drop_round_digests(self.coord.n_rounds)
         self.coord.drop_decisions(keep)
 
     def finish(self) -> dict[str, Any]:
@@ -222,8 +226,9 @@ class Session:
         # The failed round's metrics never reached the driver: re-execute it too (its
         # record segment, if written, is not written again).
         failed_at = max(self._round_start, self._catch_up_to)
-        if len(self.coord.round_digests) > len(self._seen_digests):
-            self._seen_digests = list(self.coord.round_digests)
+        base = self.coord.round_digests_dropped
+        for i, d in enumerate(self.coord.round_digests):  # (the first run of each round)
+            self._seen_digests.setdefault(base + i, d)
         ckpt = read_checkpoint(ck.last, self.cfg.config_hash())
         self.pool.restart()
         restore(self.coord, ckpt)
@@ -245,8 +250,7 @@ class Session:
             self._set_pool_tick()
             self._round_start = self.coord.tick
             self.coord.advance()
-            k = len(self.coord.round_digests)
-            if self.coord.round_digests[-1] != self._seen_digests[k - 1]:
+            if self.coord.round_digests[-1] != self._seen_digests[self.coord.n_rounds - 1]:
                 raise RecoveryFailed(
                     f"re-execution after the failure of host {self.recoveries[-1]['host']} "
                     f"differs at tick {self.coord.tick}"

@@ -14,6 +14,7 @@ Not covered: file formats (``cluster/checkpoint.py``), page transfer (migration)
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,7 @@ def host_state(host: HostMemoryManager) -> tuple[Arrays, dict[str, Any]]:
     a["zero"] = mem.zero
     a["index_frames"] = mem.index_frames
     a["state_ticks"] = host.state_ticks
-    a["shared_series"] = np.asarray(host.shared_series, dtype=np.int64)
+    a["shared_series"] = np.array(host.shared_series, dtype=np.int64)  # (a copy)
     vms = {}
     for name in host.order:
         vm = host.vms[name]
@@ -224,7 +225,7 @@ def restore_host(
     host.emergency_swaps = meta["emergency_swaps"]
     host.large_first_break = meta.get("large_first_break")
     host.state_ticks = _own(a["state_ticks"])
-    host.shared_series = a["shared_series"].tolist()
+    host.shared_series = array("q", a["shared_series"].astype(np.int64).tobytes())
     for name, info in meta["vms"].items():
         prefix = f"vm/{name}/"
         va = {k[len(prefix) :]: v for k, v in a.items() if k.startswith(prefix)}

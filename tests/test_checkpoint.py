@@ -272,24 +272,34 @@ def test_checkpoint_fetches_one_host_state_at_a_time(base, tmp_path):
 def test_decisions_are_dropped_once_nothing_can_read_them(tmp_path):
     """A long run's coordinator keeps only the decisions made since the last checkpoint
     (a recovery decides again from there); without checkpoints or a record log, none;
-    the count goes on."""
+    the count goes on.  Round digests likewise: without checkpoints none are kept, with
+    them only those from the round that ended at the last checkpoint on (a recovery
+    re-executes from there and compares); the round count goes on."""
     cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
     sim, pol = sim_params(cfg), host_policy(cfg)
     pool = InProcessPool([(s, sim, pol) for s in host_specs(cfg)])
     plain = Session(cfg, pool, RunOptions(), tmp_path / "plain")
     plain.start()
-    kept = []
+    kept, digests = [], []
     while not plain.done:
         plain.advance()
         kept.append(len(plain.coord.decisions))
+        digests.append(len(plain.coord.round_digests))
     assert plain.coord.n_decisions > 5 and max(kept) == 0  # nothing can read them again
+    assert plain.coord.n_rounds == len(digests) > 5 and max(digests) == 0
     ck = Session(cfg, InProcessPool([(s, sim, pol) for s in host_specs(cfg)]),
                  RunOptions(checkpoint_every_s=8.0), tmp_path / "ck")  # fmt: skip
     ck.start()
+    at_checkpoint = 1  # rounds advanced when the last checkpoint was written
     while not ck.done:
         ck.advance()
         assert ck.coord.decisions_dropped == ck.checkpointer.last_decisions  # since the last
+        if ck.checkpointer.written and ck.checkpointer.written[-1] == ck.coord.tick:
+            at_checkpoint = ck.coord.n_rounds
+        assert ck.coord.round_digests_dropped == at_checkpoint - 1
+    assert len(ck.checkpointer.written) >= 2
     assert ck.coord.n_decisions == plain.coord.n_decisions
+    assert ck.coord.n_rounds == plain.coord.n_rounds
 
 
 @pytest.mark.ray

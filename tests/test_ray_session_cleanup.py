@@ -37,3 +37,14 @@ def test_embedded_run_removes_its_ray_session_folder(tmp_path):
         assert left == [], left
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_simulator_actors_report_no_task_events():
+    """The host and coordinator actors are created with Ray's task events off: the GCS
+    would otherwise keep every call's events (hundreds per simulated minute), growing
+    a long run's memory up to its cap, for a dashboard no run starts."""
+    from vmmsim.cluster.host_actor import HostActor
+    from vmmsim.cluster.ray_runtime import CoordinatorActor
+
+    for actor in (HostActor, CoordinatorActor):
+        assert actor._default_options.get("enable_task_events") is False

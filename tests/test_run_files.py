@@ -198,3 +198,27 @@ def test_compressed_sealed_stream_detects_truncation_and_unknown_codecs(tmp_path
     bad = schema.with_metadata({**schema.metadata, b"vmmsim.compression": b"brotli9"})
     with pytest.raises(ValueError, match="unknown compression"):
         SealedStreamWriter(tmp_path / "e.arrows", bad)
+
+
+# ---------------------------------------------------------------------------- metrics
+def test_metrics_rounds_are_gathered_into_row_groups(long, tmp_path, monkeypatch):
+    """``metrics.parquet`` holds whole rounds in row groups of at least
+    ``METRICS_ROW_GROUP_ROWS`` rows (the last one smaller) -- not a row group per round,
+    whose metadata the writer keeps until it closes -- with the same rows in the same
+    order whatever the grouping."""
+    import vmmsim.cluster.outputs as outputs
+
+    rounds = pq.read_table(long / "metrics.parquet")
+    default = pq.ParquetFile(long / "metrics.parquet").metadata
+    assert default.num_rows == rounds.num_rows > 0
+    assert rounds.num_rows < outputs.METRICS_ROW_GROUP_ROWS and default.num_row_groups == 1
+    group = max(1, rounds.num_rows // 8)
+    monkeypatch.setattr(outputs, "METRICS_ROW_GROUP_ROWS", group)
+    out = _run(tmp_path, "small_groups", 40)
+    meta = pq.ParquetFile(out / "metrics.parquet").metadata
+    sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    assert len(sizes) > 3 and min(sizes[:-1]) >= group and sum(sizes) == rounds.num_rows
+    ticks = pq.read_table(out / "metrics.parquet").column("tick").to_pylist()
+    per_tick = len(ticks) // len(set(ticks))
+    assert all(s % per_tick == 0 for s in sizes)  # whole rounds (a row per VM per tick)
+    assert pq.read_table(out / "metrics.parquet").equals(rounds)
