@@ -46,6 +46,7 @@ from vmmsim.hosts.host_memory import HostMemory, ScanStats, index_frames_for
 from vmmsim.hosts.large_pages import LargePages, breaks_at, region_pages
 from vmmsim.hosts.metrics_rows import MetricRows
 from vmmsim.hosts.min_free import thresholds_for
+from vmmsim.hosts.phys_map import ACCESSED, clear, flag
 from vmmsim.hosts.sharing import scan as sk
 from vmmsim.hosts.sharing.ksm import KSM_COLUMNS, KsmParams, KsmScanner
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
@@ -384,10 +385,11 @@ class HostMemoryManager:
                 continue
             st = vm.pmap.state
             alloc = np.flatnonzero((st == ps.MAPPED) | (st == ps.SHARED) | (st == ps.VMM_SWAPPED))
+            bits = vm.pmap.bits
             if s.ran >= 0:
-                s.end_period(float(vm.pmap.accessed[alloc].mean()) if len(alloc) else 0.0)
-            s.start_period(alloc, vm.vmm_rng)  # the clock restarts at 0
-            vm.pmap.accessed[:] = False
+                s.end_period(float(flag(bits[alloc], ACCESSED).mean()) if len(alloc) else 0.0)
+            s.start_period(bits, alloc, vm.vmm_rng)  # the clock restarts at 0
+            clear(bits, ACCESSED)
 
     def make_room(self, k: int, requester: VirtualMachine) -> None:
         """Free ``k`` frames now (:func:`hosts.reclamation.make_room`)."""

@@ -31,7 +31,7 @@ from vmmsim.hosts import compression as zc
 from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.errors import InvariantError
 from vmmsim.hosts.machine_memory import MachineMemory
-from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.phys_map import ACCESSED, DIRTY, PhysMap
 from vmmsim.hosts.sharing import scan as sk
 from vmmsim.hosts.sharing.index import NONE, SharingIndex, hash_page
 from vmmsim.hosts.vmm_swap import T_B2, T_NF2, T_SEEN2, SwapStore
@@ -108,7 +108,7 @@ class HostMemory:
         # step_buffers hands out views of them.
         self._step_bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._scratch = np.zeros(0, dtype=np.int32)
-        self._to_free = np.zeros(0, dtype=np.int64)
+        self._to_free = np.zeros(0, dtype=np.int32)
 
     # ------------------------------------------------------------------ VMs
     def attach(self, pmap: PhysMap, group: int, sharing: bool, overhead_pages: int) -> int:
@@ -141,14 +141,15 @@ class HostMemory:
         """A VM step's scratch buffers for a VM of ``n_pages`` pages: the deduplication
         marks (``int32[n_pages]``, all -1 between steps; its length is the range the
         kernels check pages against) and room for the frames a step's COW breaks free
-        (``int64[n_pages]``).  Views of one pair of host buffers shared by all its VMs --
-        they step one at a time -- the same objects each call until a larger VM comes
-        (``4 + 8`` bytes per page of the largest VM, not of every VM)."""
+        (``int32[n_pages]``: frame numbers, as ``PhysMap.loc``).  Views of one pair of host
+        buffers shared by all its VMs -- they step one at a time -- the same objects each
+        call until a larger VM comes (``4 + 4`` bytes per page of the largest VM, not of
+        every VM)."""
         bufs = self._step_bufs.get(n_pages)
         if bufs is None:
             if len(self._scratch) < n_pages:  # (views handed out before keep the old pair)
                 self._scratch = np.full(n_pages, -1, dtype=np.int32)
-                self._to_free = np.empty(n_pages, dtype=np.int64)
+                self._to_free = np.empty(n_pages, dtype=np.int32)
                 self._step_bufs = {}
             bufs = self._step_bufs[n_pages] = (
                 self._scratch[:n_pages],
@@ -246,7 +247,7 @@ class HostMemory:
         pmap = self.vms[vm].pmap
         f = Faults()
         self._back(vm, pmap, ppns, fill=True, f=f)
-        pmap.accessed[ppns] = True
+        pmap.bits[ppns] |= np.uint8(ACCESSED)
         return f
 
     def write(self, vm: int, ppns: np.ndarray, data: np.ndarray) -> Faults:
@@ -264,8 +265,7 @@ class HostMemory:
             self.decref(old)
             f.cow += len(cow)
         self.frames.content[pmap.loc[ppns]] = data
-        pmap.accessed[ppns] = True
-        pmap.dirty[ppns] = True
+        pmap.bits[ppns] |= np.uint8(ACCESSED | DIRTY)
         return f
 
     def read_bytes(self, vm: int, ppns: np.ndarray) -> np.ndarray:

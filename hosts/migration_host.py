@@ -25,12 +25,13 @@ calls, alternating source and destination):
 4. destination :func:`stage` keeps the referenced pages' copies and the bytes as
    received (gathered once, at attach).
 
-Dirty tracking: a collect clears the ``dirty`` bits of the pages it takes and *sets*
-them on every page that is not allocated, so a page that becomes allocated later (a
-first touch, a balloon page given back and reused) is sent in the next round.  So
-"allocated and clean" always means "the staged copy is current".  (A page released and
-re-backed *without a write* between two collects would escape this; in the guest model
-released pages are only ever re-backed through a write, which sets ``dirty``.)
+Dirty tracking (the :data:`hosts.phys_map.DIRTY` bit of ``PhysMap.bits``): a collect
+clears the dirty bits of the pages it takes and *sets* them on every page that is not
+allocated, so a page that becomes allocated later (a first touch, a balloon page given
+back and reused) is sent in the next round.  So "allocated and clean" always means "the
+staged copy is current".  (A page released and re-backed *without a write* between two
+collects would escape this; in the guest model released pages are only ever re-backed
+through a write, which sets the dirty bit.)
 
 Stop-and-copy: source :func:`detach_for_migration` returns the still-dirty pages' bytes,
 the VM's state without its map (:func:`hosts.snapshot.vm_state`), its allocated and
@@ -68,7 +69,7 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.large_pages import breaks_at
-from vmmsim.hosts.phys_map import PhysMap
+from vmmsim.hosts.phys_map import DIRTY, PhysMap, flag
 from vmmsim.hosts.snapshot import restore_vm, vm_state
 from vmmsim.hosts.specs import VMSpec
 
@@ -218,11 +219,11 @@ def collect_pages(
     vm = host.vms[name]
     pm = vm.pmap
     alloc = _allocated(pm, lo, hi)
-    dirty = pm.dirty[lo:hi]  # a view: updated in place
-    sel = alloc if first_round else alloc & dirty
+    bits = pm.bits[lo:hi]  # a view: updated in place
+    sel = alloc if first_round else alloc & flag(bits, DIRTY)
     ppns = np.flatnonzero(sel).astype(np.int64) + lo
-    dirty[sel] = False
-    dirty[~alloc] = True
+    bits[sel] &= np.uint8(0xFF ^ DIRTY)
+    bits[~alloc] |= np.uint8(DIRTY)
     out = None if buffers is None else buffers.take(len(ppns), host.sim.content_bytes)
     data, h64 = _gather(host, pm, ppns, out)
     host.outgoing[(name, lo)] = (ppns, data)

@@ -23,6 +23,7 @@ from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.host_memory import VMSlot
 from vmmsim.hosts.large_pages import LargePages, region_pages
 from vmmsim.hosts.page_state import N_STATES
+from vmmsim.hosts.phys_map import pack
 from vmmsim.hosts.sharing.index import SharingIndex
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.hosts.vm import VirtualMachine, VMStats
@@ -49,7 +50,9 @@ def vm_state(vm: VirtualMachine, *, with_map: bool) -> tuple[Arrays, dict[str, A
     a["guest.v2p"], a["guest.vslot"] = g.page_table(), g.vslot
     a["guest.swap.content"] = g.swap.content
     a["guest.swap.free_stack"] = g.swap.free_stack
-    a["sampler.marks"] = vm.sampler.marks
+    # The map's flag bits as the three bool arrays they were before they were packed
+    # (hosts.phys_map): the same schema and bytes.
+    a["sampler.marks"] = vm.pmap.sampled
     a["pmap.accessed"] = vm.pmap.accessed
     if with_map:
         a["pmap.state"] = vm.pmap.state
@@ -110,14 +113,14 @@ def restore_vm(
     gm = meta["guest"]
     g.n_free, g.hand, g.n_ballooned = gm["n_free"], gm["hand"], gm["n_ballooned"]
     g.swap.n_free, g.swap.n_used = gm["swap_n_free"], gm["swap_n_used"]
-    vm.sampler.marks = _own(a["sampler.marks"])
     for k, v in meta["sampler"].items():
         setattr(vm.sampler, k, v)
-    vm.pmap.accessed = _own(a["pmap.accessed"])
+    # (without the map -- a migrating VM -- no page is dirty on its new host)
+    dirty = a["pmap.dirty"] if "pmap.state" in a else None
+    vm.pmap.bits = pack(a["pmap.accessed"], dirty, a["sampler.marks"])
     if "pmap.state" in a:
         vm.pmap.state = _own(a["pmap.state"])
         vm.pmap.loc = _own(a["pmap.loc"])
-        vm.pmap.dirty = _own(a["pmap.dirty"])
         vm.pmap.counts = np.bincount(vm.pmap.state, minlength=N_STATES).astype(np.int64)
         vm.pmap.n_zero_shared = meta["n_zero_shared"]
     if "pmap.large.intact" in a:

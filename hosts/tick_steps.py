@@ -36,6 +36,7 @@ MakeRoom = Callable[[int, VirtualMachine], None]
 
 _EMPTY_I = np.zeros(0, dtype=np.int64)
 _EMPTY_K = np.zeros(0, dtype=np.uint64)
+_EMPTY_F = np.zeros(0, dtype=np.int32)  # to_free: frame numbers, as HostMemory.step_buffers
 
 
 def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple[Any, ...]:
@@ -46,8 +47,8 @@ def vm_arrays(vm: VirtualMachine, plan: SplitPlan, scratch: np.ndarray) -> tuple
     return (
         g.vstate, g.v2p, g.p2v, g.clean, g.pref, g.free_stack,
         g.swap.content, g.swap.free_stack,
-        pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
-        vm.sampler.marks, scratch, plan.pool_r, plan.pool_w, vm.image_key_array(), g.pinned,
+        pm.state, pm.loc, pm.counts, pm.bits,
+        scratch, plan.pool_r, plan.pool_w, vm.image_key_array(), g.pinned,
         vm.workload.rng,
     )  # fmt: skip
 
@@ -58,8 +59,8 @@ DTYPES = tuple(
     for t in (
         np.int8, np.int32, np.int32, np.bool_, np.bool_, np.int32,
         np.uint8, np.int32,
-        np.int8, np.int32, np.int64, np.bool_, np.bool_,
-        np.bool_, np.int32, np.int64, np.int64, np.uint64, np.bool_,
+        np.int8, np.int32, np.int64, np.uint8,
+        np.int32, np.int64, np.int64, np.uint64, np.bool_,
     )
 )  # fmt: skip
 
@@ -72,7 +73,7 @@ class TickSteps:
         self._addr = np.zeros((0, tk.N_ARR), dtype=np.int64)  # their data addresses
         self._alen = np.zeros((0, tk.N_ARR), dtype=np.int64)  # and lengths
         self._host: tuple[Any, ...] = ()  # (frame contents, their word view, key table)
-        self._bufs = (_EMPTY_I, _EMPTY_I, _EMPTY_K, _EMPTY_I)  # reads, writes, keys, to_free
+        self._bufs = (_EMPTY_I, _EMPTY_I, _EMPTY_K, _EMPTY_F)  # reads, writes, keys, to_free
         self._vin = np.zeros((0, tk.N_VIN), dtype=np.int64)  # this tick's planned steps
         self._vkey = np.zeros((0, tk.N_VKEY), dtype=np.uint64)
         self._res = np.zeros((0, vk.N_RES), dtype=np.int64)
@@ -138,10 +139,10 @@ class TickSteps:
         """The address table of ``arrays`` (held from now on, so they stay alive) and the
         VMs' generator entry points."""
         for vm, t in zip(vms, arrays, strict=True):
-            for a, dt in zip(t, DTYPES, strict=False):
+            for col, (a, dt) in enumerate(zip(t, DTYPES, strict=False)):
                 if (
                     a.dtype != dt
-                    or a.ndim != (2 if dt == np.uint8 else 1)
+                    or a.ndim != (2 if col == tk.A_GS_CONTENT else 1)
                     or not (a.flags.c_contiguous and a.flags.aligned)
                 ):
                     raise InvariantError(
@@ -211,5 +212,5 @@ class TickSteps:
         if len(reads) < n_r or len(writes) < n_w:
             n_r, n_w = max(n_r, len(reads)), max(n_w, len(writes))
             reads, writes = np.empty(2 * n_r, np.int64), np.empty(2 * n_w, np.int64)
-            wkeys, to_free = np.empty(2 * n_w, np.uint64), np.empty(2 * (n_r + n_w), np.int64)
+            wkeys, to_free = np.empty(2 * n_w, np.uint64), np.empty(2 * (n_r + n_w), np.int32)
             self._bufs = (reads, writes, wkeys, to_free)

@@ -83,9 +83,9 @@ K_F32, K_F64, K_STATE, N_VKEY = range(4)
 #: order of :func:`hosts.tick_steps.vm_arrays`.
 (
     A_VSTATE, A_V2P, A_P2V, A_CLEAN, A_PREF, A_GFREE, A_GS_CONTENT, A_GS_FREE,
-    A_STATE, A_LOC, A_COUNTS, A_ACCESSED, A_DIRTY, A_MARKS, A_SCRATCH, A_POOL_R, A_POOL_W,
+    A_STATE, A_LOC, A_COUNTS, A_BITS, A_SCRATCH, A_POOL_R, A_POOL_W,
     A_IMG_KEYS, A_PINNED, N_ARR,
-) = range(20)  # fmt: skip
+) = range(18)  # fmt: skip
 
 
 @numba.njit(**JIT)
@@ -155,11 +155,10 @@ def run_steps(
                 rd[:m], wr[:j], keys[:j],
                 vstate, v2p, p2v, clean, pref, g_free, g_n_free,
                 gs_content, gs_free, gs_n_free,
-                state, loc, _view(a, n, A_COUNTS, np.int64),
-                _view(a, n, A_ACCESSED, np.bool_), _view(a, n, A_DIRTY, np.bool_),
+                state, loc, _view(a, n, A_COUNTS, np.int64), _view(a, n, A_BITS, np.uint8),
                 content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
                 s_content, s_used, s_free, s_n_free, s_tier,
-                zero, _view(a, n, A_MARKS, np.bool_), table, v[V_ID],
+                zero, table, v[V_ID],
                 _view(a, n, A_IMG_KEYS, np.uint64), to_free, row,
             )  # fmt: skip
             if row[vk.ST] != vk.EVICT or attempt:

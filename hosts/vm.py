@@ -159,7 +159,7 @@ class VirtualMachine:
         self.pmap.n_pinned = spec.pinned_pages
         self.guest = GuestOS(n, sim.content_bytes, spec.pinned_pages, kernel_pages(spec))
         self.layout = BootLayout.for_image(spec.image, n, sim.page_size)
-        self.sampler = WorkingSetSampler(n, sample_pages)
+        self.sampler = WorkingSetSampler(sample_pages)
         self.balloon_max_fraction = balloon_max_fraction
         self.workload_rng = np.random.Generator(
             np.random.PCG64(vm_seed_sequence(sim.seed, spec.name, "workload"))
@@ -367,11 +367,11 @@ class VirtualMachine:
                 *head,
                 g.vstate, g.v2p, g.p2v, g.clean, g.pref, g.free_stack, g.n_free,
                 gs.content, gs.free_stack, gs.n_free,
-                pm.state, pm.loc, pm.counts, pm.accessed, pm.dirty,
+                pm.state, pm.loc, pm.counts, pm.bits,
                 fr.content, words, fr.refcount, fr.owner_vm, fr.owner_ppn, fr.free_stack,
                 fr.n_free,
                 sw.content, sw.used, sw.free_stack, sw.n_free, sw.tier,
-                mem.zero, self.sampler.marks, table, self.vm_id,
+                mem.zero, table, self.vm_id,
                 img_keys, to_free, res,
             )  # fmt: skip
             r = res.tolist()

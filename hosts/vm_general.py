@@ -113,7 +113,7 @@ def apply_chunk(
     c.cache_swapins += fr.cache_in + fw.cache_in
     c.decompressions += fr.zip_in + fw.zip_in
     all_ppn = np.concatenate([r_ppn, w_ppn])
-    hits = vm.sampler.on_access(all_ppn)
+    hits = vm.sampler.on_access(vm.pmap.bits, all_ppn)
     c.minor += hits
     c.sample += hits
     c.first_touch += fr.first_touch + fw.first_touch

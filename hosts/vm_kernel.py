@@ -10,8 +10,9 @@ semantics (and the exact order of free-list pops and pushes) of the general path
   guest's free pages: first touch, guest swap-in, re-read of dropped image pages; guest
   page table, reference and clean bits) and the VMM side (first touch zero-fill, VMM
   swap-in, copy-on-write break with its reference drop, page contents written from content
-  keys as :func:`workloads.content.page_bytes` makes them, accessed/dirty bits, sampler
-  hits);
+  keys as :func:`workloads.content.page_bytes` makes them, the accessed and dirty bits
+  and sampler hits -- one byte per page, ``bits``: :data:`hosts.phys_map.ACCESSED`,
+  ``DIRTY``, ``SAMPLED`` (a hit clears it));
 * :func:`step` -- both in one call (one dispatch: numba's per-call cost grows with the
   number of array arguments, so the common step makes exactly one compiled call).
 
@@ -37,6 +38,7 @@ import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 from vmmsim.hosts import guest_os as gos
 from vmmsim.hosts import page_state as ps
+from vmmsim.hosts import phys_map as pm
 from vmmsim.hosts.native import JIT
 from vmmsim.workloads.content import MIX_M1, MIX_M2
 
@@ -71,6 +73,8 @@ OK, EVICT, FRAMES, BALLOON, CHUNK, RANGE = 0, 1, 2, 3, 4, 5
 
 _RESIDENT, _NEVER, _SWAPPED, _DROPPED = gos.RESIDENT, gos.NEVER, gos.SWAPPED, gos.DROPPED
 _UNT, _MAP, _SHR, _BAL, _VSW = ps.UNTOUCHED, ps.MAPPED, ps.SHARED, ps.BALLOONED, ps.VMM_SWAPPED
+
+_ACC, _ACC_DIRTY, _SMP = pm.ACCESSED, pm.ACCESSED | pm.DIRTY, pm.SAMPLED
 
 _LITTLE = sys.byteorder == "little"
 
@@ -252,8 +256,7 @@ def apply_chunk_kernel(
     state: np.ndarray,
     loc: np.ndarray,
     counts: np.ndarray,
-    accessed: np.ndarray,
-    dirty: np.ndarray,
+    bits: np.ndarray,
     content: np.ndarray,
     words: np.ndarray,
     refcount: np.ndarray,
@@ -267,7 +270,6 @@ def apply_chunk_kernel(
     s_n_free: int,
     s_tier: np.ndarray,
     zero: np.ndarray,
-    marks: np.ndarray,
     table: np.ndarray,
     vm_id: int,
     img_keys: np.ndarray,
@@ -481,11 +483,12 @@ def apply_chunk_kernel(
     hits = 0
     for i in range(n_rr):
         p = vr_pp[i]
-        accessed[p] = True
-        pref[p] = True
-        if marks[p]:
-            marks[p] = False
+        b = bits[p] | _ACC
+        if b & _SMP:  # a sampled page's first touch: a hit, no longer sampled
+            b ^= _SMP
             hits += 1
+        bits[p] = b
+        pref[p] = True
 
     # ---- VMM writes: first touches, swap-ins (slot just freed), COW breaks; then bytes
     if wu:
@@ -551,12 +554,12 @@ def apply_chunk_kernel(
         content[loc[vw_pp[i]], :] = 0
     for i in range(n_vw):
         p = vw_pp[i]
-        accessed[p] = True
-        dirty[p] = True
-        pref[p] = True
-        if marks[p]:
-            marks[p] = False
+        b = bits[p] | _ACC_DIRTY
+        if b & _SMP:
+            b ^= _SMP
             hits += 1
+        bits[p] = b
+        pref[p] = True
         if i >= n_rest:  # the step's writes: their bytes, and whether they are clean
             j = i - n_rest
             write_key(content, words, loc[p], keys[j], table)
@@ -605,8 +608,7 @@ def step(
     state: np.ndarray,
     loc: np.ndarray,
     counts: np.ndarray,
-    accessed: np.ndarray,
-    dirty: np.ndarray,
+    bits: np.ndarray,
     content: np.ndarray,
     words: np.ndarray,
     refcount: np.ndarray,
@@ -620,7 +622,6 @@ def step(
     s_n_free: int,
     s_tier: np.ndarray,
     zero: np.ndarray,
-    marks: np.ndarray,
     table: np.ndarray,
     vm_id: int,
     img_keys: np.ndarray,
@@ -644,9 +645,9 @@ def step(
         rd[:m], wr[:j], keys[:j],
         vstate, v2p, p2v, clean, pref, g_free, g_n_free,
         gs_content, gs_free, gs_n_free,
-        state, loc, counts, accessed, dirty,
+        state, loc, counts, bits,
         content, words, refcount, owner_vm, owner_ppn, f_free, f_n_free,
         s_content, s_used, s_free, s_n_free, s_tier,
-        zero, marks, table, vm_id,
+        zero, table, vm_id,
         img_keys, to_free, res,
     )  # fmt: skip

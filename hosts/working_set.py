@@ -21,6 +21,12 @@ this simulator's choice.  The true active fraction (pages touched during the per
 pages allocated, from the VMM's accessed bits) is kept beside the estimate so estimation
 error is visible.
 
+The sample itself is not kept here: it is the :data:`hosts.phys_map.SAMPLED` bit of the
+VM's map (``PhysMap.bits``, one byte per page beside the accessed and dirty bits), which
+the compiled steps test and clear.  :meth:`WorkingSetSampler.start_period` and
+:meth:`~WorkingSetSampler.on_access` take that array from the caller each time (a restored
+or migrated VM has a new map: a reference kept here would go stale).
+
 The estimator -- how ``f`` per period becomes the estimate -- is a policy (kind
 ``working_set`` in :mod:`vmmsim.policies`, ``[policy] working_set``): a function
 ``(WorkingSetView) -> float`` in [0, 1], called by the host whenever the estimate is read
@@ -39,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from vmmsim.hosts.phys_map import SAMPLED, clear
 
 from vmmsim.policies import PolicyError, register
 from vmmsim.policies import call as call_policy
@@ -92,18 +99,18 @@ def esx_sampler(view: WorkingSetView) -> float:
 
 
 class WorkingSetSampler:
-    """Per-VM sampler state: the marked sample, touched count, the two averages and the
-    period clock ``ran`` (ticks the VM has run in the current period: the host adds one
-    per tick the VM steps and ends the period when it reaches ``period_ticks``).
+    """Per-VM sampler state: sample size, touched count, the two averages and the period
+    clock ``ran`` (ticks the VM has run in the current period: the host adds one per tick
+    the VM steps and ends the period when it reaches ``period_ticks``).  The marked sample
+    is the :data:`~hosts.phys_map.SAMPLED` bit of the VM's ``PhysMap.bits`` (passed in).
 
     ``estimator`` (set by the host): a ``working_set`` policy and its name; None is the
     built-in ``esx_sampler`` computed inline."""
 
     estimator: tuple[Callable[[WorkingSetView], float], str] | None = None
 
-    def __init__(self, n_pages: int, n_sample: int) -> None:
+    def __init__(self, n_sample: int) -> None:
         self.n_sample = n_sample
-        self.marks = np.zeros(n_pages, dtype=bool)
         self.sampled = 0
         self.touched = 0
         self.fast = 0.0
@@ -114,21 +121,26 @@ class WorkingSetSampler:
         # starts the first period (at the VM's first tick).
         self.ran = -1
 
-    def start_period(self, allocated_pages: np.ndarray, rng: np.random.Generator) -> None:
-        self.marks[:] = False
+    def start_period(
+        self, bits: np.ndarray, allocated_pages: np.ndarray, rng: np.random.Generator
+    ) -> None:
+        """Mark a new sample of ``allocated_pages`` in ``bits`` (the VM's ``PhysMap.bits``:
+        its :data:`~hosts.phys_map.SAMPLED` bits, the old sample's cleared)."""
+        clear(bits, SAMPLED)
         n = min(self.n_sample, len(allocated_pages))
         if n:
             pick = rng.choice(len(allocated_pages), size=n, replace=False)
-            self.marks[allocated_pages[pick]] = True
+            bits[allocated_pages[pick]] |= np.uint8(SAMPLED)
         self.sampled = n
         self.touched = 0
         self.ran = 0
 
-    def on_access(self, ppns: np.ndarray) -> int:
-        """Count first touches of marked pages (each a minor fault); unmark them."""
-        hit = ppns[self.marks[ppns]]
+    def on_access(self, bits: np.ndarray, ppns: np.ndarray) -> int:
+        """Count first touches of marked pages (each a minor fault); unmark them (``bits``:
+        the VM's ``PhysMap.bits``)."""
+        hit = ppns[(bits[ppns] & SAMPLED) != 0]
         if len(hit):
-            self.marks[hit] = False
+            bits[hit] &= np.uint8(0xFF ^ SAMPLED)
             self.touched += len(hit)
         return len(hit)
 

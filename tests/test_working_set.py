@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 from hostkit import make_host, vm_spec
-from vmmsim.hosts.snapshot import host_state, restore_host
+from vmmsim.hosts.phys_map import ACCESSED, DIRTY, SAMPLED
+from vmmsim.hosts.snapshot import host_state, restore_host, restore_vm, vm_state
 from vmmsim.hosts.working_set import (
     FAST_GAIN,
     SLOW_GAIN,
@@ -119,17 +120,19 @@ def test_estimate_falls_slowly_when_activity_steps_down():
 
 
 def test_sampler_averages_exactly():
-    s = WorkingSetSampler(100, 10)
+    s = WorkingSetSampler(10)
+    bits = np.full(100, ACCESSED | DIRTY, dtype=np.uint8)  # a VM's PhysMap.bits
     rng = np.random.default_rng(0)
     allocated = np.arange(100, dtype=np.int64)
     assert s.estimate == 1.0  # nothing measured yet
     fast = slow = None
     for touched in (4, 10, 0, 6):
-        s.start_period(allocated, rng)
-        marked = np.flatnonzero(s.marks)
+        s.start_period(bits, allocated, rng)
+        marked = np.flatnonzero(bits & SAMPLED)
         assert len(marked) == 10 and s.sampled == 10
-        assert s.on_access(marked[:touched]) == touched
-        assert s.on_access(marked[:touched]) == 0  # each marked page faults once
+        assert s.on_access(bits, marked[:touched]) == touched
+        assert s.on_access(bits, marked[:touched]) == 0  # each marked page faults once
+        assert ((bits & ~np.uint8(SAMPLED)) == ACCESSED | DIRTY).all()  # other bits kept
         assert s.partial == touched / 10
         s.end_period(active_true=0.0)
         f = touched / 10
@@ -139,26 +142,28 @@ def test_sampler_averages_exactly():
             fast += FAST_GAIN * (f - fast)
             slow += SLOW_GAIN * (f - slow)
         assert s.fast == pytest.approx(fast) and s.slow == pytest.approx(slow)
-    s.start_period(allocated, rng)
+    s.start_period(bits, allocated, rng)
     assert s.estimate == pytest.approx(max(fast, slow))
 
 
 def test_sampler_never_samples_more_than_allocated():
-    s = WorkingSetSampler(50, 100)
-    s.start_period(np.arange(7, dtype=np.int64), np.random.default_rng(1))
-    assert s.sampled == 7 and s.marks.sum() == 7 and s.marks[:7].all()
+    s = WorkingSetSampler(100)
+    bits = np.zeros(50, dtype=np.uint8)
+    s.start_period(bits, np.arange(7, dtype=np.int64), np.random.default_rng(1))
+    assert s.sampled == 7 and (bits[:7] == SAMPLED).all() and not bits[7:].any()
 
 
 def test_third_average_is_the_fast_one_updated_with_the_current_counts():
-    s = WorkingSetSampler(100, 10)
+    s = WorkingSetSampler(10)
+    bits = np.zeros(100, dtype=np.uint8)
     rng = np.random.default_rng(3)
     allocated = np.arange(100, dtype=np.int64)
-    s.start_period(allocated, rng)
-    s.on_access(np.flatnonzero(s.marks)[:2])
+    s.start_period(bits, allocated, rng)
+    s.on_access(bits, np.flatnonzero(bits & SAMPLED)[:2])
     s.end_period(active_true=0.0)  # f = 0.2: fast = slow = 0.2
-    s.start_period(allocated, rng)
+    s.start_period(bits, allocated, rng)
     assert s.estimate == pytest.approx(0.2)  # nothing touched yet: fast_now = 0.1
-    s.on_access(np.flatnonzero(s.marks)[:8])  # partial 0.8
+    s.on_access(bits, np.flatnonzero(bits & SAMPLED)[:8])  # partial 0.8
     want = 0.2 + FAST_GAIN * (0.8 - 0.2)
     assert s.estimate == pytest.approx(want) and want < s.partial  # not max(.., 0.8)
     view = WorkingSetView(s.periods, s.fast, s.slow, s.sampled, s.touched)
@@ -246,3 +251,29 @@ def test_state_saved_before_per_vm_clocks_restores_the_host_wide_clock(ticks):
     for h in (host, twin):
         h.run_ticks(h.tick, PERIOD + 1)
     assert twin.digest(full=True) == host.digest(full=True)
+
+
+def test_snapshot_stores_the_flag_bits_as_the_bool_arrays_they_were():
+    """``PhysMap.bits`` (accessed, dirty, sampled) is saved as the three bool arrays of the
+    format (``pmap.accessed``, ``pmap.dirty``, ``sampler.marks``) and packed back on
+    restore; a VM's state without its map (migration) has no dirty bits."""
+    host, (a, _) = two_vms()
+    host.run_ticks(0, PERIOD + 2)
+    bits = a.pmap.bits
+    bits[::3] &= ~np.uint8(DIRTY)  # (as a migration collect would: every page was written)
+    for bit in (ACCESSED, DIRTY, SAMPLED):  # every flag is in use
+        assert (bits & bit).any() and not (bits & bit).all()
+    twin, arrays, _ = _restore(host)
+    for key, bit in (
+        ("pmap.accessed", ACCESSED),
+        ("pmap.dirty", DIRTY),
+        ("sampler.marks", SAMPLED),
+    ):
+        got = arrays[f"vm/a/{key}"]
+        assert got.dtype == np.bool_ and np.array_equal(got, (bits & bit) != 0), key
+    assert twin.vms["a"].pmap.bits.dtype == np.uint8
+    assert np.array_equal(twin.vms["a"].pmap.bits, bits)
+    moved = vm_state(a, with_map=False)[0]
+    assert "pmap.dirty" not in moved
+    again = restore_vm(a.spec, host.sim, host.policy, moved, vm_state(a, with_map=False)[1])
+    assert np.array_equal(again.pmap.bits, bits & (ACCESSED | SAMPLED))
