@@ -38,8 +38,7 @@ def test_warm_up_runs_a_host_through_its_kernels() -> None:
     for k in (
         vm_kernel.step,
         vm_kernel.dedup_kernel,
-        sharing_scan.scan_batch,
-        sharing_scan.merge_pages,
+        sharing_scan.scan_vms,  # (scan_batch and merge_pages are compiled into it)
         guest_os.clock_sweep,
         guest_os_kernel.evict,
         patterns_kernel.split_draw,
