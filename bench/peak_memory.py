@@ -14,7 +14,14 @@ itself (the driver), the host actors, the coordinator actor, Ray's daemons (GCS,
 log monitor, dashboard agents, idle workers) -- so the run's CPU-seconds add up to a whole
 (a process that exits loses at most its last 2 s).
 
-Run: ``python bench/peak_memory.py -- vmmsim run configs/scale_laptop.toml --out runs/s``.
+Memory over time (``--series FILE --every S``): every ``S`` seconds the PSS of each role
+-- Ray's GCS and raylet apart from its other daemons -- is appended to ``FILE`` as one JSON
+line, and the growth of each role over the second half of the run (a least-squares slope,
+MB per wall minute) is added to the report: what a long run's "memory stays flat" is
+checked with.
+
+Run: ``python bench/peak_memory.py [--series FILE [--every S]] -- vmmsim run
+configs/scale_laptop.toml --out runs/s``.
 """
 
 from __future__ import annotations
@@ -91,8 +98,58 @@ def role(pid: int, root: int) -> str:
     return "ray daemons"
 
 
+def series_role(pid: int, root: int) -> str:
+    """:func:`role`, with Ray's GCS and raylet told apart from its other daemons."""
+    r = role(pid, root)
+    if r != "ray daemons":
+        return r
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read().split(b"\0")[0]
+    except OSError:
+        return r
+    for name in ("gcs_server", "raylet"):
+        if cmd.endswith(name.encode()):
+            return f"ray {name}"
+    return "ray other"
+
+
+def pss_by_role(pids: list[int], root: int) -> dict[str, float]:
+    """MB of PSS per :func:`series_role` over ``pids``."""
+    out: dict[str, float] = {}
+    for p in pids:
+        r = series_role(p, root)
+        out[r] = out.get(r, 0.0) + pss_bytes(p) / 2**20
+    return {r: round(v, 1) for r, v in sorted(out.items())}
+
+
+def slopes(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
+    """Least-squares growth of each role's PSS over the second half of ``samples``, in MB
+    per wall minute."""
+    half = samples[len(samples) // 2 :]
+    if len(half) < 3:
+        return {}
+    out = {}
+    for r in sorted({k for _, d in half for k in d}):
+        ts = [t for t, _ in half]
+        ys = [d.get(r, 0.0) for _, d in half]
+        mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
+        var = sum((t - mt) ** 2 for t in ts)
+        out[r] = round(60 * sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var, 3)
+    return out
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    series_path, every = None, 60.0
+    while argv and argv[0] in ("--series", "--every"):
+        if len(argv) < 2:
+            raise SystemExit(__doc__)
+        if argv[0] == "--series":
+            series_path = argv[1]
+        else:
+            every = float(argv[1])
+        argv = argv[2:]
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -101,7 +158,16 @@ def main() -> None:
     proc = subprocess.Popen(argv)
     peak, peak_procs, peak_rss = 0, 0, 0
     cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last sample)
+    samples: list[tuple[float, dict[str, float]]] = []
+    series = open(series_path, "w") if series_path else None  # noqa: SIM115
+    next_sample = t0 + every
     while proc.poll() is None:
+        if series is not None and time.perf_counter() >= next_sample:
+            next_sample += every
+            t = round(time.perf_counter() - t0, 1)
+            samples.append((t, pss_by_role(tree(proc.pid), proc.pid)))
+            series.write(json.dumps({"t": t, "pss_mb": samples[-1][1]}) + "\n")
+            series.flush()
         pids = tree(proc.pid)
         for p in pids:
             # (a Ray worker names itself after its actor once it has one)
@@ -118,8 +184,10 @@ def main() -> None:
             total = sum(pss_bytes(p) for p in pids)
             if total > peak:
                 peak, peak_procs = total, len(pids)
-        time.sleep(2.0)
+        time.sleep(min(2.0, every))
     wall = time.perf_counter() - t0
+    if series is not None:
+        series.close()
     roles = sorted({r for r, _ in cpu.values()})
     print(
         json.dumps(
@@ -132,6 +200,7 @@ def main() -> None:
                 "processes_at_peak": peak_procs,
                 "cpu_s": {r: round(sum(c for q, c in cpu.values() if q == r), 1) for r in roles},
                 "cpu_s_total": round(sum(c for _, c in cpu.values()), 1),
+                **({"pss_growth_mb_per_min": slopes(samples)} if series is not None else {}),
             }
         ),
         file=sys.stderr,
