@@ -7,6 +7,11 @@ dropped, the pages' table entries cleared and the physical pages pushed on the g
 free list -- with the exact slot and free-list order of that numpy oracle, which the twin
 tests compare this kernel with.
 
+Also :func:`room_needed`: how many pages a step's misses need beyond the guest's free ones,
+and which resident pages the clock must spare -- the one definition both the one-VM path
+(:meth:`hosts.vm.VirtualMachine.make_guest_room`) and the batched steps
+(:func:`hosts.tick_steps_kernel.run_steps`) evict by.
+
 Not covered: choosing the victims (:meth:`hosts.guest_os.GuestOS.choose_victims`); growing
 the guest's swap disk (the caller grows it when :func:`evict` asks for slots).
 """
@@ -28,6 +33,32 @@ OK, SWAP_SLOTS, BALLOONED = 0, 1, 2
 R_ST, R_NEED, R_VMM_IN, R_SWAPPED, R_G_FREE, R_GS_FREE, R_IN_CACHE, R_IN_ZIP, N_RES = range(9)
 
 _MAP, _SHR, _VSW, _BAL = ps.MAPPED, ps.SHARED, ps.VMM_SWAPPED, ps.BALLOONED
+
+
+@numba.njit(**JIT)
+def room_needed(vstate, v2p, rd, wr, g_n_free):  # noqa: ANN001, ANN201
+    """For a step reading virtual pages ``rd`` and writing ``wr`` (each deduplicated):
+    ``(short, protect)`` -- the pages its misses need beyond the guest's ``g_n_free``
+    free pages (<= 0: none), and the physical pages of its resident virtual pages, reads
+    then writes, which the clock must not pick (int64)."""
+    miss = 0
+    for x in range(rd.shape[0]):
+        if vstate[rd[x]] != gos.RESIDENT:
+            miss += 1
+    for x in range(wr.shape[0]):
+        if vstate[wr[x]] != gos.RESIDENT:
+            miss += 1
+    protect = np.empty(rd.shape[0] + wr.shape[0] - miss, dtype=np.int64)
+    c = 0
+    for x in range(rd.shape[0]):
+        if vstate[rd[x]] == gos.RESIDENT:
+            protect[c] = v2p[rd[x]]
+            c += 1
+    for x in range(wr.shape[0]):
+        if vstate[wr[x]] == gos.RESIDENT:
+            protect[c] = v2p[wr[x]]
+            c += 1
+    return miss - g_n_free, protect
 
 
 @numba.njit(**JIT)

@@ -164,26 +164,9 @@ def run_steps(
             if row[vk.ST] != vk.EVICT or attempt:
                 break
             # The guest has too few free pages: it evicts, as make_guest_room does.
-            miss = 0
-            for x in range(m):
-                if vstate[rd[x]] != gos.RESIDENT:
-                    miss += 1
-            for x in range(j):
-                if vstate[wr[x]] != gos.RESIDENT:
-                    miss += 1
-            short = miss - g_n_free
+            short, protect = gk.room_needed(vstate, v2p, rd[:m], wr[:j], g_n_free)
             if short <= 0 or gs_n_free < short:  # (its swap might need to grow: Python)
                 break
-            protect = np.empty(m + j - miss, dtype=np.int64)
-            c = 0
-            for x in range(m):
-                if vstate[rd[x]] == gos.RESIDENT:
-                    protect[c] = v2p[rd[x]]
-                    c += 1
-            for x in range(j):
-                if vstate[wr[x]] == gos.RESIDENT:
-                    protect[c] = v2p[wr[x]]
-                    c += 1
             victims = np.empty(min(short, p2v.shape[0]), dtype=np.int64)
             nv, hand = gos.clock_sweep(
                 p2v, _view(a, n, A_PINNED, np.bool_), pref, protect, v[V_HAND], short, victims

@@ -326,11 +326,8 @@ class VirtualMachine:
         """Evict (clock) as many guest pages as the chunk's misses need beyond the free
         ones, sparing the chunk's resident pages."""
         g = self.guest
-        r_res = g.vstate[rd] == gos.RESIDENT
-        w_res = g.vstate[wr] == gos.RESIDENT
-        short = int(np.count_nonzero(~r_res)) + int(np.count_nonzero(~w_res)) - g.n_free
+        short, protect = gk.room_needed(g.vstate, g.v2p, rd, wr, g.n_free)
         if short > 0:
-            protect = np.concatenate([g.v2p[rd[r_res]], g.v2p[wr[w_res]]])
             self.guest_evict(mem, g.choose_victims(short, protect))
 
     def image_key_array(self) -> np.ndarray:

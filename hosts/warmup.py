@@ -40,6 +40,8 @@ def warm_kernels() -> float:
     host.run_ticks(0, 40, self_allocate_every=5)
     w0 = host.vms["w0"]  # guest eviction (clock, then paging out)
     w0.guest_evict(host.mem, w0.guest.choose_victims(2, np.zeros(1, dtype=np.int64)))
+    none = np.zeros(0, dtype=np.int64)
+    w0.make_guest_room(host.mem, none, none)  # (the one-VM path's shortfall kernel)
     host.mem.index.find(0, np.zeros(1, dtype=np.uint64))  # migration's look-up
     host.mem.index.rebuild()  # a restore from a checkpoint
     host.check_invariants()

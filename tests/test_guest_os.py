@@ -354,3 +354,23 @@ def test_the_kernel_takes_at_most_half_of_the_unpinned_pages():
     big = ImageSpec("kbig", 0.5, 0.0, kernel_fraction=0.5)
     vm, _ = make_vm(100, image=big, pinned_pages=60)
     assert vm.guest.n_kernel == 20 and vm.guest.room == 20
+
+
+def test_room_needed_is_the_misses_beyond_free_pages_and_spares_resident_ones():
+    """``room_needed`` (the one shortfall rule of the one-VM path and the batched steps)
+    against its definition in numpy, on random guests: misses - free pages, and the
+    physical pages of the step's resident virtual pages, reads first."""
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = 64
+        vstate = rng.choice([gos.RESIDENT, gos.DROPPED, gos.SWAPPED], n).astype(np.int8)
+        v2p = rng.permutation(n).astype(np.int32)
+        pages = rng.permutation(n)
+        k = int(rng.integers(0, n))
+        rd, wr = np.sort(pages[: k // 2]), np.sort(pages[k // 2 : k])
+        free = int(rng.integers(0, 8))
+        short, protect = gk.room_needed(vstate, v2p, rd, wr, free)
+        r_res, w_res = vstate[rd] == gos.RESIDENT, vstate[wr] == gos.RESIDENT
+        assert short == (~r_res).sum() + (~w_res).sum() - free
+        want = np.concatenate([v2p[rd[r_res]], v2p[wr[w_res]]])
+        np.testing.assert_array_equal(protect, want)

@@ -41,6 +41,7 @@ def test_warm_up_runs_a_host_through_its_kernels() -> None:
         sharing_scan.scan_vms,  # (scan_batch and merge_pages are compiled into it)
         guest_os.clock_sweep,
         guest_os_kernel.evict,
+        guest_os_kernel.room_needed,
         patterns_kernel.split_draw,
         tick_steps_kernel.run_steps,
     ):
