@@ -11,6 +11,8 @@ a method of :class:`HostRuntime`, so both transports run exactly the same code.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import time
 from collections.abc import Sequence
@@ -56,6 +58,9 @@ class HostRuntime:
         """Set targets, run ``n`` ticks, report metrics, allocation inputs and a digest
         (``feed``: replayed accesses, :class:`workloads.replay.AccessRows`)."""
         t0 = time.perf_counter()
+        if self._trim_due:  # the last checkpoint's copies are freed by now
+            self._trim_due = False
+            release_free_heap()
         if targets:
             self.host.set_targets(targets)
         if feed is not None:
@@ -117,6 +122,7 @@ class HostRuntime:
     # --- checkpoints and recovery (cluster/checkpoint.py writes the files) -------------
     def checkpoint(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The host's complete state: named numpy arrays and JSON-able meta."""
+        self._trim_due = True
         return host_state(self.host)
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], specs: list) -> None:
@@ -139,6 +145,9 @@ class HostRuntime:
     #: Whether a call's result is copied before this host's next call runs (Ray: into the
     #: object store), so that the source may reuse its page buffers (in process: no).
     reuse_send_buffers = False
+    #: A checkpoint was taken: hand the heap its copies left free back to the OS first
+    #: thing in the next round (:func:`release_free_heap`).
+    _trim_due = False
     _send_buffers: mh.SendBuffers | None = None
 
     def _buffers(self) -> mh.SendBuffers | None:
@@ -282,3 +291,17 @@ class InProcessPool(HostPool):
 
     def gather(self, handles: Sequence[Any]) -> list:
         return list(handles)
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl, not macOS)
+
+
+def release_free_heap() -> None:
+    """Return the C heap's free pages to the OS (glibc ``malloc_trim(0)``; elsewhere
+    nothing).  A checkpoint copies a host's state into temporaries (tens of MB) that are
+    freed once the result is sent, and glibc keeps that memory in its heap.  On the 8-host
+    day with hourly checkpoints the host actors' PSS grew 21.6 MB per wall minute without
+    this, 15.2 with it (docs/performance.md: the rest is object-store pages)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)

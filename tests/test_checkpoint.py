@@ -230,6 +230,19 @@ def _run_checkpointed(tmp_path, pool_class) -> tuple[dict, list, InProcessPool]:
     return session.finish(), tables, pool
 
 
+def test_hosts_release_free_heap_after_each_checkpoint(tmp_path, monkeypatch):
+    """After a checkpoint (its state copies freed once sent), each host hands its free C
+    heap back to the OS at the start of its next round -- once per checkpoint, not every
+    round."""
+    import vmmsim.cluster.host_pool as host_pool
+
+    calls = []
+    monkeypatch.setattr(host_pool, "release_free_heap", lambda: calls.append(1))
+    _, _, pool = _run_checkpointed(tmp_path, InProcessPool)
+    written = len(list((tmp_path / "out" / "checkpoints").glob("t*")))
+    assert written >= 2 and len(calls) == written * len(pool.names)
+
+
 def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
     """A host lost during the checkpoint call, after its round ran: that round's rows are
     not lost (it is re-executed with the others since the last checkpoint)."""
