@@ -82,43 +82,34 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def role(pid: int, root: int) -> str:
-    """What a process of the tree is: the driver, a host actor, the coordinator, Ray."""
+def role(pid: int, root: int, *, ray_apart: bool = False) -> str:
+    """What a process of the tree is: the driver, a host actor, the coordinator, Ray
+    (with ``ray_apart``: Ray's GCS and raylet told apart from its other daemons)."""
     if pid == root:
         return "driver"
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            argv = f.read().split(b"\0")
     except OSError:
         return "ray daemons"
+    cmd = b" ".join(argv).decode(errors="replace")
     if "HostActor" in cmd:
         return "host actors"
     if "Coordinator" in cmd:
         return "coordinator"
-    return "ray daemons"
-
-
-def series_role(pid: int, root: int) -> str:
-    """:func:`role`, with Ray's GCS and raylet told apart from its other daemons."""
-    r = role(pid, root)
-    if r != "ray daemons":
-        return r
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().split(b"\0")[0]
-    except OSError:
-        return r
+    if not ray_apart:
+        return "ray daemons"
     for name in ("gcs_server", "raylet"):
-        if cmd.endswith(name.encode()):
+        if argv[0].endswith(name.encode()):
             return f"ray {name}"
     return "ray other"
 
 
 def pss_by_role(pids: list[int], root: int) -> dict[str, float]:
-    """MB of PSS per :func:`series_role` over ``pids``."""
+    """MB of PSS per :func:`role` (Ray's daemons apart) over ``pids``."""
     out: dict[str, float] = {}
     for p in pids:
-        r = series_role(p, root)
+        r = role(p, root, ray_apart=True)
         out[r] = out.get(r, 0.0) + pss_bytes(p) / 2**20
     return {r: round(v, 1) for r, v in sorted(out.items())}
 

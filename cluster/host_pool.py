@@ -293,8 +293,9 @@ class InProcessPool(HostPool):
         return list(handles)
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only (not musl, not macOS)
+_LIBC_NAME = ctypes.util.find_library("c")
+_MALLOC_TRIM = getattr(ctypes.CDLL(_LIBC_NAME), "malloc_trim", None) if _LIBC_NAME else None
+# (glibc only: not musl, not macOS)
 
 
 def release_free_heap() -> None:

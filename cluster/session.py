@@ -166,7 +166,8 @@ class Session:
         does not grow with its rounds: decisions the record log has written and, when
         checkpoints are kept, made before the last one (a recovery goes back to it and
         decides again from there); without checkpoints (no recovery) every round's
-        digests (the checkpointer drops those before each checkpoint)."""
+        digests (with them, the checkpointer drops those older than each checkpoint
+        once it is written)."""
         keep = self.coord.n_decisions
         if self.recorder is not None:
             keep = min(keep, self.recorder.n_decisions)

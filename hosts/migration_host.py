@@ -69,7 +69,7 @@ from vmmsim.hosts import page_state as ps
 from vmmsim.hosts.admission import Claim
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.large_pages import breaks_at
-from vmmsim.hosts.phys_map import DIRTY, PhysMap, flag
+from vmmsim.hosts.phys_map import DIRTY, PhysMap, clear, flag
 from vmmsim.hosts.snapshot import restore_vm, vm_state
 from vmmsim.hosts.specs import VMSpec
 
@@ -222,7 +222,7 @@ def collect_pages(
     bits = pm.bits[lo:hi]  # a view: updated in place
     sel = alloc if first_round else alloc & flag(bits, DIRTY)
     ppns = np.flatnonzero(sel).astype(np.int64) + lo
-    bits[sel] &= np.uint8(0xFF ^ DIRTY)
+    clear(bits, DIRTY, sel)
     bits[~alloc] |= np.uint8(DIRTY)
     out = None if buffers is None else buffers.take(len(ppns), host.sim.content_bytes)
     data, h64 = _gather(host, pm, ppns, out)

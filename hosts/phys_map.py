@@ -38,9 +38,13 @@ def flag(bits: np.ndarray, bit: int) -> np.ndarray:
     return (bits & bit) != 0
 
 
-def clear(bits: np.ndarray, bit: int) -> None:
-    """Clear ``bit`` in all of ``bits`` (in place)."""
-    np.bitwise_and(bits, np.uint8(0xFF ^ bit), out=bits)
+def clear(bits: np.ndarray, bit: int, pages: np.ndarray | None = None) -> None:
+    """Clear ``bit`` in ``bits`` (in place): at ``pages`` (indices or a bool mask), or
+    everywhere."""
+    if pages is None:
+        np.bitwise_and(bits, np.uint8(0xFF ^ bit), out=bits)
+    else:
+        bits[pages] &= np.uint8(0xFF ^ bit)
 
 
 def pack(accessed: np.ndarray, dirty: np.ndarray | None, sampled: np.ndarray) -> np.ndarray:

@@ -311,9 +311,7 @@ class VirtualMachine:
         has already evicted for it (the batched steps).
         """
         if try_fast:
-            status = vk.EVICT if must_evict else vk.OK
-            if not must_evict:
-                status = self._apply_fast(mem, make_room, (rd, wr, keys))
+            status = vk.EVICT if must_evict else self._apply_fast(mem, make_room, (rd, wr, keys))
             if status == vk.EVICT and not evicted:
                 self.make_guest_room(mem, rd, wr)
                 evicted = True

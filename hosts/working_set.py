@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from vmmsim.hosts.phys_map import SAMPLED, clear
+from vmmsim.hosts.phys_map import SAMPLED, clear, flag
 
 from vmmsim.policies import PolicyError, register
 from vmmsim.policies import call as call_policy
@@ -138,9 +138,9 @@ class WorkingSetSampler:
     def on_access(self, bits: np.ndarray, ppns: np.ndarray) -> int:
         """Count first touches of marked pages (each a minor fault); unmark them (``bits``:
         the VM's ``PhysMap.bits``)."""
-        hit = ppns[(bits[ppns] & SAMPLED) != 0]
+        hit = ppns[flag(bits[ppns], SAMPLED)]
         if len(hit):
-            bits[hit] &= np.uint8(0xFF ^ SAMPLED)
+            clear(bits, SAMPLED, hit)
             self.touched += len(hit)
         return len(hit)
 
