@@ -18,7 +18,9 @@ Memory over time (``--series FILE --every S``): every ``S`` seconds the PSS of e
 -- Ray's GCS and raylet apart from its other daemons -- is appended to ``FILE`` as one JSON
 line, and the growth of each role over the second half of the run (a least-squares slope,
 MB per wall minute) is added to the report: what a long run's "memory stays flat" is
-checked with.
+checked with.  Each line also holds the machine's ``Shmem`` (``/proc/meminfo``): the
+resident pages of Ray's object store, whoever maps them -- a store that keeps touching
+new pages grows there even when no process's own memory does.
 
 Run: ``python bench/peak_memory.py [--series FILE [--every S]] -- vmmsim run
 configs/scale_laptop.toml --out runs/s``.
@@ -114,6 +116,18 @@ def pss_by_role(pids: list[int], root: int) -> dict[str, float]:
     return {r: round(v, 1) for r, v in sorted(out.items())}
 
 
+def shmem_mb() -> float:
+    """The machine's shared memory in MB (``Shmem`` of ``/proc/meminfo``; 0 elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Shmem:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
 def slopes(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     """Least-squares growth of each role's PSS over the second half of ``samples``, in MB
     per wall minute."""
@@ -157,6 +171,7 @@ def main() -> None:
             next_sample += every
             t = round(time.perf_counter() - t0, 1)
             samples.append((t, pss_by_role(tree(proc.pid), proc.pid)))
+            samples[-1][1]["machine shmem"] = shmem_mb()
             series.write(json.dumps({"t": t, "pss_mb": samples[-1][1]}) + "\n")
             series.flush()
         pids = tree(proc.pid)

@@ -12,10 +12,12 @@ half checkpoint that looks whole.
 
 :class:`Checkpointer` takes one every ``every_ticks`` ticks, rounded *up* to the next
 reallocation boundary (every ``realloc_period_s``) at which no live migration is in
-flight, and never at the last tick.  The hosts hand their state over as numpy arrays
-(``HostRuntime.checkpoint``); the coordinator's process writes the files -- with Ray,
-the coordinator actor, which is placed on the driver's node, so checkpoints land on the
-driver's file system even when the hosts run on other nodes.
+flight, and never at the last tick.  Checkpoints land on the file system of the
+coordinator's process (with Ray, the coordinator actor, placed on the driver's node).
+Hosts on that machine write their own files (``HostRuntime.write_checkpoint``, a few at
+a time); hosts on other nodes hand their state over as numpy arrays
+(``HostRuntime.checkpoint``), one at a time, and the coordinator writes their files.
+Either way a host's file has the same bytes (:func:`pool_host_files`).
 
 :func:`read_checkpoint` verifies everything before anything is used (LogError: missing
 file, size or checksum mismatch, wrong format version, config hash mismatch).
@@ -32,7 +34,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,29 +67,81 @@ class Checkpoint:
     hosts: dict[str, tuple[cf.Arrays, dict[str, Any]]]
 
 
+#: Writes a checkpoint's host files: called once with ``(host, path, file metadata)`` for
+#: every host (in the checkpoint's order) and the compression, it leaves each host's state
+#: at its path (:func:`cluster.checkpoint_format.write_host_file`).
+HostFilesWriter = Callable[[list[tuple[str, Path, dict[str, str]]], str], None]
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """Hosts whose files are written by ``write`` (the hosts themselves, or a fetch of
+    each state), in the order of ``names``."""
+
+    names: Sequence[str]
+    write: HostFilesWriter
+
+
 def write_checkpoint(
     root: Path,
     cfg: SimConfig,
     coord_state: dict[str, Any],
-    hosts: Mapping[str, tuple[cf.Arrays, dict[str, Any]]] | Iterable[tuple[str, Any]],
+    hosts: Mapping[str, tuple[cf.Arrays, dict[str, Any]]] | HostFiles,
     checksum: str = cf.DEFAULT_CHECKSUM,
     compression: str = "none",
 ) -> Path:
     """Write ``root/t<tick>/`` (via a temporary directory renamed at the end), the host
     files compressed with ``compression`` (``none``, ``zstd``, ``lz4``).  ``hosts``: each
-    host's ``(arrays, meta)`` by name, or pairs ``(name, (arrays, meta))`` taken one at a
-    time -- a generator that fetches each host's state as it is written keeps one host's
-    state in memory, not the cluster's.  A failed
-    write (disk full) raises :class:`cluster.outputs.OutputWriteError` naming the file;
-    the temporary directory is removed."""
+    host's ``(arrays, meta)`` by name, or :class:`HostFiles` (what a running session
+    passes: see :func:`pool_host_files`).  A failed write (disk full) raises
+    :class:`cluster.outputs.OutputWriteError` naming the file; the temporary directory is
+    removed."""
     tick = int(coord_state["tick"])
     final = Path(root) / checkpoint_name(cfg, tick)
     tmp = final.with_name(f".{final.name}.partial")
+    if not isinstance(hosts, HostFiles):
+        hosts = HostFiles(list(hosts), _states_writer(hosts))
     try:
         return _write_checkpoint(tmp, final, tick, cfg, coord_state, hosts, checksum, compression)
     except OutputWriteError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _states_writer(states: Mapping[str, tuple[cf.Arrays, dict[str, Any]]]) -> HostFilesWriter:
+    def write(jobs: list[tuple[str, Path, dict[str, str]]], compression: str) -> None:
+        for name, path, file_meta in jobs:
+            arrays, meta = states[name]
+            with writing(path):
+                cf.write_host_file(path, arrays, meta, file_meta, compression)
+
+    return write
+
+
+def pool_host_files(pool: Any, names: Sequence[str]) -> HostFiles:
+    """The hosts ``names`` of ``pool`` as :class:`HostFiles`.  Hosts on this machine
+    (``pool.file_writers()``) write their own files, ``pool.write_width()`` at a time:
+    their state never passes through Ray's object store, whose shared-memory pages a
+    long run would otherwise keep touching anew at every checkpoint (the "memory over
+    time" of docs/performance.md).  Hosts elsewhere hand their state over one at a time,
+    each written here before the next is fetched, so this process holds one host's
+    state, not the cluster's."""
+    local = pool.file_writers()
+
+    def write(jobs: list[tuple[str, Path, dict[str, str]]], compression: str) -> None:
+        own = [(n, str(p), m, compression) for n, p, m in jobs if n in local]
+        width = max(1, int(pool.write_width()))
+        for k in range(0, len(own), width):
+            part = own[k : k + width]
+            pool.call("write_checkpoint", [a[1:] for a in part], [a[0] for a in part])
+        for name, path, file_meta in jobs:
+            if name not in local:
+                arrays, meta = pool.call("checkpoint", [()], [name])[0]
+                with writing(path):
+                    cf.write_host_file(path, arrays, meta, file_meta, compression)
+                del arrays, meta  # (before the next host's state is fetched)
+
+    return HostFiles(list(names), write)
 
 
 def _write_checkpoint(
@@ -96,7 +150,7 @@ def _write_checkpoint(
     tick: int,
     cfg: SimConfig,
     coord_state: dict[str, Any],
-    hosts: Mapping[str, tuple[cf.Arrays, dict[str, Any]]] | Iterable[tuple[str, Any]],
+    hosts: HostFiles,
     checksum: str,
     compression: str,
 ) -> Path:
@@ -104,28 +158,16 @@ def _write_checkpoint(
         shutil.rmtree(tmp)
     with writing(tmp):
         tmp.mkdir(parents=True)
+    tmp = tmp.resolve()  # (hosts may write their files from another working directory)
     files = {"config.json": "config"}
     write_json(tmp / "config.json", cfg.to_dict())
-    host_files = {}
-    pairs = hosts.items() if isinstance(hosts, Mapping) else hosts
-    for i, (name, (arrays, meta)) in enumerate(pairs):
-        fname = f"host{i:04d}.arrow"
-        with writing(tmp / fname):
-            cf.write_arrays_file(
-                tmp / fname,
-                arrays,
-                {
-                    "vmmsim.format": cf.FORMAT,
-                    "vmmsim.host": name,
-                    "vmmsim.tick": str(tick),
-                    "vmmsim.config_hash": cfg.config_hash(),
-                    "vmmsim.host_meta": json.dumps(meta, sort_keys=True, separators=(",", ":")),
-                },
-                compression,
-            )
-        host_files[name] = fname
-        files[fname] = name
-        del arrays, meta  # (before the next host's state is fetched)
+    host_files = {name: f"host{i:04d}.arrow" for i, name in enumerate(hosts.names)}
+    jobs = [
+        (name, tmp / fname, cf.host_file_meta(name, tick, cfg.config_hash()))
+        for name, fname in host_files.items()
+    ]
+    hosts.write(jobs, compression)
+    files.update({fname: name for name, fname in host_files.items()})
     with cf.hash_pool() as pool:
         listed = {
             f: {
@@ -288,18 +330,18 @@ class Checkpointer:
         self.next_due = (coord.tick // self.every + 1) * self.every
         target = self.root / checkpoint_name(self.cfg, coord.tick)
         if not target.exists():  # (it does when a recovery re-executes this round)
-            # One host at a time: its state is fetched as its file is written, so the
-            # coordinator holds one host's arrays, not the cluster's (memory stays flat).
-            hosts = ((h, coord.pool.call("checkpoint", [()], [h])[0]) for h in coord.hosts)
-            state = coord.state()
+            hosts = pool_host_files(coord.pool, coord.hosts)
             # A recovery from here re-executes only later rounds: the checkpoint holds the
             # digests of the round that ended at it, not of the rounds before.
-            k = max(0, len(state["round_digests"]) - 1)
-            state["round_digests"] = state["round_digests"][k:]
-            state["round_digests_dropped"] += k
+            last = coord.round_log.tail(1)
+            state = {
+                **coord.state(),
+                "round_digests": last.kept,
+                "round_digests_dropped": last.dropped,
+            }
             write_checkpoint(self.root, self.cfg, state, hosts, compression=self.compression)
             self.written.append(coord.tick)
             self.last_decisions = state["n_decisions"]
         self.last = target
         # (dropped only now: a failure while writing recovers from the checkpoint before)
-        coord.drop_round_digests(coord.n_rounds - 1)
+        coord.round_log.drop(coord.round_log.total - 1)

@@ -47,6 +47,7 @@ from vmmsim.cluster.migration import Migrator
 from vmmsim.cluster.page_check import PageChecker
 from vmmsim.cluster.placement import place
 from vmmsim.cluster.specs import host_policy, vm_spec
+from vmmsim.cluster.trailing_log import TrailingLog
 from vmmsim.hosts.allocation import AllocationView, check_targets, share_idle_tax
 
 from vmmsim.policies import PolicyError, resolve_callable
@@ -103,16 +104,14 @@ class Coordinator:
         self.events_applied = 0
         self.placement = self.decide("placement", lambda: place(cfg), record=False)
         self.targets: dict[str, dict[str, int]] = {}
-        # Each round's host digests, for a recovery to check its re-execution against:
-        # the first ``round_digests_dropped`` rounds' are gone (drop_round_digests).
-        self.round_digests: list[dict[str, str]] = []
-        self.round_digests_dropped = 0
+        # Each round's host digests, for a recovery to check its re-execution against
+        # (numbered by round; the session and the checkpointer drop the old ones).
+        self.round_log: TrailingLog[dict[str, str]] = TrailingLog()
         self.vm_steps = {v.name: 0 for v in cfg.vms}  # workload steps each VM has run
         # Record / replay / checkpoint hooks, all optional (cluster/session.py sets them):
-        # Every decision (tick, kind, payload) not yet dropped: the first
-        # ``decisions_dropped`` are gone (drop_decisions, once nothing can need them).
-        self.decisions: list[tuple[int, str, Any]] = []
-        self.decisions_dropped = 0
+        # Every decision (tick, kind, payload), numbered; dropped once nothing can need
+        # them (written to the record log, older than the last checkpoint).
+        self.decision_log: TrailingLog[tuple[int, str, Any]] = TrailingLog()
         self.recorded: dict[tuple[int, str], list[Any]] | None = None  # decisions to reuse
         self.feeder: Callable[[Coordinator, str, int], Any] | None = None  # replayed inputs
         self.observers: list[Any] = []  # .on_round(coord, start, n, results) after each round
@@ -156,9 +155,7 @@ class Coordinator:
         ]
         results = self.pool.call("run_round", args, self.hosts)
         self.tick += n
-        self.round_digests.append(
-            {h: r["digest"] for h, r in zip(self.hosts, results, strict=True)}
-        )
+        self.round_log.append({h: r["digest"] for h, r in zip(self.hosts, results, strict=True)})
         for r in results:
             self.vm_steps.update(r.get("steps", {}))
         self._apply_events()  # before the reallocation at this boundary: it sees them
@@ -219,38 +216,8 @@ class Coordinator:
             return self._compute(compute)
         queue = self.recorded.get((self.tick, kind)) if self.recorded is not None else None
         value = queue.pop(0) if queue else self._compute(compute)
-        self.decisions.append((self.tick, kind, value))
+        self.decision_log.append((self.tick, kind, value))
         return value
-
-    @property
-    def n_decisions(self) -> int:
-        """Decisions made so far (dropped ones included)."""
-        return self.decisions_dropped + len(self.decisions)
-
-    def decisions_since(self, n: int) -> list[tuple[int, str, Any]]:
-        """Decisions ``n ..`` (none of them dropped yet)."""
-        return self.decisions[n - self.decisions_dropped :]
-
-    def drop_decisions(self, upto: int) -> None:
-        """Forget decisions ``.. upto - 1`` (written to the record log and older than the
-        last checkpoint: nothing reads them again)."""
-        k = upto - self.decisions_dropped
-        if k > 0:
-            del self.decisions[:k]
-            self.decisions_dropped += k
-
-    @property
-    def n_rounds(self) -> int:
-        """Rounds advanced so far (their digests kept or dropped)."""
-        return self.round_digests_dropped + len(self.round_digests)
-
-    def drop_round_digests(self, upto: int) -> None:
-        """Forget the digests of rounds ``.. upto - 1``: a recovery re-executes only the
-        rounds after the last checkpoint, so nothing compares against older ones."""
-        k = upto - self.round_digests_dropped
-        if k > 0:
-            del self.round_digests[:k]
-            self.round_digests_dropped += k
 
     def _compute(self, compute: Callable[[], Any]) -> Any:
         try:
@@ -265,10 +232,10 @@ class Coordinator:
             "tick": self.tick,
             "targets": self.targets,
             "placement": self.placement,
-            "round_digests": self.round_digests,
-            "round_digests_dropped": self.round_digests_dropped,
+            "round_digests": self.round_log.kept,
+            "round_digests_dropped": self.round_log.dropped,
             "vm_steps": self.vm_steps,
-            "n_decisions": self.n_decisions,
+            "n_decisions": self.decision_log.total,
             "migrations": self.migrator.state(),
             "events_applied": self.events_applied,
         }
@@ -278,12 +245,14 @@ class Coordinator:
         self.tick = int(st["tick"])
         self.targets = {h: dict(t) for h, t in st["targets"].items()}
         self.placement = dict(st["placement"])
-        self.round_digests = [dict(d) for d in st["round_digests"]]
-        self.round_digests_dropped = int(st.get("round_digests_dropped", 0))  # (older files)
+        self.round_log = TrailingLog(
+            [dict(d) for d in st["round_digests"]],
+            int(st.get("round_digests_dropped", 0)),  # (absent in older checkpoints)
+        )
         self.vm_steps = dict(st["vm_steps"])
         if "migrations" in st:
             self.migrator.load_state(st["migrations"])
-        del self.decisions[max(0, st["n_decisions"] - self.decisions_dropped) :]
+        self.decision_log.truncate(st["n_decisions"])
         # The policy of that tick: the config's, then the events applied by then (the
         # hosts were restored with the config's policy: pushed again if it differs).
         self.events_applied = int(st.get("events_applied", 0))

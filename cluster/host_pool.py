@@ -16,10 +16,12 @@ import ctypes.util
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from vmmsim.cluster import host_journal as hj
+from vmmsim.cluster.write_errors import OutputWriteError, writing
 from vmmsim.hosts import migration_host as mh
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.snapshot import host_state, restore_host
@@ -124,6 +126,21 @@ class HostRuntime:
         """The host's complete state: named numpy arrays and JSON-able meta."""
         self._trim_due = True
         return host_state(self.host)
+
+    def write_checkpoint(self, path: str, file_meta: dict[str, str], compression: str) -> int:
+        """Write this host's checkpoint file at ``path`` itself (its state never leaves
+        this process); return its size in bytes.  ``file_meta``: the file's metadata
+        (:func:`cluster.checkpoint_format.host_file_meta`).  A failed write raises
+        :class:`cluster.write_errors.OutputWriteError` naming the file."""
+        # (imported here: a host that never checkpoints does not load Arrow's IPC writer)
+        from vmmsim.cluster import checkpoint_format as cf
+
+        self._trim_due = True
+        arrays, meta = host_state(self.host)
+        with writing(path):
+            cf.write_host_file(Path(path), arrays, meta, file_meta, compression)
+        cf.release_arrow_memory()
+        return os.path.getsize(path)
 
     def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], specs: list) -> None:
         """Replace this host's state by a checkpointed one (``specs``: its VMs' specs)."""
@@ -243,6 +260,15 @@ class HostPool:
         """Replace every host by a fresh, empty one (recovery from a checkpoint)."""
         raise NotImplementedError
 
+    def file_writers(self) -> set[str]:
+        """Hosts whose files land where this process reads them (on this machine): they
+        write their own checkpoint files (``HostRuntime.write_checkpoint``)."""
+        return set(self.names)
+
+    def write_width(self) -> int:
+        """How many hosts write their checkpoint files at once."""
+        return 1
+
     def close(self) -> None:
         pass
 
@@ -251,7 +277,9 @@ class InProcessPool(HostPool):
     """Hosts as plain objects in this process (sequential; the reference transport).
 
     An exception raised inside a host method becomes :class:`HostFailure` (chained to the
-    original), as it does with Ray (``RayPool``): both transports fail the same way."""
+    original), as it does with Ray (``RayPool``): both transports fail the same way.  So
+    does :class:`OutputWriteError` (a host writing its checkpoint file): it passes through
+    unchanged, a full disk is not a host failure to recover from."""
 
     def __init__(
         self,
@@ -274,6 +302,8 @@ class InProcessPool(HostPool):
     def _run(self, name: str, method: str, args: tuple) -> Any:
         try:
             return getattr(self.runtimes[name], method)(*args)
+        except OutputWriteError:  # the disk, not the host: the run stops (no recovery)
+            raise
         except Exception as e:  # noqa: BLE001 - as a Ray actor's failure would surface
             raise HostFailure(name, self.tick, f"{type(e).__name__}: {e}") from e
 

@@ -11,7 +11,8 @@ file where a directory must be, a writable parent.  Partial directories left by 
 were killed outright (SIGKILL: no clean-up possible) are removed by the next run into the
 same parent (:func:`remove_stale_partials`: only ``.NAME.partial-PID`` directories whose
 PID is not a live process).  A write that fails (disk full, I/O error) becomes
-:class:`OutputWriteError`, naming the file (:func:`writing`).
+:class:`OutputWriteError`, naming the file (:func:`writing`, from
+:mod:`cluster.write_errors`).
 
 Files: ``metrics.parquet`` (zstd; rounds gathered into row groups of at least
 :data:`METRICS_ROW_GROUP_ROWS` rows, the last one smaller), ``summary.json``
@@ -22,7 +23,6 @@ writes ``migrations.parquet`` (:mod:`cluster.migration_report`).
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -37,6 +37,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from vmmsim.cluster.metrics import SCHEMA
+from vmmsim.cluster.write_errors import (
+    OutputWriteError,  # noqa: F401 - re-exported
+    os_error_reason,
+    writing,
+)
 
 #: Rows of ``metrics.parquet`` gathered before a row group is written (one row per VM per
 #: tick): ~13 MB of rows held at most, a row group per ~65 rounds of a 1,000-VM run.
@@ -45,43 +50,6 @@ METRICS_ROW_GROUP_ROWS = 1 << 16
 
 class RunDirError(ValueError):
     """``--out`` cannot be used (holds a finished run, or is not a directory)."""
-
-
-class OutputWriteError(RuntimeError):
-    """Writing a run's file failed (disk full, I/O error); names the file.  The run is
-    abandoned and its partial directory removed."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"cannot write {path}: {reason}; the run was abandoned")
-        self.path, self.reason = str(path), reason
-
-    def __reduce__(self):  # survives Ray's exception transport intact
-        return (OutputWriteError, (self.path, self.reason))
-
-
-@contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an ``OSError`` while writing ``path`` into :class:`OutputWriteError`."""
-    try:
-        yield
-    except OutputWriteError:
-        raise
-    except OSError as e:
-        raise OutputWriteError(path, _reason(e)) from e
-
-
-def _reason(e: OSError) -> str:
-    code = e.errno
-    if code is None:  # pyarrow: "[errno 28] No space left on device" in the text
-        m = re.search(r"\[errno (\d+)\]", str(e), re.IGNORECASE)
-        code = int(m.group(1)) if m else None
-    if code == errno.ENOSPC:
-        return "no space left on device (disk full)"
-    if code == errno.EDQUOT:
-        return "disk quota exceeded"
-    if code is not None:
-        return os.strerror(code)
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -195,7 +163,8 @@ class AsideDir:
         except OSError as e:
             self._remove_made()
             where = e.filename or self.tmp
-            raise RunDirError(f"--out {self.out}: cannot create {where}: {_reason(e)}") from None
+            why = os_error_reason(e)
+            raise RunDirError(f"--out {self.out}: cannot create {where}: {why}") from None
 
     def commit(self) -> Path:
         """Move the finished directory into place.  SIGTERM/SIGINT are held back meanwhile

@@ -51,6 +51,7 @@ from vmmsim.cluster.host_journal import HostMode  # noqa: E402
 from vmmsim.cluster.host_pool import HostFailure, HostPool  # noqa: E402
 from vmmsim.cluster.session import RunOptions, Session  # noqa: E402
 from vmmsim.cluster.specs import host_policy, host_specs, sim_params  # noqa: E402
+from vmmsim.cluster.write_errors import OutputWriteError  # noqa: E402
 from vmmsim.hosts.warmup import warm_kernels  # noqa: E402
 
 from vmmsim import policies  # noqa: E402
@@ -331,6 +332,7 @@ class RayPool(HostPool):
 
     def restart(self) -> None:
         """Fresh actors for every host (the old ones are killed; recovery)."""
+        self._local = None
         self.close()
         self._submitted.clear()
         self._killed_at.clear()
@@ -409,8 +411,23 @@ class RayPool(HostPool):
                 raise HostFailure(n, self.tick, f"actor died ({type(e).__name__})") from None
             except ray.exceptions.RayTaskError as e:
                 cause = e.cause if e.cause is not None else e
+                if isinstance(cause, OutputWriteError):  # (as InProcessPool: not the host)
+                    raise cause from None
                 raise HostFailure(n, self.tick, f"{type(cause).__name__}: {cause}") from None
         return out
+
+    _local: set[str] | None = None
+
+    def file_writers(self) -> set[str]:
+        """The hosts on this process's node (asked once per set of actors)."""
+        if self._local is None:
+            here = ray.get_runtime_context().get_node_id()
+            self._local = {n for n, node in self.node_ids().items() if node == here}
+        return set(self._local)
+
+    def write_width(self) -> int:
+        """This node's CPUs: the hosts writing at once share them."""
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
     def node_ids(self) -> dict[str, str]:
         return dict(zip(self.names, self.call("node_id", [()] * len(self.names)), strict=True))

@@ -165,7 +165,7 @@ class Recorder:
                 [pa.array(ticks, pa.int64()), pa.array(hosts), pa.array(digests)], schema=DIGESTS
             )
         )
-        new = coord.decisions_since(self.n_decisions)
+        new = coord.decision_log.since(self.n_decisions)
         self.writers["decisions"].write(
             pa.RecordBatch.from_arrays(
                 [

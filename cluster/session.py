@@ -168,14 +168,14 @@ class Session:
         decides again from there); without checkpoints (no recovery) every round's
         digests (with them, the checkpointer drops those older than each checkpoint
         once it is written)."""
-        keep = self.coord.n_decisions
+        keep = self.coord.decision_log.total
         if self.recorder is not None:
             keep = min(keep, self.recorder.n_decisions)
         if self.checkpointer is not None:
             keep = min(keep, self.checkpointer.last_decisions)
         else:
-            self.coord.drop_round_digests(self.coord.n_rounds)
-        self.coord.drop_decisions(keep)
+            self.coord.round_log.drop(self.coord.round_log.total)
+        self.coord.decision_log.drop(keep)
 
     def finish(self) -> dict[str, Any]:
         final = self.coord.finish()
@@ -227,9 +227,9 @@ class Session:
         # The failed round's metrics never reached the driver: re-execute it too (its
         # record segment, if written, is not written again).
         failed_at = max(self._round_start, self._catch_up_to)
-        base = self.coord.round_digests_dropped
-        for i, d in enumerate(self.coord.round_digests):  # (the first run of each round)
-            self._seen_digests.setdefault(base + i, d)
+        log = self.coord.round_log
+        for i, d in enumerate(log.kept, log.dropped):  # (the first run of each round)
+            self._seen_digests.setdefault(i, d)
         ckpt = read_checkpoint(ck.last, self.cfg.config_hash())
         self.pool.restart()
         restore(self.coord, ckpt)
@@ -251,7 +251,8 @@ class Session:
             self._set_pool_tick()
             self._round_start = self.coord.tick
             self.coord.advance()
-            if self.coord.round_digests[-1] != self._seen_digests[self.coord.n_rounds - 1]:
+            log = self.coord.round_log
+            if log.kept[-1] != self._seen_digests[log.total - 1]:
                 raise RecoveryFailed(
                     f"re-execution after the failure of host {self.recoveries[-1]['host']} "
                     f"differs at tick {self.coord.tick}"

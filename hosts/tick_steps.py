@@ -197,10 +197,9 @@ class TickSteps:
 
     def _absorb_eviction(self, vm: VirtualMachine, e: list[int]) -> None:
         """Take in a guest eviction the kernel made for ``vm``'s step (row of ``ev``)."""
-        if e[tk.EV_BALLOONED]:
-            raise InvariantError("reading a ballooned page")
         vm.guest.hand = e[tk.EV_HAND]
         vm.absorb_eviction(
+            bool(e[tk.EV_BALLOONED]),
             e[tk.EV_G_FREE], e[tk.EV_GS_FREE], e[tk.EV_SWAPPED], e[tk.EV_VMM_IN],
             e[tk.EV_IN_CACHE], e[tk.EV_IN_ZIP],
         )  # fmt: skip

@@ -430,20 +430,30 @@ class VirtualMachine:
             if r[gk.R_ST] != gk.SWAP_SLOTS:
                 break
             gs.reserve(r[gk.R_NEED])
-        if r[gk.R_ST] == gk.BALLOONED:
-            raise InvariantError("reading a ballooned page")
         self.absorb_eviction(
+            r[gk.R_ST] == gk.BALLOONED,
             r[gk.R_G_FREE], r[gk.R_GS_FREE], r[gk.R_SWAPPED], r[gk.R_VMM_IN],
             r[gk.R_IN_CACHE], r[gk.R_IN_ZIP],
         )  # fmt: skip
 
     def absorb_eviction(
-        self, g_free: int, gs_free: int, swapped: int, vmm_in: int, in_cache: int, in_zip: int
+        self,
+        ballooned: bool,
+        g_free: int,
+        gs_free: int,
+        swapped: int,
+        vmm_in: int,
+        in_cache: int,
+        in_zip: int,
     ) -> None:
         """Take in a guest eviction's outcome (:func:`hosts.guest_os_kernel.evict`, here
         or in the batched steps): free counts after it, dirty pages written to the guest's
         swap, victims read back from the VMM's swap first (double paging; ``in_cache`` /
-        ``in_zip`` of them from a fast tier, not the disk)."""
+        ``in_zip`` of them from a fast tier, not the disk).  ``ballooned``: the eviction
+        stopped at a victim the balloon holds -- a guest never reads one (an invariant
+        broken, raised here for both callers)."""
+        if ballooned:
+            raise InvariantError("reading a ballooned page")
         g, gs = self.guest, self.guest.swap
         g.n_free, gs.n_free = g_free, gs_free
         gs.n_used += swapped

@@ -243,43 +243,77 @@ def test_hosts_release_free_heap_after_each_checkpoint(tmp_path, monkeypatch):
     assert written >= 2 and len(calls) == written * len(pool.names)
 
 
-def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path):
-    """A host lost during the checkpoint call, after its round ran: that round's rows are
-    not lost (it is re-executed with the others since the last checkpoint)."""
+class _FetchingPool(InProcessPool):
+    """Hosts as if on another machine: none writes its own checkpoint file."""
 
-    class FlakyPool(InProcessPool):
+    def file_writers(self):
+        return set()
+
+
+@pytest.mark.parametrize("fetch", [False, True], ids=["hosts-write", "fetched"])
+def test_failure_while_checkpointing_loses_no_metrics(base, tmp_path, fetch):
+    """A host lost during the checkpoint call, after its round ran: that round's rows are
+    not lost (it is re-executed with the others since the last checkpoint) -- whether
+    the hosts write their files or hand their state over."""
+    method = "checkpoint" if fetch else "write_checkpoint"
+
+    class FlakyPool(_FetchingPool if fetch else InProcessPool):
         failed = False
 
-        def call(self, method, args, names=None):
-            if method == "checkpoint" and self.tick >= 15 and not self.failed:
+        def call(self, name, args, names=None):
+            if name == method and self.tick >= 15 and not self.failed:
                 self.failed = True
                 raise HostFailure("h-0", self.tick, "lost while checkpointing")
-            return super().call(method, args, names)
+            return super().call(name, args, names)
 
-    final, tables, _ = _run_checkpointed(tmp_path, FlakyPool)
+    final, tables, pool = _run_checkpointed(tmp_path, FlakyPool)
+    assert pool.failed
     assert final["final_digest"] == _summary(base)["final_digest"]
     assert final["recoveries"][0]["checkpoint"] == "checkpoints/t10"
     assert pa.concat_tables(tables).equals(pq.read_table(base / "metrics.parquet"))
 
 
-def test_checkpoint_fetches_one_host_state_at_a_time(base, tmp_path):
-    """A checkpoint asks the hosts for their state one at a time, each written before the
-    next is fetched (the coordinator never holds the whole cluster's state: memory stays
-    flat in long runs), and the files are the same as the uninterrupted run's."""
+class _CountingPool(InProcessPool):
+    def call(self, method, args, names=None):
+        if method in ("checkpoint", "write_checkpoint"):
+            self.sizes.setdefault(method, []).append(len(names))
+        return super().call(method, args, names)
 
-    class CountingPool(InProcessPool):
-        sizes: list[int] = []
 
-        def call(self, method, args, names=None):
-            if method == "checkpoint":
-                self.sizes.append(len(names if names is not None else self.names))
-            return super().call(method, args, names)
-
-    _, _, pool = _run_checkpointed(tmp_path, CountingPool)
-    assert len(pool.names) > 1 and pool.sizes == [1] * (3 * len(pool.names))
+def _same_host_files(base: Path, out: Path) -> None:
     for t in ("t10", "t20", "t25"):
-        for f in (base / "checkpoints" / t).glob("host*.arrow"):
-            assert (tmp_path / "out" / "checkpoints" / t / f.name).read_bytes() == f.read_bytes()
+        files = sorted((base / "checkpoints" / t).glob("host*.arrow"))
+        assert len(files) == 2
+        for f in files:
+            assert (out / "checkpoints" / t / f.name).read_bytes() == f.read_bytes(), f
+
+
+def test_hosts_write_their_own_checkpoint_files(base, tmp_path):
+    """Hosts on the coordinator's machine write their own files (their state does not
+    pass through the coordinator), ``write_width()`` hosts at a time."""
+
+    class Pool(_CountingPool):
+        sizes: dict[str, list[int]] = {}
+
+        def write_width(self):
+            return 2
+
+    _, _, pool = _run_checkpointed(tmp_path, Pool)
+    assert pool.sizes == {"write_checkpoint": [2, 2, 2]}  # (2 hosts, 3 checkpoints)
+    _same_host_files(base, tmp_path / "out")
+
+
+def test_fetched_checkpoint_states_come_one_host_at_a_time(base, tmp_path):
+    """Hosts elsewhere hand their state over one at a time, each written before the next
+    is fetched (the coordinator never holds the whole cluster's state), and the files
+    are byte for byte those the hosts write themselves."""
+
+    class Pool(_CountingPool, _FetchingPool):
+        sizes: dict[str, list[int]] = {}
+
+    _, _, pool = _run_checkpointed(tmp_path, Pool)
+    assert pool.sizes == {"checkpoint": [1] * (3 * len(pool.names))}
+    _same_host_files(base, tmp_path / "out")
 
 
 def test_decisions_are_dropped_once_nothing_can_read_them(tmp_path):
@@ -296,23 +330,24 @@ def test_decisions_are_dropped_once_nothing_can_read_them(tmp_path):
     kept, digests = [], []
     while not plain.done:
         plain.advance()
-        kept.append(len(plain.coord.decisions))
-        digests.append(len(plain.coord.round_digests))
-    assert plain.coord.n_decisions > 5 and max(kept) == 0  # nothing can read them again
-    assert plain.coord.n_rounds == len(digests) > 5 and max(digests) == 0
+        kept.append(len(plain.coord.decision_log.kept))
+        digests.append(len(plain.coord.round_log.kept))
+    assert plain.coord.decision_log.total > 5 and max(kept) == 0  # nothing can read them again
+    assert plain.coord.round_log.total == len(digests) > 5 and max(digests) == 0
     ck = Session(cfg, InProcessPool([(s, sim, pol) for s in host_specs(cfg)]),
                  RunOptions(checkpoint_every_s=8.0), tmp_path / "ck")  # fmt: skip
     ck.start()
     at_checkpoint = 1  # rounds advanced when the last checkpoint was written
     while not ck.done:
         ck.advance()
-        assert ck.coord.decisions_dropped == ck.checkpointer.last_decisions  # since the last
+        # since the last checkpoint:
+        assert ck.coord.decision_log.dropped == ck.checkpointer.last_decisions
         if ck.checkpointer.written and ck.checkpointer.written[-1] == ck.coord.tick:
-            at_checkpoint = ck.coord.n_rounds
-        assert ck.coord.round_digests_dropped == at_checkpoint - 1
+            at_checkpoint = ck.coord.round_log.total
+        assert ck.coord.round_log.dropped == at_checkpoint - 1
     assert len(ck.checkpointer.written) >= 2
-    assert ck.coord.n_decisions == plain.coord.n_decisions
-    assert ck.coord.n_rounds == plain.coord.n_rounds
+    assert ck.coord.decision_log.total == plain.coord.decision_log.total
+    assert ck.coord.round_log.total == plain.coord.round_log.total
 
 
 @pytest.mark.ray
@@ -331,3 +366,28 @@ def test_killed_host_actor_recovers_on_ray(ray_session, base, tmp_path):
     assert "killed" in r["cause"]
     for name in ("metrics.parquet", "record/accesses.arrows", "record/digests.arrows"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    _same_host_files(base, out)  # written by the host actors themselves
+
+
+@pytest.mark.ray
+def test_a_host_actor_that_cannot_write_its_file_names_the_file(ray_session, tmp_path):
+    """A host actor whose checkpoint file cannot be written (here: its directory is
+    missing) fails the write with the file named, as a full disk does -- not as a host
+    failure to recover from."""
+    from vmmsim.cluster.outputs import OutputWriteError
+    from vmmsim.cluster.ray_runtime import RayPool
+
+    cfg = load_config(write_config(tmp_path, small_config(duration_s=TICKS, host_mb=HOST_MB)))
+    pool = RayPool(cfg.to_dict(), timeout_s=60)
+    try:
+        assert pool.file_writers() == set(pool.names)  # one machine: every host writes
+        path = tmp_path / "missing" / "host0000.arrow"
+        meta = cf.host_file_meta("h-0", 0, cfg.config_hash())
+        with pytest.raises(OutputWriteError, match=r"cannot write .*host0000\.arrow"):
+            pool.call("write_checkpoint", [(str(path), meta, "none")], ["h-0"])
+        ok = tmp_path / "host0000.arrow"
+        (n,) = pool.call("write_checkpoint", [(str(ok), meta, "zstd")], ["h-0"])
+        arrays, file_meta = cf.read_arrays_file(ok)
+        assert n == ok.stat().st_size and file_meta[b"vmmsim.host"] == b"h-0" and arrays
+    finally:
+        pool.close()

@@ -206,7 +206,7 @@ def test_replay_verifies_and_reuses_the_recorded_event(runs, tmp_path):
     coord.start()
     assert coord.policy.tax_rate == 0.5 and cfg.policy.tax_rate == 0.75
     assert all(r.host.policy.tax_rate == 0.5 for r in pool.runtimes.values())
-    assert coord.decisions[-2][1:] == ("policy", {"policy.tax_rate": 0.5})
+    assert coord.decision_log.kept[-2][1:] == ("policy", {"policy.tax_rate": 0.5})
 
 
 @pytest.mark.parametrize("tick", ["t10", "t20"])

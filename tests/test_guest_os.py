@@ -374,3 +374,16 @@ def test_room_needed_is_the_misses_beyond_free_pages_and_spares_resident_ones():
         assert short == (~r_res).sum() + (~w_res).sum() - free
         want = np.concatenate([v2p[rd[r_res]], v2p[wr[w_res]]])
         np.testing.assert_array_equal(protect, want)
+
+
+def test_a_guest_paging_out_a_ballooned_page_is_an_invariant_error():
+    """A victim the balloon holds (the guest's map and the VMM's disagree) is never read:
+    the eviction stops with an InvariantError, whichever path ran it."""
+    from vmmsim.hosts.errors import InvariantError
+
+    vm, mem = make_vm(16)
+    apply(vm, mem, writes=np.arange(8), keys=np.arange(8) + 90)
+    ppn = int(vm.guest.v2p[3])
+    vm.pmap.state[ppn] = ps.BALLOONED  # the damage: a resident guest page "ballooned"
+    with pytest.raises(InvariantError, match="reading a ballooned page"):
+        vm.guest_evict(mem, np.array([ppn], dtype=np.int64))

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 GROW = (
     "import time\nx = []\nfor _ in range({n}):\n"
@@ -35,3 +37,25 @@ def test_series_and_growth_of_a_growing_and_a_flat_process(tmp_path: Path) -> No
     assert grows["pss_growth_mb_per_min"]["driver"] > 300
     flat, _ = _measure(tmp_path, 0)
     assert abs(flat["pss_growth_mb_per_min"]["driver"]) < 30
+
+
+SHM = (
+    "import mmap, os, tempfile, time\n"
+    "fd, path = tempfile.mkstemp(dir='/dev/shm'); os.unlink(path)\n"
+    "os.ftruncate(fd, 160 * 2**20); m = mmap.mmap(fd, 160 * 2**20)\n"
+    "for i in range(40):\n"
+    "    m[i * 4 * 2**20 : (i + 1) * 4 * 2**20 : 4096] = b'x' * 1024\n"
+    "    time.sleep(0.05)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm (Linux only)")
+def test_series_follow_the_machines_shared_memory(tmp_path: Path) -> None:
+    """Pages written into a shared-memory file (as Ray's object store is) show in the
+    series' ``machine shmem``, whoever maps them."""
+    series = tmp_path / "shm.jsonl"
+    cmd = [sys.executable, str(ROOT / "bench" / "peak_memory.py"), "--series", str(series)]
+    cmd += ["--every", "0.1", "--", sys.executable, "-c", SHM]
+    subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
+    shm = [json.loads(line)["pss_mb"]["machine shmem"] for line in series.read_text().splitlines()]
+    assert len(shm) >= 5 and max(shm) - shm[0] >= 100  # 160 MB written over ~2 s
