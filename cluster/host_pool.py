@@ -138,7 +138,9 @@ class HostRuntime:
         self._trim_due = True
         arrays, meta = host_state(self.host)
         with writing(path):
-            cf.write_host_file(Path(path), arrays, meta, file_meta, compression)
+            # (one thread: hosts write side by side, and Arrow's pool threads would each
+            # keep the pages they compressed into)
+            cf.write_host_file(Path(path), arrays, meta, file_meta, compression, False)
         cf.release_arrow_memory()
         return os.path.getsize(path)
 
