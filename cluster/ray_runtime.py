@@ -296,6 +296,26 @@ def _with_env(options: dict[str, Any], env: dict[str, Any] | None) -> dict[str, 
     return {**options, "runtime_env": env} if env else options
 
 
+class RoundTiming:
+    """Running totals of where the rounds' wall time went (``timing.json``), kept as
+    sums, not per round: a long run's memory does not grow with its rounds."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.wall_s = self.host_busy_s = self.slowest_host_s = self.bound_s = 0.0
+
+    def add(self, wall_s: float, busy_s: list[float], width: int) -> None:
+        """One round: its wall time, each host's busy time, hosts running at once."""
+        self.n += 1
+        self.wall_s += wall_s
+        self.host_busy_s += sum(busy_s)
+        slowest = max(busy_s, default=0.0)
+        self.slowest_host_s += slowest
+        # A round cannot finish before its busiest host, nor before the hosts' summed
+        # compute spread over the calls that run at once (the window).
+        self.bound_s += max(slowest, sum(busy_s) / width)
+
+
 class RayPool(HostPool):
     """Host actors spread over the cluster; results in host-name order."""
 
@@ -305,7 +325,7 @@ class RayPool(HostPool):
         self.cfg = config_from_dict(cfg_dict)
         self.mode = mode
         self.timeout_s = timeout_s
-        self.round_walls: list[float] = []  # wall seconds of each run_round call
+        self.rounds = RoundTiming()  # where each run_round call's wall time went
         self.tick = 0
         self._submitted: dict[str, tuple[str, str]] = {}  # ref id -> (host, method)
         self._killed_at: dict[str, int] = {}  # fault injection: host -> tick
@@ -349,7 +369,8 @@ class RayPool(HostPool):
             ]
         out = self._results(refs, [(n, method) for n in names])
         if method == "run_round":
-            self.round_walls.append(time.perf_counter() - t0)
+            width = max(1, min(self.window, len(names)))
+            self.rounds.add(time.perf_counter() - t0, [r["busy_s"] for r in out], width)
         return out
 
     def _windowed(self, method: str, names: list[str], args: Sequence[tuple]) -> list:
@@ -496,32 +517,24 @@ class _CoordinatorImpl:
         its busiest host nor before the hosts' summed busy time divided by the window
         (``round_bound_s``); everything above that is transport and scheduling overhead.
         """
-        busy = self.pool.call("busy_rounds", [()] * len(self.pool.names))
         phases = self.pool.call("phase_seconds", [()] * len(self.pool.names))
         cpu = self.pool.call("cpu_seconds", [()] * len(self.pool.names))
-        walls = self.pool.round_walls
-        n = min(len(walls), *(len(b) for b in busy)) if busy else 0
-        slowest = [max(b[i] for b in busy) for i in range(n)]
-        # A round cannot finish before its busiest host, nor before the hosts' summed
-        # compute spread over the calls that run at once (the window).
-        width = max(1, min(self.pool.window, len(busy)))
-        bound = [max(slowest[i], sum(b[i] for b in busy) / width) for i in range(n)]
-        round_wall = sum(walls[:n])
+        r = self.pool.rounds
         return {
-            "rounds": n,
-            "host_busy_s": sum(sum(b) for b in busy),
+            "rounds": r.n,
+            "host_busy_s": r.host_busy_s,
             # CPU of the host actor processes in all (imports, boot, Ray's own threads
             # and timers, serialisation) vs the CPU of their ticks' parts below
             "host_process_cpu_s": sum(cpu),
             # summed over hosts: where the hosts' compute went
             "host_phase_s": {k: sum(p[k] for p in phases) for k in (phases[0] if phases else {})},
-            "round_wall_s": round_wall,
-            "slowest_host_s": sum(slowest),
-            "round_window": width,
-            "round_bound_s": sum(bound),
-            "ray_overhead_s": round_wall - sum(bound),
+            "round_wall_s": r.wall_s,
+            "slowest_host_s": r.slowest_host_s,
+            "round_window": max(1, min(self.pool.window, len(self.pool.names))),
+            "round_bound_s": r.bound_s,
+            "ray_overhead_s": r.wall_s - r.bound_s,
             "advance_s": self.advance_s,
-            "coordinator_own_s": self.advance_s - sum(walls),
+            "coordinator_own_s": self.advance_s - r.wall_s,
         }
 
     def host_pids(self) -> dict[str, int]:

@@ -257,12 +257,15 @@ def _run_ray(
             waited += time.perf_counter() - w0
             return res
 
+        t_sim = time.perf_counter()
         _drive(advance, rundir, progress)
+        t_sim = time.perf_counter() - t_sim
         final = dict(get(coord.finish.remote(), timeout_s))
         nodes = get(coord.host_nodes.remote(), timeout_s)
         final["timing"] = {
             "ray_init_s": t_init,  # ray.init (0 when joining a running Ray)
             "ray_startup_s": t_start,  # coordinator and host actors up, VMs booted
+            "simulate_s": t_sim,  # every round, and the driver writing their metrics
             "driver_wait_s": waited,
             "host_nodes": nodes,
             "n_nodes": len(set(nodes.values())),

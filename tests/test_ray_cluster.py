@@ -43,8 +43,22 @@ def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
     assert timing["backend"] == "ray" and len(timing["host_nodes"]) == 4
     # Rounds ran with one host call per CPU at a time (2 here: the windowed path).
     assert timing["round_window"] == 2
-    assert 0 < timing["round_bound_s"] <= timing["round_wall_s"]
+    assert 0 < timing["round_bound_s"] <= timing["round_wall_s"] <= timing["simulate_s"]
+    assert timing["slowest_host_s"] <= timing["round_bound_s"]
+    assert timing["rounds"] > 0 and timing["host_busy_s"] >= timing["slowest_host_s"] > 0
     assert ray_session.is_initialized(), "a run must not shut down a Ray it did not start"
+
+
+def test_round_timing_sums_each_rounds_bound():
+    """A round's bound is its busiest host, or the hosts' summed busy time over the calls
+    that run at once, whichever is longer; the totals are sums over rounds."""
+    from vmmsim.cluster.ray_runtime import RoundTiming
+
+    t = RoundTiming()
+    t.add(1.0, [0.5, 0.2], width=2)  # bound: the busiest host, 0.5
+    t.add(2.0, [0.5, 0.5, 0.5], width=1)  # bound: 1.5 of compute on one CPU
+    assert t.n == 2 and t.wall_s == 3.0 and t.host_busy_s == 2.2
+    assert t.slowest_host_s == 1.0 and abs(t.bound_s - 2.0) < 1e-12
 
 
 @pytest.mark.parametrize("n_hosts", [2, 4], ids=["all-at-once", "windowed"])
