@@ -121,9 +121,8 @@ def _states_writer(states: Mapping[str, tuple[cf.Arrays, dict[str, Any]]]) -> Ho
 def pool_host_files(pool: Any, names: Sequence[str]) -> HostFiles:
     """The hosts ``names`` of ``pool`` as :class:`HostFiles`.  Hosts on this machine
     (``pool.file_writers()``) write their own files, ``pool.write_width()`` at a time:
-    their state never passes through Ray's object store, whose shared-memory pages a
-    long run would otherwise keep touching anew at every checkpoint (the "memory over
-    time" of docs/performance.md).  Hosts elsewhere hand their state over one at a time,
+    their state is copied neither into Ray's object store nor into this process, and
+    the hosts write side by side.  Hosts elsewhere hand their state over one at a time,
     each written here before the next is fetched, so this process holds one host's
     state, not the cluster's."""
     local = pool.file_writers()
