@@ -112,8 +112,7 @@ def _states_writer(states: Mapping[str, tuple[cf.Arrays, dict[str, Any]]]) -> Ho
     def write(jobs: list[tuple[str, Path, dict[str, str]]], compression: str) -> None:
         for name, path, file_meta in jobs:
             arrays, meta = states[name]
-            with writing(path):
-                cf.write_host_file(path, arrays, meta, file_meta, compression)
+            cf.write_host_file(path, arrays, meta, file_meta, compression)
 
     return write
 
@@ -136,8 +135,7 @@ def pool_host_files(pool: Any, names: Sequence[str]) -> HostFiles:
         for name, path, file_meta in jobs:
             if name not in local:
                 arrays, meta = pool.call("checkpoint", [()], [name])[0]
-                with writing(path):
-                    cf.write_host_file(path, arrays, meta, file_meta, compression)
+                cf.write_host_file(path, arrays, meta, file_meta, compression)
                 del arrays, meta  # (before the next host's state is fetched)
 
     return HostFiles(list(names), write)

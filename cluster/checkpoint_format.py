@@ -43,6 +43,7 @@ import numpy as np
 import pyarrow as pa
 import xxhash
 from vmmsim.cluster.sealed_stream import LogError
+from vmmsim.cluster.write_errors import writing
 
 FORMAT = "vmmsim-checkpoint/1"
 BLOCK = 8 * 2**20
@@ -146,10 +147,12 @@ def write_host_file(
     """A host's checkpoint file: its state ``arrays`` with ``file_meta``
     (:func:`host_file_meta`) and its JSON ``meta`` as schema metadata.  Whoever writes it
     -- the coordinator with a state it fetched, or the host itself -- the bytes are the
-    same."""
+    same, and a failed write raises :class:`cluster.write_errors.OutputWriteError`
+    naming ``path``."""
     host_meta = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     meta = {**file_meta, "vmmsim.host_meta": host_meta}
-    write_arrays_file(path, arrays, meta, compression, use_threads)
+    with writing(path):
+        write_arrays_file(path, arrays, meta, compression, use_threads)
 
 
 def release_arrow_memory() -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from vmmsim.cluster import host_journal as hj
-from vmmsim.cluster.write_errors import OutputWriteError, writing
+from vmmsim.cluster.write_errors import OutputWriteError
 from vmmsim.hosts import migration_host as mh
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.snapshot import host_state, restore_host
@@ -133,10 +133,9 @@ class HostRuntime:
 
         self._trim_due = True
         arrays, meta = host_state(self.host)
-        with writing(path):
-            # (one thread: hosts write side by side, and Arrow's pool threads would each
-            # keep the pages they compressed into)
-            cf.write_host_file(Path(path), arrays, meta, file_meta, compression, False)
+        # (one thread: hosts write side by side, and Arrow's pool threads would each keep
+        # the pages they compressed into)
+        cf.write_host_file(Path(path), arrays, meta, file_meta, compression, False)
         cf.release_arrow_memory()
         return os.path.getsize(path)
 
