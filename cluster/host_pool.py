@@ -58,7 +58,7 @@ class HostRuntime:
     ) -> dict[str, Any]:
         """Set targets, run ``n`` ticks, report metrics, allocation inputs and a digest
         (``feed``: replayed accesses, :class:`workloads.replay.AccessRows`)."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         if self._trim_due:  # the last checkpoint's copies are freed by now
             self._trim_due = False
             release_free_heap()
@@ -70,6 +70,7 @@ class HostRuntime:
         busy = time.perf_counter() - t0  # wall-clock: timing.json only
         return {
             "busy_s": busy,
+            "cpu_s": time.thread_time() - c0,  # this call's CPU (timing.json only)
             "metrics": cols,
             "alloc": alloc_report(self.host),
             "digest": self.host.digest(),

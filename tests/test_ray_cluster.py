@@ -46,6 +46,11 @@ def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
     assert 0 < timing["round_bound_s"] <= timing["round_wall_s"] <= timing["simulate_s"]
     assert timing["slowest_host_s"] <= timing["round_bound_s"]
     assert timing["rounds"] > 0 and timing["host_busy_s"] >= timing["slowest_host_s"] > 0
+    # The host processes' CPU, split: start-up, inside the run_round calls, the rest.
+    start, calls = timing["host_startup_cpu_s"], timing["host_round_call_cpu_s"]
+    assert start > 0 and calls > 0 and timing["host_other_cpu_s"] >= 0
+    assert abs(start + calls + timing["host_other_cpu_s"] - timing["host_process_cpu_s"]) < 1e-6
+    assert calls >= 0.5 * sum(timing["host_phase_s"].values())  # the phases are in the calls
     assert ray_session.is_initialized(), "a run must not shut down a Ray it did not start"
 
 
@@ -56,8 +61,8 @@ def test_round_timing_sums_each_rounds_bound():
 
     t = RoundTiming()
     t.add(1.0, [0.5, 0.2], width=2)  # bound: the busiest host, 0.5
-    t.add(2.0, [0.5, 0.5, 0.5], width=1)  # bound: 1.5 of compute on one CPU
-    assert t.n == 2 and t.wall_s == 3.0 and t.host_busy_s == 2.2
+    t.add(2.0, [0.5, 0.5, 0.5], width=1, cpu_s=[0.25, 0.5, 0.25])  # bound: 1.5 on one CPU
+    assert t.n == 2 and t.wall_s == 3.0 and t.host_busy_s == 2.2 and t.host_cpu_s == 1.0
     assert t.slowest_host_s == 1.0 and abs(t.bound_s - 2.0) < 1e-12
 
 

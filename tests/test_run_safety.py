@@ -327,6 +327,42 @@ def test_sigterm_with_ray_shuts_down_everything(tmp_path, when):
     assert not _alive(seen), {q: _cmdline(q) for q in _alive(seen)}
 
 
+SHUTDOWN_ORDER = r"""
+import ray
+from vmmsim.cluster import ray_runtime as rr
+rr.init_ray(num_cpus=1)
+node = ray._private.worker._global_node
+monitor = node.all_processes["monitor"][0].process
+raylet = node.all_processes["raylet"][0].process
+real = ray.shutdown
+def shutdown(*a, **k):
+    print("at ray.shutdown: monitor", "gone" if monitor.poll() is not None else "alive",
+          "raylet", "gone" if raylet.poll() is not None else "alive")
+    return real(*a, **k)
+ray.shutdown = shutdown
+rr.shutdown_ray()
+print("after: monitor", monitor.poll() is not None, "raylet", raylet.poll() is not None)
+"""
+
+
+@pytest.mark.ray
+def test_shutdown_ends_the_autoscaler_monitor_first():
+    """Ray stops its daemons one by one, SIGTERM then up to 1 s each; the monitor never
+    goes within that second, so vmmsim ends it before ``ray.shutdown`` (the rest of Ray
+    still running then), and everything is gone after."""
+    r = subprocess.run(
+        [sys.executable, "-c", SHUTDOWN_ORDER],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert "at ray.shutdown: monitor gone raylet alive" in lines, r.stdout
+    assert lines[-1] == "after: monitor True raylet True", r.stdout
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
