@@ -223,14 +223,16 @@ def test_kernels_sit_beside_their_mechanism():
 def test_a_host_actor_imports_no_api_or_cli() -> None:
     """``vmmsim/__init__`` exports lazily (PEP 562): a host actor process -- 64 of them
     start for the large run -- imports the host side only, not the API, the CLI, the
-    config parser or plotting (~0.1 s less per actor, measured)."""
+    config parser or plotting (~0.1 s less per actor, measured), nor Arrow (imported
+    where a trace or a checkpoint is read or written: ~5 MB of private memory a
+    process)."""
     import subprocess
     import sys
 
     code = (
         "import sys, vmmsim.cluster.host_actor, vmmsim;"
-        "print(sorted(m for m in sys.modules if m in"
-        " ('vmmsim.api', 'vmmsim.cluster.cli', 'vmmsim.cluster.config', 'matplotlib')));"
+        "print(sorted(m for m in sys.modules if m in ('vmmsim.api', 'vmmsim.cluster.cli',"
+        " 'vmmsim.cluster.config', 'matplotlib', 'pyarrow')));"
         "print(vmmsim.ConfigError.__module__, 'vmmsim.api' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -34,18 +34,26 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 from vmmsim.workloads.patterns import Accesses, Workload, WorkloadEnv
 
-SCHEMA = pa.schema(
-    [
-        pa.field("tick", pa.int64(), nullable=False),
-        pa.field("ppn", pa.int64(), nullable=False),
-        pa.field("is_write", pa.bool_(), nullable=False),
-        pa.field("key", pa.uint64(), nullable=False),
-    ]
-)
+# pyarrow is imported where a trace is read or written: every host actor imports this
+# module (the workload registry), and pyarrow costs each process ~25 ms and ~5 MB of
+# private memory it would not otherwise use (64 actors: ~350 MB).
 BATCH_ROWS = 1 << 16
+
+
+def trace_schema():  # -> pa.Schema
+    """The trace file's columns (:mod:`module docstring <workloads.trace>`)."""
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("tick", pa.int64(), nullable=False),
+            pa.field("ppn", pa.int64(), nullable=False),
+            pa.field("is_write", pa.bool_(), nullable=False),
+            pa.field("key", pa.uint64(), nullable=False),
+        ]
+    )
 
 
 class TraceError(ValueError):
@@ -87,14 +95,17 @@ def read_trace(path: str) -> TraceData:
     ck = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if ck in _CACHE:
         return _CACHE[ck]
+    import pyarrow as pa
+
+    schema = trace_schema()
     try:
         with pa.memory_map(path) as src:
             table = pa.ipc.open_file(src).read_all()
     except (pa.ArrowInvalid, OSError) as e:
         raise TraceError(f"{path}: not an Arrow IPC file ({e})") from None
-    names = [f.name for f in SCHEMA]
+    names = [f.name for f in schema]
     got = {f.name: f.type for f in table.schema}
-    for f in SCHEMA:
+    for f in schema:
         if got.get(f.name) != f.type:
             have = got.get(f.name, "missing")
             raise TraceError(f"{path}: column {f.name} must be {f.type} (got {have})")
@@ -122,6 +133,8 @@ def write_trace(
     meta: dict[str, str] | None = None,
 ) -> None:
     """Write a trace (rows must be sorted by tick); byte-identical for equal input."""
+    import pyarrow as pa
+
     arrays = [
         pa.array(np.asarray(tick, np.int64)),
         pa.array(np.asarray(ppn, np.int64)),
@@ -129,7 +142,7 @@ def write_trace(
         pa.array(np.asarray(key, np.uint64)),
     ]
     md = {"vmmsim.trace": "1", **(meta or {})}
-    schema = SCHEMA.with_metadata({k: str(md[k]) for k in sorted(md)})
+    schema = trace_schema().with_metadata({k: str(md[k]) for k in sorted(md)})
     table = pa.Table.from_arrays(arrays, schema=schema)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
         w.write_table(table, max_chunksize=BATCH_ROWS)
