@@ -22,7 +22,14 @@ checked with.  Each line also holds the machine's ``Shmem`` (``/proc/meminfo``):
 resident pages of Ray's object store, whoever maps them -- a store that keeps touching
 new pages grows there even when no process's own memory does.
 
-Run: ``python bench/peak_memory.py [--series FILE [--every S]] -- vmmsim run
+How fast the machine was (``--reference``): a shared VM's speed drifts -- the same large
+hour took 272-362 s within one hour of 2026-12-07.  With ``--reference`` the plain
+two-process CPU job of ``bench_scaling.py`` (xxh3 over pages plus a numpy sort, no Ray, no
+simulator; ~4.5 s here) runs on all of this process's CPUs just before and just after the
+command, and its two wall times are reported (``reference_s``): runs compare fairly only
+at similar reference times.
+
+Run: ``python bench/peak_memory.py [--series FILE [--every S]] [--reference] -- vmmsim run
 configs/scale_laptop.toml --out runs/s``.
 """
 
@@ -144,10 +151,27 @@ def slopes(samples: list[tuple[float, dict[str, float]]]) -> dict[str, float]:
     return out
 
 
+#: Rounds of the reference job: ~4.5 s on this 2-vCPU machine (tests use fewer).
+REFERENCE_ROUNDS = int(os.environ.get("PEAK_MEMORY_REFERENCE_ROUNDS", "200"))
+
+
+def reference_s(rounds: int = REFERENCE_ROUNDS) -> float:
+    """Wall seconds of ``bench_scaling.py``'s plain two-process CPU job, now, on all of
+    this process's CPUs."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_scaling import reference_speedup
+
+    cpus = len(os.sched_getaffinity(0))
+    return round(reference_speedup([cpus], rounds)[cpus], 2)
+
+
 def main() -> None:
     argv = sys.argv[1:]
-    series_path, every = None, 60.0
-    while argv and argv[0] in ("--series", "--every"):
+    series_path, every, reference = None, 60.0, False
+    while argv and argv[0] in ("--series", "--every", "--reference"):
+        if argv[0] == "--reference":
+            reference, argv = True, argv[1:]
+            continue
         if len(argv) < 2:
             raise SystemExit(__doc__)
         if argv[0] == "--series":
@@ -159,6 +183,7 @@ def main() -> None:
         argv = argv[1:]
     if not argv:
         raise SystemExit(__doc__)
+    before = reference_s() if reference else None
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv)
     peak, peak_procs, peak_rss = 0, 0, 0
@@ -194,6 +219,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     if series is not None:
         series.close()
+    refs = {"reference_s": [before, reference_s()]} if reference else {}
     roles = sorted({r for r, _ in cpu.values()})
     print(
         json.dumps(
@@ -207,6 +233,7 @@ def main() -> None:
                 "cpu_s": {r: round(sum(c for q, c in cpu.values() if q == r), 1) for r in roles},
                 "cpu_s_total": round(sum(c for _, c in cpu.values()), 1),
                 **({"pss_growth_mb_per_min": slopes(samples)} if series is not None else {}),
+                **refs,
             }
         ),
         file=sys.stderr,

@@ -5,8 +5,10 @@ flat" is measured with it; the run itself is minutes, not a CI test)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,20 @@ def test_series_follow_the_machines_shared_memory(tmp_path: Path) -> None:
     subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True)
     shm = [json.loads(line)["pss_mb"]["machine shmem"] for line in series.read_text().splitlines()]
     assert len(shm) >= 5 and max(shm) - shm[0] >= 100  # 160 MB written over ~2 s
+
+
+def test_reference_job_runs_before_and_after_the_command(tmp_path: Path) -> None:
+    """``--reference`` times the plain CPU job just before and after the command (outside
+    the command's wall time) and reports both."""
+    cmd = [sys.executable, str(ROOT / "bench" / "peak_memory.py"), "--reference"]
+    cmd += ["--every", "0.05", "--"]  # (samples every 0.05 s: the wall is close to 0.3 s)
+    cmd += [sys.executable, "-c", "import time; time.sleep(0.3)"]
+    env = {**os.environ, "PEAK_MEMORY_REFERENCE_ROUNDS": "10"}
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True, env=env)
+    total = time.perf_counter() - t0
+    report = json.loads(r.stderr.strip().splitlines()[-1])
+    before, after = report["reference_s"]
+    assert before > 0 and after > 0
+    assert 0.3 <= report["wall_s"] < 0.3 + before + after  # the job ran outside the wall
+    assert total >= report["wall_s"] + before + after
