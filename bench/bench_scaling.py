@@ -24,7 +24,8 @@ how much is vmmsim's serial part.
 
 The speed-up is of the run after its actors have started (``wall - ray_startup_s``): it
 still holds ``ray.init``, the final summary and Ray's shutdown, one-time costs that do not
-shrink with cores (~4 s of this 7-second run on 2 cores, measured).  The speed-up of the
+shrink with cores (~3 s of this 6-second run on 2 cores, measured; ~4 s of 7 before
+Ray's shutdown lost its 1 s wait on the autoscaler monitor).  The speed-up of the
 rounds alone (``simulate_s`` of ``timing.json``: every round and the driver writing its
 metrics) is reported beside it (``rounds_speedup``, ``rounds_ratio``): what a longer run
 tends to.
