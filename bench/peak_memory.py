@@ -158,7 +158,9 @@ REFERENCE_ROUNDS = int(os.environ.get("PEAK_MEMORY_REFERENCE_ROUNDS", "200"))
 def reference_s(rounds: int = REFERENCE_ROUNDS) -> float:
     """Wall seconds of ``bench_scaling.py``'s plain two-process CPU job, now, on all of
     this process's CPUs."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # (run as a script, it already is)
+        sys.path.insert(0, here)
     from bench_scaling import reference_speedup
 
     cpus = len(os.sched_getaffinity(0))

@@ -115,8 +115,14 @@ _started = False
 _session_dir: str | None = None  # the session folder of the Ray this process started
 
 
+def _global_node() -> Any:
+    """The Ray node this process started or joined (Ray's private ``_global_node``;
+    None when Ray is not running, or a Ray without it)."""
+    return getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+
+
 def _current_session_dir() -> str | None:
-    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    node = _global_node()
     try:
         return str(node.get_session_dir_path()) if node is not None else None
     except Exception:  # noqa: BLE001 - a Ray without it: nothing is cleaned
@@ -189,7 +195,7 @@ def _stop_autoscaler_monitor() -> None:
     second once the GCS is gone: measured 1.37 s for the whole shutdown, of which 1.02 s
     waiting on the monitor; 0.12-0.36 s when it is killed first.  Ray would SIGKILL it
     a second later anyway; nothing it holds outlives the session."""
-    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    node = _global_node()
     for info in getattr(node, "all_processes", {}).get("monitor", []):
         proc = getattr(info, "process", None)
         with contextlib.suppress(Exception):
@@ -399,7 +405,7 @@ class RayPool(HostPool):
                 time.perf_counter() - t0,
                 [r["busy_s"] for r in out],
                 width,
-                [r.get("cpu_s", 0.0) for r in out],
+                [r["cpu_s"] for r in out],
             )
         return out
 
