@@ -363,6 +363,53 @@ def test_shutdown_ends_the_autoscaler_monitor_first():
     assert lines[-1] == "after: monitor True raylet True", r.stdout
 
 
+LEAN_START = r"""
+import os, ray
+from ray._private.node import Node
+from vmmsim.cluster import ray_runtime as rr
+before = Node.start_api_server
+with rr._no_dashboard_head(False):
+    print("inactive patch leaves Node alone:", Node.start_api_server is before)
+rr.init_ray(num_cpus=1)
+print("restored after init:", Node.start_api_server is before)
+node = ray._private.worker._global_node
+print("process types:", " ".join(sorted(node.all_processes)))
+kids = [open(f"/proc/{p}/cmdline", "rb").read() for p in rr._ray_descendants()]
+print("dashboard head running:", any(b"dashboard/dashboard.py" in k for k in kids))
+raylet = node.all_processes["raylet"][0].process.pid
+env = open(f"/proc/{raylet}/environ", "rb").read().split(b"\0")
+print("raylet retry:", sorted(e.decode() for e in env if e.startswith(b"RAY_raylet_client_")))
+@ray.remote
+def f():
+    return 42
+print("a task runs:", ray.get(f.remote()))
+rr.shutdown_ray()
+"""
+
+
+@pytest.mark.ray
+def test_embedded_ray_starts_lean():
+    """Embedded Ray starts no dashboard head (Ray starts one even with
+    ``include_dashboard=False`` and waits for it before the raylet), Ray's class is left
+    as it was, and the raylet retries its object-store connection every 50 ms, not 1 s."""
+    env = {k: v for k, v in ENV.items() if not k.startswith("RAY_raylet_client_")}
+    r = subprocess.run(
+        [sys.executable, "-c", LEAN_START], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.splitlines()
+    assert "inactive patch leaves Node alone: True" in out, r.stdout
+    assert "restored after init: True" in out, r.stdout
+    types = next(x for x in out if x.startswith("process types:")).split()[2:]
+    assert "raylet" in types and "gcs_server" in types and "dashboard" not in types, r.stdout
+    assert "dashboard head running: False" in out, r.stdout
+    assert (
+        "raylet retry: ['RAY_raylet_client_connect_timeout_milliseconds=50', "
+        "'RAY_raylet_client_num_connect_attempts=200']" in out
+    ), r.stdout
+    assert "a task runs: 42" in out, r.stdout
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
