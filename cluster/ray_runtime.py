@@ -21,8 +21,10 @@ the coordinator actor get them through Ray's ``runtime_env`` ``py_modules`` (a `
 file or the package folder, uploaded by Ray; :func:`policy_runtime_env`), embedded Ray or
 ``--address`` alike, so nothing is installed on the nodes by hand.
 
-Host actors declare a fractional CPU (the cluster's CPUs divided among the hosts, at most
-1) so many fit on a laptop, and use the SPREAD strategy across the nodes of a cluster.
+Host actors declare a fractional CPU (the cluster's CPUs -- this run's share of them when a
+parallel sweep runs several points at once -- divided among the hosts, at most 1, rounded
+down to Ray's unit: :func:`host_cpus`) so that all of a run's hosts fit at once, and use
+the SPREAD strategy across the nodes of a cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
@@ -297,6 +300,19 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+def host_cpus(cpus: float, n_hosts: int) -> float:
+    """The CPU each of ``n_hosts`` host actors asks Ray for, out of ``cpus`` for them all:
+    an equal share, at most 1, rounded *down* to Ray's resource unit (0.0001), so that all
+    of them fit at once (a run whose hosts do not all fit waits for them until its
+    timeout).  At least one unit: beyond 10,000 hosts per CPU, Ray cannot express less."""
+    share = min(1.0, cpus / max(1, n_hosts))
+    return max(1, math.floor(share * RESOURCE_UNITS)) / RESOURCE_UNITS
+
+
+#: Ray's fractional resources are whole multiples of 1 / RESOURCE_UNITS.
+RESOURCE_UNITS = 10_000
+
+
 #: Above this many hosts per CPU, rounds send every host call at once (see _round_window).
 WINDOW_MAX_HOSTS_PER_CPU = 16
 
@@ -380,10 +396,15 @@ class RayPool(HostPool):
     """Host actors spread over the cluster; results in host-name order."""
 
     def __init__(
-        self, cfg_dict: dict[str, Any], timeout_s: float = 600.0, mode: HostMode | None = None
+        self,
+        cfg_dict: dict[str, Any],
+        timeout_s: float = 600.0,
+        mode: HostMode | None = None,
+        cluster_share: float = 1.0,
     ) -> None:
         self.cfg = config_from_dict(cfg_dict)
         self.mode = mode
+        self.cpus = cluster_cpus() * cluster_share  # what this run's hosts ask for in all
         self.timeout_s = timeout_s
         self.rounds = RoundTiming()  # where each run_round call's wall time went
         self.tick = 0
@@ -391,7 +412,7 @@ class RayPool(HostPool):
         self._killed_at: dict[str, int] = {}  # fault injection: host -> tick
         self.names = [s.name for s in host_specs(self.cfg)]
         #: Rounds run at most this many host calls at a time (see :meth:`_windowed`).
-        self.window = _round_window(len(self.names), cluster_cpus())
+        self.window = _round_window(len(self.names), self.cpus)
         self.spawns = 0  # 1 + recoveries (fresh actors)
         self._spawn()
 
@@ -402,7 +423,7 @@ class RayPool(HostPool):
         warm_kernels()
         self.spawns += 1
         specs = host_specs(self.cfg)
-        cpus = max(0.01, min(1.0, cluster_cpus() / max(1, len(specs))))
+        cpus = host_cpus(self.cpus, len(specs))
         sim, pol = sim_params(self.cfg), host_policy(self.cfg)
         opts = _with_env(
             {"num_cpus": cpus, "scheduling_strategy": "SPREAD"}, policy_runtime_env(self.cfg)
@@ -545,7 +566,7 @@ class _CoordinatorImpl:
     ) -> None:
         self.cfg = config_from_dict(cfg_dict)
         opts = opts or RunOptions()
-        self.pool = RayPool(cfg_dict, timeout_s, opts.host_mode())
+        self.pool = RayPool(cfg_dict, timeout_s, opts.host_mode(), opts.cluster_share)
         # Record, replay, checkpoints and recovery (files are written on this node).
         self.session = Session(self.cfg, self.pool, opts, out)
         self.coord = self.session.coord

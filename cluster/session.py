@@ -73,6 +73,10 @@ class RunOptions:
     resume_from: str | None = None
     kill_host_at: tuple[str, int] | None = None
     check_pages: bool = False  # the page checker of --check-invariants (cluster/page_check.py)
+    #: The fraction of the Ray cluster's CPUs this run's host actors ask for, all together.
+    #: A parallel sweep runs ``jobs`` points on one cluster at once, 1/jobs each, so every
+    #: point's hosts fit at the same time and no point waits for another's to finish.
+    cluster_share: float = 1.0
 
     def host_mode(self) -> HostMode:
         return HostMode(

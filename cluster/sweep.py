@@ -166,11 +166,13 @@ class PointJob:
     quiet: bool = True
     check_invariants: bool = False
     timeout_s: float = 600.0
+    cluster_share: float = 1.0  # of the Ray cluster's CPUs (RunOptions.cluster_share)
 
 
 def run_point(job: PointJob) -> tuple[dict[str, Any], float]:
     """Run one point into ``job.out``; return its summary and wall time (s)."""
     from vmmsim.cluster.runner import run
+    from vmmsim.cluster.session import RunOptions
 
     t0 = time.perf_counter()
     summary = run(
@@ -181,6 +183,7 @@ def run_point(job: PointJob) -> tuple[dict[str, Any], float]:
         quiet=job.quiet,
         check_invariants=job.check_invariants,
         timeout_s=job.timeout_s,
+        opts=RunOptions(cluster_share=job.cluster_share),
     )
     return summary, time.perf_counter() - t0
 
@@ -281,9 +284,13 @@ def run_points(
         except WorkerFailed as e:
             raise SweepPointFailed(jobs[e.index].name, e.reason) from None
         return [r for r in results if r is not None]
-    pool = cf.ThreadPoolExecutor(max_workers=min(n_jobs, n), thread_name_prefix="sweep")
+    width = min(n_jobs, n)
+    pool = cf.ThreadPoolExecutor(max_workers=width, thread_name_prefix="sweep")
     try:
-        futures = {pool.submit(runner, job): job for job in jobs}
+        # Points running at once share the cluster: each one's hosts ask for 1/width of
+        # its CPUs, so all fit together (RunOptions.cluster_share).
+        shared = [replace(job, cluster_share=1.0 / width) for job in jobs]
+        futures = {pool.submit(runner, job): job for job in shared}
         for fut in cf.as_completed(futures):
             job = futures[fut]
             try:

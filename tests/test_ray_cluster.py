@@ -110,6 +110,45 @@ def test_round_window_is_one_call_per_cpu_unless_hosts_crowd_the_cpus(monkeypatc
     assert _round_window(64, 8.0) == 8
 
 
+def test_host_cpus_all_fit_at_once():
+    """Every host's CPU request, rounded down to Ray's unit, fits in the CPUs given for
+    them all -- a run whose hosts do not all fit would wait until its timeout."""
+    from vmmsim.cluster.ray_runtime import RESOURCE_UNITS, host_cpus
+
+    assert host_cpus(2.0, 1) == 1.0 and host_cpus(2.0, 2) == 1.0  # at most one CPU each
+    for cpus, n in [(2.0, 3), (2.0, 7), (2.0, 64), (2.0, 300), (1.0, 9999), (0.5, 2)]:
+        each = host_cpus(cpus, n)
+        assert each * RESOURCE_UNITS == int(each * RESOURCE_UNITS)  # whole Ray units
+        assert round(each * RESOURCE_UNITS) * n <= cpus * RESOURCE_UNITS, (cpus, n)
+        assert each > cpus / n - 1 / RESOURCE_UNITS  # and no less than needed
+    assert host_cpus(2.0, 300) == 0.0066  # the old floor of 0.01 each asked for 3 CPUs
+    assert host_cpus(1.0, 10**6) == 1 / RESOURCE_UNITS  # the smallest Ray can express
+
+
+def test_two_runs_sharing_the_cluster_get_their_hosts_at_once(ray_session, tmp_path):
+    """A parallel sweep runs ``jobs`` points on one cluster; each asks for its share, so
+    two 2-host points on 2 CPUs both start (at a whole CPU per host the second point's
+    hosts could not be placed until the first had finished -- or, with one host of each
+    placed, never: each waited for its timeout)."""
+    from vmmsim.cluster.ray_runtime import RayPool
+
+    cfg = load_config(write_config(tmp_path, small_config(n_hosts=2, n_vms=2))).to_dict()
+    cpus = ray_session.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 30  # actors of earlier tests may still be going
+    while ray_session.available_resources().get("CPU", 0.0) < cpus and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_session.available_resources()["CPU"] == cpus  # nothing else holds CPUs
+    pools = []
+    try:
+        for _ in range(2):  # each constructor waits for its hosts to answer a ping
+            pools.append(RayPool(cfg, timeout_s=20, cluster_share=0.5))
+        assert all(p.cpus == cpus / 2 for p in pools)
+        assert ray_session.available_resources().get("CPU", 0.0) < 1e-3  # all in use
+    finally:
+        for p in pools:
+            p.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -237,3 +237,22 @@ def test_report_prints_the_seed_summary(serial_and_parallel, capsys) -> None:
         assert "n=3" in line and want in line
         busy = f"tp.busy={s['throughput.busy.mean']:.3f}"
         assert busy in line and f"..{s['throughput.busy.max']:.3f}]" in line
+
+
+@pytest.mark.parametrize(("jobs", "share"), [(2, 0.5), (3, 1 / 3), (8, 1 / 3)])
+def test_ray_points_run_at_once_share_the_cluster(tmp_path, monkeypatch, jobs, share) -> None:
+    """Each of the Ray points a sweep runs at once asks for its share of the cluster's
+    CPUs (``jobs`` at a time, at most one per point), so their hosts all fit together."""
+    seen = []
+
+    def record(job):
+        seen.append(job.cluster_share)
+        return {"final_digest": job.name}, 0.0
+
+    monkeypatch.setattr(sweep, "run_point", record)
+    cfg = sweep.load_config(write_config(tmp_path, small_config(n_hosts=2, n_vms=2)))
+    todo = [sweep.PointJob(i, f"p{i}", cfg, tmp_path / f"p{i}") for i in range(3)]
+    assert all(job.backend == "ray" and job.cluster_share == 1.0 for job in todo)
+    summaries = sweep.run_points(todo, jobs)
+    assert [s["final_digest"] for s in summaries] == ["p0", "p1", "p2"]
+    assert seen == [pytest.approx(share)] * 3
