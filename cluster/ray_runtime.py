@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -71,7 +72,7 @@ def init_ray(
     (then call :func:`shutdown_ray` when done; it also runs at exit).
 
     Embedded Ray starts without the dashboard, its head process included
-    (:func:`_no_dashboard_head`).  Ray 2.60 has no option to skip the raylet's dashboard
+    (:func:`_lean_embedded_start`).  Ray 2.60 has no option to skip the raylet's dashboard
     agent and runtime-env agent, so :func:`shutdown_ray` ends those too.  Ray's own SIGTERM
     handlers are not installed: vmmsim's (``cluster.runner.signals_as_exceptions``) stay
     in place, so a signal during start-up unwinds through here and Ray is shut down."""
@@ -88,6 +89,9 @@ def init_ray(
         kwargs.pop("include_dashboard")
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        # vmmsim runs on CPUs only; a GPU count spares Ray probing for NVIDIA's library
+        # (importing its bindings: 0.06-0.1 s of every start, measured).
+        kwargs["num_gpus"] = 0
         # Many host actors with fractional CPUs are normal here: let the raylet start their
         # processes in parallel, which also keeps its "too many workers" warning away.
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "64")
@@ -112,7 +116,7 @@ def init_ray(
     global _started, _session_dir
     _started = True
     try:
-        with _own_sigterm_handler(), _no_dashboard_head(not address):
+        with _own_sigterm_handler(), _lean_embedded_start(not address):
             ray.init(address=address or None, **kwargs)
         if not address:
             _session_dir = _current_session_dir()
@@ -179,26 +183,68 @@ def _own_sigterm_handler():
 
 
 @contextlib.contextmanager
-def _no_dashboard_head(active: bool):
-    """While embedded Ray starts, do not start its dashboard head process.
+def _lean_embedded_start(active: bool):
+    """While embedded Ray starts (``active``), spare it two waits of Ray 2.60's; Ray's
+    functions are restored afterwards, and joined clusters (``--address``) are never
+    touched.
 
-    With ``include_dashboard=False`` Ray 2.60 still starts the dashboard's head process
-    (to run its usage-stats module only) and waits for it to publish a URL before it
-    starts the raylet: 0.45 s of every ``ray.init`` on 2 cores (0.75 s on one), and an
-    81 MB process that wakes ~1.5 ms a second.  vmmsim uses none of it (usage stats are
-    off; no job submission, state API or dashboard), so ``Node.start_api_server`` is a
-    no-op here -- the state Ray itself leaves when that process cannot start (no URL, no
-    such process).  Joined clusters (``--address``) are never touched."""
+    1. With ``include_dashboard=False`` Ray still starts the dashboard's head process (to
+       run its usage-stats module only) and waits for it to publish a URL before it starts
+       the raylet: 0.45 s of every ``ray.init`` on 2 cores (0.75 s on one), and an 81 MB
+       process that wakes ~1.5 ms a second.  vmmsim uses none of it (usage stats are off;
+       no job submission, state API or dashboard), so ``Node.start_api_server`` is a no-op
+       here -- the state Ray itself leaves when that process cannot start.
+    2. The driver then waits for its raylet to register with the GCS (about a second
+       after it starts: the raylet waits for its agents) by asking the GCS once a second
+       (a fixed sleep in Ray's C++ ``GetNode``), so a registration just after a poll cost
+       a whole second -- 9 of 16 starts on a busy 2-core machine (1.8-2.0 s or 2.9-3.0 s).
+       :func:`_wait_until_registered` asks every 20 ms first."""
     node_cls = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
-    patched = active and hasattr(node_cls, "start_api_server")
-    if patched:
-        orig = node_cls.start_api_server
-        node_cls.start_api_server = lambda self, **kwargs: None
+    services = getattr(getattr(ray, "_private", None), "services", None)
+    patches: list[tuple[Any, str, Any]] = []
+    if active and hasattr(node_cls, "start_api_server"):
+        patches.append((node_cls, "start_api_server", lambda self, **kwargs: None))
+    if active and hasattr(services, "get_node"):
+        wait = functools.partial(_get_node_once_registered, services.get_node)
+        patches.append((services, "get_node", wait))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, new in patches:
+        setattr(owner, name, new)
     try:
         yield
     finally:
-        if patched:
-            node_cls.start_api_server = orig
+        for owner, name, orig in saved:
+            setattr(owner, name, orig)
+
+
+def _get_node_once_registered(get_node: Any, gcs_address: str, node_id: str) -> Any:
+    """Ray's ``services.get_node``, called once :func:`_wait_until_registered` has seen
+    the node (or given up: Ray's own wait then still applies)."""
+    _wait_until_registered(gcs_address, node_id)
+    return get_node(gcs_address, node_id)
+
+
+def _wait_until_registered(gcs_address: str, node_id: str, wait_s: float = 30.0) -> bool:
+    """Ask the GCS at ``gcs_address`` every 20 ms, for up to ``wait_s``, whether the node
+    ``node_id`` (hex) is registered and alive; True once it is (False: not within
+    ``wait_s``, or the GCS could not be asked)."""
+    state = None
+    try:
+        state = ray._private.state.GlobalState()
+        state._initialize_global_state(ray._private.services._get_gcs_client_options(gcs_address))
+        deadline = time.monotonic() + wait_s
+        while True:
+            if any(n.get("NodeID") == node_id and n.get("Alive") for n in state.node_table()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+    except Exception:  # noqa: BLE001 - the caller falls back on Ray's own wait
+        return False
+    finally:
+        if state is not None:
+            with contextlib.suppress(Exception):
+                state.disconnect()
 
 
 def shutdown_ray() -> None:

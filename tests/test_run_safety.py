@@ -367,11 +367,22 @@ LEAN_START = r"""
 import os, ray
 from ray._private.node import Node
 from vmmsim.cluster import ray_runtime as rr
-before = Node.start_api_server
-with rr._no_dashboard_head(False):
-    print("inactive patch leaves Node alone:", Node.start_api_server is before)
+from ray._private import services
+before = (Node.start_api_server, services.get_node)
+with rr._lean_embedded_start(False):
+    print("inactive patch leaves Ray alone:", (Node.start_api_server, services.get_node) == before)
+polled = []
+real_wait = rr._wait_until_registered
+def spy(address, node_id, wait_s=30.0):
+    polled.append((node_id, real_wait(address, node_id, wait_s)))
+    return polled[-1][1]
+rr._wait_until_registered = spy
 rr.init_ray(num_cpus=1)
-print("restored after init:", Node.start_api_server is before)
+print("restored after init:", (Node.start_api_server, services.get_node) == before)
+print("node seen by polling:", polled == [(ray.get_runtime_context().get_node_id(), True)])
+gcs = rr._global_node().gcs_address
+print("an unknown node is not seen:", real_wait(gcs, "ab" * 28, wait_s=0.2))
+print("gpus:", ray.cluster_resources().get("GPU", 0))
 node = ray._private.worker._global_node
 print("process types:", " ".join(sorted(node.all_processes)))
 kids = [open(f"/proc/{p}/cmdline", "rb").read() for p in rr._ray_descendants()]
@@ -390,16 +401,21 @@ rr.shutdown_ray()
 @pytest.mark.ray
 def test_embedded_ray_starts_lean():
     """Embedded Ray starts no dashboard head (Ray starts one even with
-    ``include_dashboard=False`` and waits for it before the raylet), Ray's class is left
-    as it was, and the raylet retries its object-store connection every 50 ms, not 1 s."""
+    ``include_dashboard=False`` and waits for it before the raylet), the driver waits for
+    its raylet by polling every 20 ms (Ray's own wait sleeps 1 s), Ray's functions are
+    left as they were, the raylet retries its object-store connection every 50 ms, not
+    1 s, and no GPU is probed for."""
     env = {k: v for k, v in ENV.items() if not k.startswith("RAY_raylet_client_")}
     r = subprocess.run(
         [sys.executable, "-c", LEAN_START], capture_output=True, text=True, env=env, timeout=120
     )
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout.splitlines()
-    assert "inactive patch leaves Node alone: True" in out, r.stdout
+    assert "inactive patch leaves Ray alone: True" in out, r.stdout
     assert "restored after init: True" in out, r.stdout
+    assert "node seen by polling: True" in out, r.stdout
+    assert "an unknown node is not seen: False" in out, r.stdout
+    assert "gpus: 0" in out, r.stdout
     types = next(x for x in out if x.startswith("process types:")).split()[2:]
     assert "raylet" in types and "gcs_server" in types and "dashboard" not in types, r.stdout
     assert "dashboard head running: False" in out, r.stdout
