@@ -24,8 +24,8 @@ how much is vmmsim's serial part.
 
 The speed-up is of the run after its actors have started (``wall - ray_startup_s``): it
 still holds ``ray.init``, the final summary and Ray's shutdown, one-time costs.  Measured
-on 2 cores: ``ray.init`` 1.7-1.9 s (3.2-3.5 s on one core: Ray's agents start side by
-side), the rounds 0.7-1.0 s, the summary and shutdown 0.4-0.7 s, of a ~3.2 s whole.  The
+on 2 cores: ``ray.init`` 1.5-2.0 s (3.2-3.7 s on one core: Ray's agents start side by
+side), the rounds 0.7-1.0 s, the summary and shutdown 0.4-0.8 s, of a ~3.2 s whole.  The
 speed-up of the rounds alone (``simulate_s`` of ``timing.json``: every round and the
 driver writing its metrics) is reported beside it (``rounds_speedup``,
 ``rounds_ratio``): what a longer run tends to.
