@@ -224,10 +224,11 @@ def _get_node_once_registered(get_node: Any, gcs_address: str, node_id: str) -> 
     return get_node(gcs_address, node_id)
 
 
-def _wait_until_registered(gcs_address: str, node_id: str, wait_s: float = 30.0) -> bool:
+def _wait_until_registered(gcs_address: str, node_id: str, wait_s: float = 10.0) -> bool:
     """Ask the GCS at ``gcs_address`` every 20 ms, for up to ``wait_s``, whether the node
     ``node_id`` (hex) is registered and alive; True once it is (False: not within
-    ``wait_s``, or the GCS could not be asked)."""
+    ``wait_s`` -- a raylet that failed to start is then reported by Ray's own wait, which
+    follows -- or the GCS could not be asked)."""
     state = None
     try:
         state = ray._private.state.GlobalState()
@@ -346,6 +347,10 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
+#: Ray's fractional resources are whole multiples of 1 / RESOURCE_UNITS.
+RESOURCE_UNITS = 10_000
+
+
 def host_cpus(cpus: float, n_hosts: int) -> float:
     """The CPU each of ``n_hosts`` host actors asks Ray for, out of ``cpus`` for them all:
     an equal share, at most 1, rounded *down* to Ray's resource unit (0.0001), so that all
@@ -353,10 +358,6 @@ def host_cpus(cpus: float, n_hosts: int) -> float:
     timeout).  At least one unit: beyond 10,000 hosts per CPU, Ray cannot express less."""
     share = min(1.0, cpus / max(1, n_hosts))
     return max(1, math.floor(share * RESOURCE_UNITS)) / RESOURCE_UNITS
-
-
-#: Ray's fractional resources are whole multiples of 1 / RESOURCE_UNITS.
-RESOURCE_UNITS = 10_000
 
 
 #: Above this many hosts per CPU, rounds send every host call at once (see _round_window).

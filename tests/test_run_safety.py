@@ -373,7 +373,7 @@ with rr._lean_embedded_start(False):
     print("inactive patch leaves Ray alone:", (Node.start_api_server, services.get_node) == before)
 polled = []
 real_wait = rr._wait_until_registered
-def spy(address, node_id, wait_s=30.0):
+def spy(address, node_id, wait_s=10.0):
     polled.append((node_id, real_wait(address, node_id, wait_s)))
     return polled[-1][1]
 rr._wait_until_registered = spy
