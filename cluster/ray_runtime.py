@@ -130,10 +130,29 @@ _started = False
 _session_dir: str | None = None  # the session folder of the Ray this process started
 
 
+def _ray_private(module: str) -> Any:
+    """Ray's private module ``ray._private.<module>`` (None in a Ray without it)."""
+    return getattr(getattr(ray, "_private", None), module, None)
+
+
 def _global_node() -> Any:
     """The Ray node this process started or joined (Ray's private ``_global_node``;
     None when Ray is not running, or a Ray without it)."""
-    return getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    return getattr(_ray_private("worker"), "_global_node", None)
+
+
+@contextlib.contextmanager
+def _patched(patches: Sequence[tuple[Any, str, Any]]):
+    """Set each ``(owner, name, value)`` attribute for the duration of the block, then
+    put back what was there."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, orig in saved:
+            setattr(owner, name, orig)
 
 
 def _current_session_dir() -> str | None:
@@ -166,18 +185,14 @@ def _remove_session_dir(path: str | None) -> None:
 def _own_sigterm_handler():
     """Keep the caller's SIGTERM handler while Ray starts (Ray installs its own, which
     exits with status 1 or 15 without cleaning up the caller's files)."""
-    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    utils = _ray_private("utils")
     main = threading.current_thread() is threading.main_thread()
     prev = signal.getsignal(signal.SIGTERM) if main else None
-    patched = main and hasattr(utils, "set_sigterm_handler")
-    if patched:
-        orig = utils.set_sigterm_handler
-        utils.set_sigterm_handler = lambda handler: None
+    keep = main and hasattr(utils, "set_sigterm_handler")
     try:
-        yield
+        with _patched([(utils, "set_sigterm_handler", lambda handler: None)] if keep else []):
+            yield
     finally:
-        if patched:
-            utils.set_sigterm_handler = orig
         if main and prev is not None:
             signal.signal(signal.SIGTERM, prev)
 
@@ -199,22 +214,16 @@ def _lean_embedded_start(active: bool):
        (a fixed sleep in Ray's C++ ``GetNode``), so a registration just after a poll cost
        a whole second -- 9 of 16 starts on a busy 2-core machine (1.8-2.0 s or 2.9-3.0 s).
        :func:`_wait_until_registered` asks every 20 ms first."""
-    node_cls = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
-    services = getattr(getattr(ray, "_private", None), "services", None)
+    node_cls = getattr(_ray_private("node"), "Node", None)
+    services = _ray_private("services")
     patches: list[tuple[Any, str, Any]] = []
     if active and hasattr(node_cls, "start_api_server"):
         patches.append((node_cls, "start_api_server", lambda self, **kwargs: None))
     if active and hasattr(services, "get_node"):
         wait = functools.partial(_get_node_once_registered, services.get_node)
         patches.append((services, "get_node", wait))
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, new in patches:
-        setattr(owner, name, new)
-    try:
+    with _patched(patches):
         yield
-    finally:
-        for owner, name, orig in saved:
-            setattr(owner, name, orig)
 
 
 def _get_node_once_registered(get_node: Any, gcs_address: str, node_id: str) -> Any:

@@ -345,19 +345,21 @@ print("after: monitor", monitor.poll() is not None, "raylet", raylet.poll() is n
 """
 
 
+def _python(script: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
+    """Run ``script`` with ``python -c`` (its own process, its own Ray); it must succeed."""
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
 @pytest.mark.ray
 def test_shutdown_ends_the_autoscaler_monitor_first():
     """Ray stops its daemons one by one, SIGTERM then up to 1 s each; the monitor never
     goes within that second, so vmmsim ends it before ``ray.shutdown`` (the rest of Ray
     still running then), and everything is gone after."""
-    r = subprocess.run(
-        [sys.executable, "-c", SHUTDOWN_ORDER],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _python(SHUTDOWN_ORDER)
     lines = r.stdout.splitlines()
     assert "at ray.shutdown: monitor gone raylet alive" in lines, r.stdout
     assert lines[-1] == "after: monitor True raylet True", r.stdout
@@ -406,10 +408,7 @@ def test_embedded_ray_starts_lean():
     left as they were, the raylet retries its object-store connection every 50 ms, not
     1 s, and no GPU is probed for."""
     env = {k: v for k, v in ENV.items() if not k.startswith("RAY_raylet_client_")}
-    r = subprocess.run(
-        [sys.executable, "-c", LEAN_START], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = _python(LEAN_START, env)
     out = r.stdout.splitlines()
     assert "inactive patch leaves Ray alone: True" in out, r.stdout
     assert "restored after init: True" in out, r.stdout
