@@ -354,10 +354,13 @@ class Migrator:
         arriving: dict[str, list[str]] = {h: [] for h in self.hosts}
         for m in self.active:
             arriving[m.dest].append(m.vm)
+        placed: dict[str, list[str]] = {h: [] for h in self.hosts}  # one pass, not one per host
+        for v, w in self.where.items():
+            placed[w].append(v)
         ps = self.mc.pressure_s
         hosts = []
         for h in self.hosts:
-            mine = [v for v, w in self.where.items() if w == h] + arriving[h]
+            mine = placed[h] + arriving[h]
             hosts.append(
                 HostView(
                     name=h,
