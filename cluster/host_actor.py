@@ -9,6 +9,7 @@ actors of a large run would otherwise each load at start-up (~0.15 CPU-s apiece 
 from __future__ import annotations
 
 import ray
+from vmmsim.cluster import round_link
 from vmmsim.cluster.host_pool import HostRuntime
 
 
@@ -20,6 +21,11 @@ class _HostActorImpl(HostRuntime):
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def serve_rounds(self, path: str, name: str) -> int:
+        """Answer rounds over the coordinator's local socket until it closes the link
+        (:mod:`cluster.round_link`); return how many were run."""
+        return round_link.serve(self.run_round, path, name)
 
 
 # (No task events: see cluster.ray_runtime.CoordinatorActor.)

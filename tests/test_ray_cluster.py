@@ -51,7 +51,63 @@ def test_four_hosts_on_ray_equal_inprocess(ray_session, tmp_path):
     assert start > 0 and calls > 0 and timing["host_other_cpu_s"] >= 0
     assert abs(start + calls + timing["host_other_cpu_s"] - timing["host_process_cpu_s"]) < 1e-6
     assert calls >= 0.5 * sum(timing["host_phase_s"].values())  # the phases are in the calls
+    assert timing["rounds_linked"] == timing["rounds"]  # every round over the local link
     assert ray_session.is_initialized(), "a run must not shut down a Ray it did not start"
+
+
+def _pool_session(cfg):
+    from vmmsim.cluster.ray_runtime import RayPool
+    from vmmsim.cluster.session import RunOptions, Session
+
+    pool = RayPool(cfg.to_dict(), 60)
+    return pool, Session(cfg, pool, RunOptions(), None)
+
+
+def test_rounds_over_the_link_or_ray_calls_give_the_same_run(ray_session, tmp_path, monkeypatch):
+    """With every host on this node, rounds go over ``cluster.round_link`` (the hosts wait
+    inside one task); ``VMMSIM_ROUND_LINK=0`` sends them as Ray calls.  Same state.  Over
+    the link a round runs one call per CPU at a time even where hosts crowd the CPUs."""
+    from vmmsim.cluster import ray_runtime
+
+    monkeypatch.setattr(ray_runtime, "WINDOW_MAX_HOSTS_PER_CPU", 1)  # 3 hosts crowd 2 CPUs
+    monkeypatch.delenv("VMMSIM_ROUND_WINDOW", raising=False)
+    cfg = load_config(write_config(tmp_path, small_config(n_hosts=3, n_vms=6, duration_s=20)))
+    got, windows = {}, {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("VMMSIM_ROUND_LINK", flag)
+        pool, session = _pool_session(cfg)
+        try:
+            session.start()
+            tables = []
+            while not session.coord.done:
+                tables.extend(session.advance())
+            final = session.finish()
+            got[flag] = (final["final_digest"], tables, pool.linked_rounds, pool.rounds.n)
+            windows[flag] = pool.window
+        finally:
+            pool.close()
+    (d1, t1, linked1, n1), (d0, t0, linked0, n0) = got["1"], got["0"]
+    assert d1 == d0 and len(t1) == len(t0) and all(a.equals(b) for a, b in zip(t1, t0, strict=True))
+    assert linked1 == n1 == n0 > 0 and linked0 == 0
+    assert windows == {"1": 2, "0": 3}
+
+
+def test_a_host_process_dying_during_linked_rounds_is_named(ray_session, tmp_path):
+    from vmmsim.cluster.host_pool import HostFailure
+
+    cfg = load_config(write_config(tmp_path, small_config(n_hosts=2, duration_s=20)))
+    pool, session = _pool_session(cfg)
+    try:
+        session.start()
+        pids = pool.pids()
+        session.coord.advance()  # the link is up now, the hosts waiting inside their task
+        assert pool.linked_rounds == 1
+        os.kill(pids["h-1"], signal.SIGKILL)
+        with pytest.raises(HostFailure) as err:
+            session.coord.advance()
+        assert err.value.host == "h-1" and "actor died" in str(err.value)
+    finally:
+        pool.close()
 
 
 def test_round_timing_sums_each_rounds_bound():
@@ -107,6 +163,7 @@ def test_round_window_is_one_call_per_cpu_unless_hosts_crowd_the_cpus(monkeypatc
     assert _round_window(16, 2.0) == 2  # 8 hosts per CPU: one call per CPU
     assert _round_window(2 * WINDOW_MAX_HOSTS_PER_CPU, 2.0) == 2
     assert _round_window(64, 2.0) == 64  # 32 hosts per CPU: every call at once
+    assert _round_window(64, 2.0, linked=True) == 2  # over the link: one per CPU always
     assert _round_window(64, 8.0) == 8
 
 
