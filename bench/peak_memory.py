@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -179,12 +180,21 @@ def main() -> None:
         if argv[0] == "--series":
             series_path = argv[1]
         else:
-            every = float(argv[1])
+            try:
+                every = float(argv[1])
+            except ValueError:
+                why = f"peak_memory.py: --every takes seconds (got {argv[1]!r})"
+                raise SystemExit(why) from None
         argv = argv[2:]
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise SystemExit(__doc__)
+    if shutil.which(argv[0]) is None:
+        raise SystemExit(f"peak_memory.py: no such command: {argv[0]}")
     before = reference_s() if reference else None
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv)
