@@ -78,3 +78,52 @@ def test_reference_job_runs_before_and_after_the_command(tmp_path: Path) -> None
     assert before > 0 and after > 0
     assert 0.3 <= report["wall_s"] < 0.3 + before + after  # the job ran outside the wall
     assert total >= report["wall_s"] + before + after
+
+
+def _memory_over_time() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mot", ROOT / "bench" / "memory_over_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_over_time_quarters_show_growth_and_its_absence() -> None:
+    """``bench/memory_over_time.py``'s summary: a series that grows per sample shows as
+    quarter 4 above quarter 2, a cycling one does not."""
+    mot = _memory_over_time()
+    grows = [(t, 100.0 + t, 50.0 + 2 * t) for t in range(40)]
+    cycles = [(t, 100.0 + t % 5, 50.0 + t % 5) for t in range(40)]
+    g = mot.quarters(grows)
+    assert [q["from_s"] for q in g] == [0, 10, 20, 30]
+    assert g[3]["rss_mb"] == [130.0, 139.0] and g[3]["heap_mb"] == [110.0, 128.0]
+    assert g[3]["rss_mb"][1] - g[1]["rss_mb"][1] == 20
+    c = mot.quarters(cycles)
+    assert c[3]["rss_mb"][1] == c[1]["rss_mb"][1] and c[3]["heap_mb"] == c[1]["heap_mb"]
+
+
+def test_memory_over_time_runs_the_simulation_it_measures(tmp_path: Path) -> None:
+    """The script samples a real in-process run (same digest as vmmsim.run) and names a
+    bad config in one line."""
+    import vmmsim
+
+    sets = ["simulation.duration_s=900"]
+    cmd = [sys.executable, str(ROOT / "bench" / "memory_over_time.py")]
+    cmd += [str(ROOT / "configs" / "quickstart.toml"), "--scale", "1", "--every", "0.02"]
+    r = subprocess.run(
+        [*cmd, "--json", *[f"--set={s}" for s in sets]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    out = json.loads(r.stdout)
+    assert out["hosts"] == 2 and out["samples"] >= 8
+    expect = vmmsim.run(ROOT / "configs" / "quickstart.toml", overrides=sets, backend="inprocess")
+    assert out["final_digest"] == expect.summary["final_digest"]
+    for q in out["quarters"]:
+        assert 0 < q["rss_mb"][0] <= q["rss_mb"][1]
+    bad = subprocess.run([*cmd, "--set=policy.nope=1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "policy.nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
