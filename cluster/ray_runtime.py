@@ -565,19 +565,12 @@ class RayPool(HostPool):
             answers = self._link.rounds(names, args, self.window, self.timeout_s)
         except round_link.LinkError as e:
             self._unlink(wait=False)
-            if e.name in self._killed_at:  # as InProcessPool words it
-                raise HostFailure(
-                    e.name, self._killed_at[e.name], "host killed (fault injection)"
-                ) from None
-            raise HostFailure(e.name, self.tick, e.why) from None
+            raise self._gone(e.name, e.why) from None
         out = []
         for n, (status, value) in zip(names, answers, strict=True):
-            if status == "ok":
-                out.append(value)
-                continue
-            if isinstance(value, OutputWriteError):  # (as _results: not the host)
-                raise value
-            raise HostFailure(n, self.tick, f"{type(value).__name__}: {value}")
+            if status != "ok":
+                raise self._raised(n, value)
+            out.append(value)
         return out
 
     def _unlink(self, wait: bool = True) -> None:
@@ -654,16 +647,24 @@ class RayPool(HostPool):
             try:
                 out.append(ray.get(ref))
             except ray.exceptions.RayActorError as e:
-                if n in self._killed_at:  # as InProcessPool words it
-                    cause = "host killed (fault injection)"
-                    raise HostFailure(n, self._killed_at[n], cause) from None
-                raise HostFailure(n, self.tick, f"actor died ({type(e).__name__})") from None
+                raise self._gone(n, f"actor died ({type(e).__name__})") from None
             except ray.exceptions.RayTaskError as e:
-                cause = e.cause if e.cause is not None else e
-                if isinstance(cause, OutputWriteError):  # (as InProcessPool: not the host)
-                    raise cause from None
-                raise HostFailure(n, self.tick, f"{type(cause).__name__}: {cause}") from None
+                raise self._raised(n, e.cause if e.cause is not None else e) from None
         return out
+
+    def _gone(self, name: str, why: str) -> HostFailure:
+        """A host that stopped answering (over Ray or the link): killed by fault injection,
+        worded as InProcessPool words it, or ``why``."""
+        if name in self._killed_at:
+            return HostFailure(name, self._killed_at[name], "host killed (fault injection)")
+        return HostFailure(name, self.tick, why)
+
+    def _raised(self, name: str, cause: BaseException) -> BaseException:
+        """What a host's exception becomes: an OutputWriteError stays itself (as in
+        InProcessPool: the run's output failed, not the host), anything else a HostFailure."""
+        if isinstance(cause, OutputWriteError):
+            return cause
+        return HostFailure(name, self.tick, f"{type(cause).__name__}: {cause}")
 
     _local: set[str] | None = None
 

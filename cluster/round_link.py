@@ -106,12 +106,11 @@ class LinkError(Exception):
 
 
 class RoundLink:
-    """Coordinator side: one listening socket, one connection per host.
+    """Coordinator side: one listening socket at :attr:`path`, one connection per host.
 
-    ``start(names, launch)`` calls ``launch(name, path)`` for each host (which must start
-    :func:`serve` in that host, e.g. as a Ray task) and accepts the connections;
-    ``failed()`` is polled while waiting, so a host that cannot connect (it died) surfaces
-    as whatever ``failed`` raises."""
+    The caller starts :func:`serve` in each host (e.g. as a Ray task) with :attr:`path`,
+    then calls :meth:`accept`, which polls ``failed()`` while it waits, so a host that
+    cannot connect (it died) surfaces as whatever ``failed`` raises."""
 
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="vmmsim-link-")
