@@ -19,14 +19,10 @@ import gc
 import json
 
 import numpy as np
+from benchkit import rss_bytes
 from vmmsim.hosts.host_manager import HostMemoryManager
 from vmmsim.hosts.specs import HostPolicy, HostSpec, SimParams, VMSpec
 from vmmsim.workloads.patterns import Accesses
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def array_bytes(obj: object, seen: set[int] | None = None, depth: int = 0) -> int:

@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from benchkit import rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,20 +41,24 @@ class _MallInfo2(ctypes.Structure):
     ]
 
 
-def _heap_in_use_mb() -> float | None:
-    """glibc's bytes handed out (small blocks + mmapped blocks), or None off glibc."""
+@functools.cache
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    """glibc's ``mallinfo2`` (loaded once), or None off glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = _MallInfo2
     except (OSError, AttributeError):
         return None
-    m = libc.mallinfo2()
+    return libc.mallinfo2
+
+
+def _heap_in_use_mb() -> float | None:
+    """glibc's bytes handed out (small blocks + mmapped blocks), or None off glibc."""
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
+        return None
+    m = mallinfo2()
     return (m.uordblks + m.hblkhd) / 2**20
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
 
 
 def scaled(config: dict, scale: float) -> dict:
@@ -128,7 +136,8 @@ def main() -> None:
     def sample() -> None:
         while not done.is_set():
             if seen["tick"] > 0 and not seen["closed"]:
-                samples.append((round(time.perf_counter() - t0, 2), _rss_mb(), _heap_in_use_mb()))
+                rss = rss_bytes() / 2**20
+                samples.append((round(time.perf_counter() - t0, 2), rss, _heap_in_use_mb()))
             done.wait(args.every)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -42,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from benchkit import rss_bytes
+
 
 def children(pid: int) -> list[int]:
     try:
@@ -58,14 +60,6 @@ def tree(pid: int) -> list[int]:
         out.append(p)
         todo.extend(children(p))
     return out
-
-
-def rss_bytes(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def pss_bytes(pid: int) -> int:

@@ -80,8 +80,10 @@ def test_reference_job_runs_before_and_after_the_command(tmp_path: Path) -> None
     assert total >= report["wall_s"] + before + after
 
 
-def _memory_over_time() -> object:
+def _memory_over_time(monkeypatch: pytest.MonkeyPatch) -> object:
     import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))  # its `from benchkit import ...`
 
     spec = importlib.util.spec_from_file_location("mot", ROOT / "bench" / "memory_over_time.py")
     module = importlib.util.module_from_spec(spec)
@@ -89,10 +91,12 @@ def _memory_over_time() -> object:
     return module
 
 
-def test_memory_over_time_quarters_show_growth_and_its_absence() -> None:
+def test_memory_over_time_quarters_show_growth_and_its_absence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``bench/memory_over_time.py``'s summary: a series that grows per sample shows as
     quarter 4 above quarter 2, a cycling one does not."""
-    mot = _memory_over_time()
+    mot = _memory_over_time(monkeypatch)
     grows = [(t, 100.0 + t, 50.0 + 2 * t) for t in range(40)]
     cycles = [(t, 100.0 + t % 5, 50.0 + t % 5) for t in range(40)]
     g = mot.quarters(grows)
