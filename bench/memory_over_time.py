@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from benchkit import rss_bytes
 
@@ -59,6 +60,12 @@ def _heap_in_use_mb() -> float | None:
         return None
     m = mallinfo2()
     return (m.uordblks + m.hblkhd) / 2**20
+
+
+def _fail(why: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2 (as the CLI)."""
+    print(f"memory_over_time.py: {why}", file=sys.stderr)
+    sys.exit(2)
 
 
 def scaled(config: dict, scale: float) -> dict:
@@ -101,7 +108,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not 0 < args.scale <= 1 or not args.every > 0:
-        sys.exit("memory_over_time.py: --scale must be in (0, 1] and --every above 0")
+        _fail("--scale must be in (0, 1] and --every above 0")
 
     import tomllib
 
@@ -111,7 +118,7 @@ def main() -> None:
         with open(args.config, "rb") as f:
             config = scaled(tomllib.load(f), args.scale)
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as e:
-        sys.exit(f"memory_over_time.py: {args.config}: {e}")
+        _fail(f"{args.config}: {e}")
 
     # Only samples taken while ticks run count: the run's start-up and its final tables
     # (read back into this process) are not the simulation's state.  Progress.update is
@@ -146,13 +153,13 @@ def main() -> None:
     try:
         run = vmmsim.run(config, overrides=args.set, backend="inprocess")
     except (vmmsim.ConfigError, vmmsim.PlacementError) as e:
-        sys.exit(f"memory_over_time.py: {e}")
+        _fail(str(e))
     finally:
         done.set()
         sampler.join()
         Progress.update, Progress.close = update, close
     if len(samples) < 4:
-        sys.exit(f"memory_over_time.py: {len(samples)} samples: run longer or sample more often")
+        _fail(f"{len(samples)} samples: run longer or sample more often")
     qs = quarters(samples)
     growth = {
         "rss_mb": round(qs[3]["rss_mb"][1] - qs[1]["rss_mb"][1], 1),

@@ -41,8 +41,15 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import NoReturn
 
 from benchkit import rss_bytes
+
+
+def _fail(why: str) -> NoReturn:
+    """Bad input: one line on stderr, exit status 2 (as vmmsim's CLI)."""
+    print(f"peak_memory.py: {why}", file=sys.stderr)
+    sys.exit(2)
 
 
 def children(pid: int) -> list[int]:
@@ -177,8 +184,7 @@ def main() -> None:
             try:
                 every = float(argv[1])
             except ValueError:
-                why = f"peak_memory.py: --every takes seconds (got {argv[1]!r})"
-                raise SystemExit(why) from None
+                _fail(f"--every takes seconds (got {argv[1]!r})")
         argv = argv[2:]
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
@@ -188,7 +194,7 @@ def main() -> None:
     if not argv:
         raise SystemExit(__doc__)
     if shutil.which(argv[0]) is None:
-        raise SystemExit(f"peak_memory.py: no such command: {argv[0]}")
+        _fail(f"no such command: {argv[0]}")
     before = reference_s() if reference else None
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv)

@@ -129,5 +129,24 @@ def test_memory_over_time_runs_the_simulation_it_measures(tmp_path: Path) -> Non
     for q in out["quarters"]:
         assert 0 < q["rss_mb"][0] <= q["rss_mb"][1]
     bad = subprocess.run([*cmd, "--set=policy.nope=1"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "policy.nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--every", "soon", "--", "true"], "--every takes seconds"),
+        (["--", "no-such-command-here"], "no such command: no-such-command-here"),
+    ],
+)
+def test_peak_memory_bad_input_is_one_line_and_status_2(args: list[str], says: str) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "peak_memory.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"peak_memory.py: {says}")
